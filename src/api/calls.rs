@@ -1,0 +1,361 @@
+//! The read API: calls, their events, and the quarantine.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::model::Phase;
+use crate::model::phone::normalize_phone;
+use crate::model::time::{format_local, format_utc_micros, parse_range_bound};
+use crate::store::{CallCursor, CallFilter, StoredCall, StoredEvent};
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+
+/// The call object of the API: exactly these fields, absent values as `null`.
+#[derive(Debug, Serialize)]
+pub struct CallView {
+    pub call_id: String,
+    pub call_status: Option<String>,
+    pub phase: &'static str,
+    pub direction: Option<String>,
+    pub caller_number: Option<String>,
+    pub destination_number: Option<String>,
+    pub hotline: Option<String>,
+    pub user_name: Option<String>,
+    pub transaction_id: Option<String>,
+    pub object_id: Option<i64>,
+    pub start_time: Option<String>,
+    pub answer_time: Option<String>,
+    pub end_time: Option<String>,
+    pub hangup_by: Option<String>,
+    pub total_duration: Option<i64>,
+    pub holding_duration: Option<i64>,
+    pub ring_seconds: Option<i64>,
+    pub talk_seconds: Option<i64>,
+    pub recording_url: Option<String>,
+    pub event_count: i64,
+    pub first_received_at: String,
+    pub last_received_at: String,
+}
+
+impl CallView {
+    pub fn new(call: StoredCall, tz: &TimeZone) -> Self {
+        let r = &call.record;
+        let ring_seconds = r.ring_seconds();
+        let talk_seconds = r.talk_seconds();
+        let local = |t: Option<i64>| t.map(|s| format_local(s, tz));
+        let f = call.record.fields;
+        CallView {
+            call_id: f.call_id.unwrap_or_default(),
+            call_status: f.call_status,
+            phase: call.phase.as_str(),
+            direction: f.direction,
+            caller_number: f.caller_number,
+            destination_number: f.destination_number,
+            hotline: f.hotline,
+            user_name: f.user_name,
+            transaction_id: f.transaction_id,
+            object_id: f.object_id,
+            start_time: local(f.start_time),
+            answer_time: local(f.answer_time),
+            end_time: local(f.end_time),
+            hangup_by: f.hangup_by,
+            total_duration: f.total_duration,
+            holding_duration: f.holding_duration,
+            ring_seconds,
+            talk_seconds,
+            recording_url: f.recording_url,
+            event_count: call.record.event_count,
+            first_received_at: format_utc_micros(call.record.first_received_at),
+            last_received_at: format_utc_micros(call.record.last_received_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub event_id: i64,
+    pub received_at: String,
+    pub deliveries: i64,
+    pub warnings: Vec<String>,
+    pub payload: Box<RawValue>,
+}
+
+impl EventView {
+    fn new(event: StoredEvent) -> Result<Self, ApiError> {
+        let payload = RawValue::from_string(event.payload).map_err(|e| {
+            tracing::error!(event_id = event.event_id, error = %e, "stored payload is not JSON");
+            ApiError::Unavailable
+        })?;
+        Ok(EventView {
+            event_id: event.event_id,
+            received_at: format_utc_micros(event.received_at),
+            deliveries: event.deliveries,
+            warnings: event.warnings,
+            payload,
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+pub async fn get_call(
+    State(state): State<AppState>,
+    Path(call_id): Path<String>,
+) -> Result<Json<CallView>, ApiError> {
+    let call = state
+        .store
+        .call(&call_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(CallView::new(call, &state.tz)))
+}
+
+pub async fn call_events(
+    State(state): State<AppState>,
+    Path(call_id): Path<String>,
+) -> Result<Json<Items<EventView>>, ApiError> {
+    let events = state
+        .store
+        .call_events(&call_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let items = events
+        .into_iter()
+        .map(EventView::new)
+        .collect::<Result<_, _>>()?;
+    Ok(Json(Items { items }))
+}
+
+/// Query parameters as given, with checks for unknown and repeated names.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn new(
+        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+        known: &[&str],
+    ) -> Result<Self, ApiError> {
+        let Query(pairs) = query.map_err(|e| ApiError::parameter("query", e.body_text()))?;
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if !known.contains(&name.as_str()) {
+                return Err(ApiError::parameter(
+                    name,
+                    format!("unknown parameter; known: {}", known.join(", ")),
+                ));
+            }
+            if pairs[..i].iter().any(|(n, _)| n == name) {
+                return Err(ApiError::parameter(name, "given more than once"));
+            }
+        }
+        Ok(Params(pairs))
+    }
+
+    /// The value of `name`, with empty treated as absent.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        self.get(name).map(str::to_string)
+    }
+
+    fn limit(&self) -> Result<usize, ApiError> {
+        match self.get("limit") {
+            None => Ok(DEFAULT_LIMIT),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::parameter(
+                        "limit",
+                        format!("must be an integer from 1 to {MAX_LIMIT}"),
+                    )
+                }),
+        }
+    }
+}
+
+const CALL_PARAMS: &[&str] = &[
+    "status",
+    "phase",
+    "direction",
+    "hotline",
+    "user_name",
+    "destination_number",
+    "transaction_id",
+    "phone",
+    "from",
+    "to",
+    "limit",
+    "cursor",
+];
+
+pub async fn list_calls(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<CallView>>, ApiError> {
+    let params = Params::new(query, CALL_PARAMS)?;
+    let limit = params.limit()?;
+    let phase = params
+        .get("phase")
+        .map(|p| {
+            Phase::parse(p).ok_or_else(|| {
+                ApiError::parameter("phase", "must be one of ringing, in_progress, ended")
+            })
+        })
+        .transpose()?;
+    let bound = |name: &str, end_of_day: bool| {
+        params
+            .get(name)
+            .map(|v| {
+                parse_range_bound(v, &state.tz, end_of_day).ok_or_else(|| {
+                    ApiError::parameter(name, "must be an RFC 3339 time or a date YYYY-MM-DD")
+                })
+            })
+            .transpose()
+    };
+    let filter = CallFilter {
+        status: params.text("status"),
+        phase,
+        direction: params.text("direction"),
+        hotline: params.text("hotline"),
+        user_name: params.text("user_name"),
+        destination_number: params.text("destination_number"),
+        transaction_id: params.text("transaction_id"),
+        phone: params.get("phone").map(normalize_phone),
+        from: bound("from", false)?,
+        to: bound("to", true)?,
+    };
+    let cursor = params.get("cursor").map(decode_call_cursor).transpose()?;
+    let page = state.store.calls(&filter, limit, cursor).await?;
+    Ok(Json(Page {
+        items: page
+            .items
+            .into_iter()
+            .map(|c| CallView::new(c, &state.tz))
+            .collect(),
+        next_cursor: page.next.map(encode_call_cursor),
+    }))
+}
+
+fn encode_call_cursor(c: CallCursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("c1:{}:{}", c.sort_key, c.seq))
+}
+
+fn decode_call_cursor(text: &str) -> Result<CallCursor, ApiError> {
+    let invalid = || ApiError::parameter("cursor", "not a cursor this API returned");
+    let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let mut parts = text.split(':');
+    if parts.next() != Some("c1") {
+        return Err(invalid());
+    }
+    let sort_key = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(invalid)?;
+    let seq = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(invalid)?;
+    if parts.next().is_some() {
+        return Err(invalid());
+    }
+    Ok(CallCursor { sort_key, seq })
+}
+
+#[derive(Debug, Serialize)]
+pub struct RejectionView {
+    pub id: i64,
+    pub reason: String,
+    pub detail: String,
+    pub received_at: String,
+    pub deliveries: i64,
+    pub body: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}
+
+pub async fn list_rejected(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<RejectionView>>, ApiError> {
+    let params = Params::new(query, &["limit", "cursor"])?;
+    let limit = params.limit()?;
+    let before = params
+        .get("cursor")
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::parameter("cursor", "not a cursor this API returned"))
+        })
+        .transpose()?;
+    let page = state.store.rejected(limit, before).await?;
+    let items = page
+        .items
+        .into_iter()
+        .map(|r| {
+            let (body, body_base64) = match String::from_utf8(r.body) {
+                Ok(text) => (text, None),
+                Err(e) => {
+                    let bytes = e.into_bytes();
+                    (
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                        Some(STANDARD.encode(&bytes)),
+                    )
+                }
+            };
+            RejectionView {
+                id: r.id,
+                reason: r.reason,
+                detail: r.detail,
+                received_at: format_utc_micros(r.received_at),
+                deliveries: r.deliveries,
+                body,
+                body_base64,
+            }
+        })
+        .collect();
+    Ok(Json(Page {
+        items,
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = CallCursor {
+            sort_key: i64::MIN,
+            seq: 42,
+        };
+        assert_eq!(decode_call_cursor(&encode_call_cursor(c)).unwrap(), c);
+        for bad in ["", "abc", "YzE6MQ", "eDoxOjI"] {
+            assert!(decode_call_cursor(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! From an authenticated request body to a durable event: validate, queue, commit in batches.
+//!
+//! One writer task owns commits. Requests queue their item and wait; the writer takes everything
+//! that queued while the previous commit ran and commits it in one transaction, so concurrent
+//! requests share one fsync. A request is answered only after its batch has committed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::tz::TimeZone;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::model::{BodyError, parse_body, time::now_micros};
+use crate::store::{Incoming, Outcome, RejectedBody, Store};
+
+/// Largest number of requests committed in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Requests that may wait for the writer before new ones wait to queue.
+const QUEUE_DEPTH: usize = 16 * 1024;
+/// How long a request waits for its commit before it is answered 503 (the sender resends; if
+/// the commit did land, the resend is recognised as a duplicate).
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// What alohook answers for one body with a valid key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Receipt {
+    /// Stored (or recognised as a resend of `event_id`).
+    Accepted { event_id: i64, duplicate: bool },
+    /// Not a valid event; kept in the quarantine.
+    Rejected(BodyError),
+}
+
+/// The store could not commit; the request must be answered with a retryable status.
+#[derive(Debug, thiserror::Error)]
+#[error("the store could not commit")]
+pub struct Unavailable;
+
+struct Job {
+    item: Incoming,
+    reply: oneshot::Sender<Result<Outcome, Unavailable>>,
+}
+
+/// The handle requests use to hand bodies to the writer.
+#[derive(Clone)]
+pub struct Ingest {
+    queue: mpsc::Sender<Job>,
+    tz: TimeZone,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    /// Starts the writer. It stops once every `Ingest` clone is dropped and the queue is drained.
+    pub fn start(
+        store: Arc<dyn Store>,
+        tz: TimeZone,
+        metrics: Arc<Metrics>,
+    ) -> (Ingest, JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = tokio::spawn(run_writer(store, rx, metrics.clone()));
+        (Ingest { queue, tz, metrics }, writer)
+    }
+
+    /// Validates `body`, stores it durably (as an event or in the quarantine) and says what to
+    /// answer.
+    pub async fn receive(&self, body: &[u8]) -> Result<Receipt, Unavailable> {
+        let received_at = now_micros();
+        match parse_body(body, &self.tz) {
+            Ok(event) => match self.submit(Incoming::Event { event, received_at }).await? {
+                Outcome::Stored { event_id } => {
+                    self.metrics.events_accepted.inc();
+                    Ok(Receipt::Accepted {
+                        event_id,
+                        duplicate: false,
+                    })
+                }
+                Outcome::Duplicate { event_id } => {
+                    self.metrics.duplicates.inc();
+                    Ok(Receipt::Accepted {
+                        event_id,
+                        duplicate: true,
+                    })
+                }
+                Outcome::Quarantined { .. } => Err(Unavailable),
+            },
+            Err(error) => {
+                let rejected = RejectedBody {
+                    reason: error.reason(),
+                    detail: error.to_string(),
+                    body: body.to_vec(),
+                    received_at,
+                };
+                self.submit(Incoming::Rejected(rejected)).await?;
+                self.metrics.reject(error.reason());
+                Ok(Receipt::Rejected(error))
+            }
+        }
+    }
+
+    async fn submit(&self, item: Incoming) -> Result<Outcome, Unavailable> {
+        let (reply, answer) = oneshot::channel();
+        let wait = async {
+            self.queue
+                .send(Job { item, reply })
+                .await
+                .map_err(|_| Unavailable)?;
+            answer.await.map_err(|_| Unavailable)?
+        };
+        tokio::time::timeout(COMMIT_WAIT, wait)
+            .await
+            .map_err(|_| Unavailable)?
+    }
+}
+
+async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let (items, replies): (Vec<_>, Vec<_>) = jobs.drain(..).map(|j| (j.item, j.reply)).unzip();
+        metrics.commit_batch_size.observe(items.len() as f64);
+        let started = Instant::now();
+        match store.commit(items).await {
+            Ok(outcomes) => {
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                metrics.commit_failures.inc();
+                tracing::error!(%error, requests = replies.len(), "commit failed; answering 503");
+                for reply in replies {
+                    let _ = reply.send(Err(Unavailable));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! alohook: receive Alohub call-event webhooks, keep every event, merge them into one record per
+//! call, and serve them back.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod store;

@@ -1,0 +1,157 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use alohook::config::{self, Config, Settings};
+
+/// Receive Alohub call-event webhooks, keep every event, merge them into call records, serve them back.
+#[derive(Parser)]
+#[command(name = "alohook", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the webhook receiver and the read API.
+    Serve(Settings),
+    /// Show the webhook key and API token in use.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print a commented configuration file with every default.
+    Config,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the webhook key(s) and the API token, and what to give Alohub.
+    Show(Settings),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Serve(settings) => serve(settings),
+        Command::Keys {
+            command: KeysCommand::Show(settings),
+        } => keys_show(settings),
+        Command::Config => {
+            print!("{}", config::EXAMPLE_CONFIG);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("alohook: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("ALOHOOK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ALOHOOK_") && !config::KNOWN_ENV.contains(&name.as_str()) {
+            tracing::warn!(
+                "unknown environment variable {name} is ignored (known: {})",
+                config::KNOWN_ENV.join(", ")
+            );
+        }
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let mut config = settings.resolve()?;
+    let generated = config.ensure_credentials()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        if generated.webhook_key.is_some() || generated.api_token.is_some() {
+            print_first_run(&config, addr);
+        }
+        println!("alohook listening on http://{addr}");
+        alohook::server::run(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn print_first_run(config: &Config, addr: std::net::SocketAddr) {
+    println!(
+        "alohook: first start: generated credentials, kept in {} (mode 0600).",
+        config.credentials_path().display()
+    );
+    print_credentials(config, &addr.port().to_string());
+    println!("`alohook keys show` prints these again.\n");
+}
+
+fn print_credentials(config: &Config, port: &str) {
+    println!("Give Alohub:");
+    println!("  URL:               https://<this server's public address>/webhooks/alohub");
+    println!("                     (here: http://<host>:{port}/webhooks/alohub)");
+    for key in &config.webhook_keys {
+        println!("  Authorization key: {key}");
+    }
+    if let Some(token) = &config.api_token {
+        println!("Read API (your CRM, curl):");
+        println!("  Authorization: Bearer {token}");
+    }
+}
+
+fn keys_show(settings: Settings) -> anyhow::Result<()> {
+    let mut config = settings.resolve()?;
+    let path = config.credentials_path();
+    let generated = config.ensure_credentials()?;
+    if generated.webhook_key.is_some() || generated.api_token.is_some() {
+        println!(
+            "No credentials existed yet: generated them in {}.",
+            path.display()
+        );
+    }
+    print_credentials(&config, &config.listen.port().to_string());
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

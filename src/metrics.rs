@@ -1,0 +1,126 @@
+//! Prometheus metrics, served at `GET /metrics` in the OpenMetrics text format.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// Every figure alohook reports.
+pub struct Metrics {
+    registry: Registry,
+    /// Events stored for the first time.
+    pub events_accepted: Counter,
+    /// Deliveries of events already stored (resends).
+    pub duplicates: Counter,
+    /// Requests with a valid key that were refused, by reason.
+    pub rejected: Family<ReasonLabels, Counter>,
+    /// Webhook requests without a valid key.
+    pub unauthorized: Counter,
+    /// Batches that could not be committed (each request in one was answered 503).
+    pub commit_failures: Counter,
+    /// Requests per committed batch.
+    pub commit_batch_size: Histogram,
+    /// Time of one batch commit.
+    pub commit_seconds: Histogram,
+    /// From the request reaching the handler to its answer, for events answered 200.
+    pub ack_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("alohook");
+        let events_accepted = Counter::default();
+        let duplicates = Counter::default();
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        let unauthorized = Counter::default();
+        let commit_failures = Counter::default();
+        let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let ack_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "events_accepted",
+            "Events stored for the first time",
+            events_accepted.clone(),
+        );
+        registry.register(
+            "duplicates",
+            "Deliveries of an event already stored (resends)",
+            duplicates.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Requests with a valid key refused, by reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "unauthorized",
+            "Webhook requests without a valid key",
+            unauthorized.clone(),
+        );
+        registry.register(
+            "commit_failures",
+            "Batches that could not be committed (answered 503)",
+            commit_failures.clone(),
+        );
+        registry.register(
+            "commit_batch_size",
+            "Requests per committed batch",
+            commit_batch_size.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Duration of one batch commit",
+            commit_seconds.clone(),
+        );
+        registry.register(
+            "ack_latency_seconds",
+            "Time to acknowledge a webhook event with 200",
+            ack_latency.clone(),
+        );
+        Metrics {
+            registry,
+            events_accepted,
+            duplicates,
+            rejected,
+            unauthorized,
+            commit_failures,
+            commit_batch_size,
+            commit_seconds,
+            ack_latency,
+        }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe_ack(&self, elapsed: Duration) {
+        self.ack_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

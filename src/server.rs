@@ -1,0 +1,91 @@
+//! Putting it together: open the store, start the writer, serve HTTP until told to stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, KeySet};
+use crate::config::{Config, redact_url};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("no webhook key is configured")]
+    NoWebhookKey,
+    #[error("no API token is configured")]
+    NoApiToken,
+    #[error("unsupported database URL {0:?}: use sqlite://<path>")]
+    UnsupportedDatabase(String),
+    #[error("cannot open the database {url}: {source}")]
+    Store { url: String, source: StoreError },
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Opens the store named by `config.database` (the backend is chosen by the URL scheme).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    let url = config.database.clone();
+    if url.starts_with("sqlite:") {
+        let finals = config.final_statuses.clone();
+        let opened = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || SqliteStore::open_url(&url, finals)
+        })
+        .await
+        .map_err(|_| ServerError::Store {
+            url: redact_url(&url),
+            source: StoreError::Closed,
+        })?;
+        let store = opened.map_err(|source| ServerError::Store {
+            url: redact_url(&url),
+            source,
+        })?;
+        Ok(Arc::new(store))
+    } else {
+        Err(ServerError::UnsupportedDatabase(redact_url(&url)))
+    }
+}
+
+/// Serves alohook on `listener` until `shutdown` completes, then stops accepting, finishes the
+/// requests in flight and their commits, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    if config.webhook_keys.is_empty() {
+        return Err(ServerError::NoWebhookKey);
+    }
+    let api_token = config.api_token.clone().ok_or(ServerError::NoApiToken)?;
+    let store = open_store(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let (ingest, writer) = Ingest::start(store.clone(), config.timezone.clone(), metrics.clone());
+    let state = AppState {
+        ingest,
+        store,
+        webhook_keys: Arc::new(KeySet::new(&config.webhook_keys)),
+        api_tokens: Arc::new(KeySet::new([api_token])),
+        tz: config.timezone.clone(),
+        max_body: config.max_body,
+        metrics,
+    };
+    tracing::info!(?config, "alohook started");
+    let served = axum::serve(listener, api::app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // Every request (and with it every handle on the writer) is gone: the writer drains what is
+    // queued, commits it and stops.
+    if tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .is_err()
+    {
+        tracing::error!("the writer did not finish within 30 s of shutdown");
+    }
+    tracing::info!("alohook stopped");
+    served.map_err(ServerError::Serve)
+}

@@ -1,0 +1,573 @@
+//! The SQLite store: one file in WAL mode, one writer connection that commits whole batches
+//! (`synchronous=FULL`: a commit is on disk before it returns), and a small pool of readers that
+//! WAL lets run beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+
+use super::{
+    CallCursor, CallFilter, CallPage, Incoming, Outcome, RejectedPage, Store, StoreError,
+    StoredCall, StoredEvent, StoredRejection, sort_key,
+};
+use crate::model::merge::MERGED_FIELDS;
+use crate::model::phone::normalize_phone;
+use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, Phase, SourceKey};
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MAX_IDLE_READERS: usize = 8;
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    finals: FinalStatuses,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path, finals: FinalStatuses) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        configure(&writer)?;
+        writer.pragma_update(None, "cache_size", -8192)?;
+        migrate(&mut writer)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                finals,
+            }),
+        })
+    }
+
+    /// Opens from a `sqlite://path` URL.
+    pub fn open_url(url: &str, finals: FinalStatuses) -> Result<Self, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::Database(format!("not a sqlite URL: {url}")))?;
+        Self::open(Path::new(path), finals)
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    // FULL: the WAL is synced at every commit, so an acknowledged event survives a power cut.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Database(format!(
+            "the database is at schema version {version}, newer than this alohook knows ({}); \
+             run a newer alohook",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl Inner {
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().map_err(|_| StoreError::Closed)?.pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.pragma_update(None, "busy_timeout", 5000)?;
+                c
+            }
+        };
+        let result = f(&conn);
+        if let Ok(mut idle) = self.readers.lock() {
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+
+    fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
+        let mut conn = self.writer.lock().map_err(|_| StoreError::Closed)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for item in batch {
+            let outcome = match item {
+                Incoming::Event { event, received_at } => {
+                    store_event(&tx, &event, received_at, &self.finals)?
+                }
+                Incoming::Rejected(r) => {
+                    let hash: [u8; 32] = Sha256::digest(&r.body).into();
+                    let id: i64 = tx
+                        .prepare_cached(
+                            "INSERT INTO rejected (body_hash, reason, detail, received_at, \
+                             last_delivery_at, body) VALUES (?1, ?2, ?3, ?4, ?4, ?5) \
+                             ON CONFLICT (body_hash) DO UPDATE SET \
+                             deliveries = deliveries + 1, last_delivery_at = excluded.received_at \
+                             RETURNING id",
+                        )?
+                        .query_row(
+                            params![&hash[..], r.reason, r.detail, r.received_at, r.body],
+                            |row| row.get(0),
+                        )?;
+                    Outcome::Quarantined { id }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+}
+
+fn store_event(
+    conn: &Connection,
+    event: &ParsedEvent,
+    received_at: i64,
+    finals: &FinalStatuses,
+) -> Result<Outcome, StoreError> {
+    let call_id = event
+        .is_call()
+        .then(|| event.fields.call_id.as_deref())
+        .flatten();
+    let warnings = (!event.warnings.is_empty())
+        .then(|| serde_json::to_string(&event.warnings).unwrap_or_default());
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO events (dedupe_key, event_type, call_id, received_at, last_delivery_at, \
+             warnings, body) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
+             ON CONFLICT (dedupe_key) DO NOTHING",
+        )?
+        .execute(params![
+            &event.dedupe_key[..],
+            event.event_type,
+            call_id,
+            received_at,
+            warnings,
+            event.raw
+        ])?;
+    if inserted == 0 {
+        let event_id = conn
+            .prepare_cached(
+                "UPDATE events SET deliveries = deliveries + 1, last_delivery_at = ?2 \
+                 WHERE dedupe_key = ?1 RETURNING id",
+            )?
+            .query_row(params![&event.dedupe_key[..], received_at], |r| r.get(0))?;
+        return Ok(Outcome::Duplicate { event_id });
+    }
+    let event_id = conn.last_insert_rowid();
+    if let Some(call_id) = call_id {
+        merge_call(conn, call_id, &event.fields, event_id, received_at, finals)?;
+    }
+    Ok(Outcome::Stored { event_id })
+}
+
+fn merge_call(
+    conn: &Connection,
+    call_id: &str,
+    fields: &EventFields,
+    event_id: i64,
+    received_at: i64,
+    finals: &FinalStatuses,
+) -> Result<(), StoreError> {
+    let existing = conn
+        .prepare_cached(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1"
+        ))?
+        .query_row([call_id], read_call)
+        .optional()?;
+    let (seq, record) = match existing {
+        Some((seq, stored)) => {
+            let stored = stored?;
+            let mut record = stored.record;
+            record.merge(fields, event_id, received_at);
+            (Some(seq), record)
+        }
+        None => (
+            None,
+            CallRecord::from_event(call_id, fields, event_id, received_at),
+        ),
+    };
+    let f = &record.fields;
+    let phase = record.phase(finals).as_str();
+    let values = params![
+        call_id,
+        sort_key(record.sort_time),
+        phase,
+        f.call_status,
+        f.direction,
+        f.caller_number,
+        f.caller_number.as_deref().map(normalize_phone),
+        f.destination_number,
+        f.destination_number.as_deref().map(normalize_phone),
+        f.hotline,
+        f.user_name,
+        f.transaction_id,
+        f.object_id,
+        f.start_time,
+        f.answer_time,
+        f.end_time,
+        f.hangup_by,
+        f.total_duration,
+        f.holding_duration,
+        f.recording_url,
+        record.event_count,
+        record.first_received_at,
+        record.last_received_at,
+        encode_sources(&record.sources),
+        seq,
+    ];
+    match seq {
+        None => conn
+            .prepare_cached(
+                "INSERT INTO calls (call_id, sort_key, phase, call_status, direction, \
+                 caller_number, caller_norm, destination_number, destination_norm, hotline, \
+                 user_name, transaction_id, object_id, start_time, answer_time, end_time, \
+                 hangup_by, total_duration, holding_duration, recording_url, event_count, \
+                 first_received_at, last_received_at, sources, seq) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+            )?
+            .execute(values)?,
+        Some(_) => conn
+            .prepare_cached(
+                "UPDATE calls SET sort_key = ?2, phase = ?3, call_status = ?4, direction = ?5, \
+                 caller_number = ?6, caller_norm = ?7, destination_number = ?8, \
+                 destination_norm = ?9, hotline = ?10, user_name = ?11, transaction_id = ?12, \
+                 object_id = ?13, start_time = ?14, answer_time = ?15, end_time = ?16, \
+                 hangup_by = ?17, total_duration = ?18, holding_duration = ?19, \
+                 recording_url = ?20, event_count = ?21, first_received_at = ?22, \
+                 last_received_at = ?23, sources = ?24 WHERE seq = ?25 AND call_id = ?1",
+            )?
+            .execute(values)?,
+    };
+    Ok(())
+}
+
+const CALL_COLUMNS: &str = "seq, call_id, sort_key, phase, call_status, direction, caller_number, \
+    destination_number, hotline, user_name, transaction_id, object_id, start_time, answer_time, \
+    end_time, hangup_by, total_duration, holding_duration, recording_url, event_count, \
+    first_received_at, last_received_at, sources";
+
+type CallRow = (i64, Result<StoredCall, StoreError>);
+
+fn read_call(row: &Row<'_>) -> rusqlite::Result<CallRow> {
+    let seq: i64 = row.get(0)?;
+    let sort_key: i64 = row.get(2)?;
+    let phase: String = row.get(3)?;
+    let sources: String = row.get(22)?;
+    let fields = EventFields {
+        call_id: row.get(1)?,
+        call_status: row.get(4)?,
+        direction: row.get(5)?,
+        caller_number: row.get(6)?,
+        destination_number: row.get(7)?,
+        hotline: row.get(8)?,
+        user_name: row.get(9)?,
+        transaction_id: row.get(10)?,
+        object_id: row.get(11)?,
+        start_time: row.get(12)?,
+        answer_time: row.get(13)?,
+        end_time: row.get(14)?,
+        hangup_by: row.get(15)?,
+        total_duration: row.get(16)?,
+        holding_duration: row.get(17)?,
+        recording_url: row.get(18)?,
+    };
+    let event_count = row.get(19)?;
+    let first_received_at = row.get(20)?;
+    let last_received_at = row.get(21)?;
+    let stored = (|| {
+        Ok(StoredCall {
+            phase: Phase::parse(&phase)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {phase:?}")))?,
+            record: CallRecord {
+                fields,
+                sources: decode_sources(&sources)?,
+                event_count,
+                first_received_at,
+                last_received_at,
+                sort_time: (sort_key != i64::MIN).then_some(sort_key),
+            },
+        })
+    })();
+    Ok((seq, stored))
+}
+
+/// `rank:event_id` per merged field, comma-separated, empty for a field never filled.
+fn encode_sources(sources: &[Option<SourceKey>; MERGED_FIELDS]) -> String {
+    let mut out = String::with_capacity(MERGED_FIELDS * 6);
+    for (i, s) in sources.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if let Some(k) = s {
+            out.push_str(&format!("{}:{}", k.rank, k.event_id));
+        }
+    }
+    out
+}
+
+fn decode_sources(text: &str) -> Result<[Option<SourceKey>; MERGED_FIELDS], StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("bad merge sources {text:?}"));
+    let mut sources = [None; MERGED_FIELDS];
+    let parts: Vec<&str> = text.split(',').collect();
+    if parts.len() != MERGED_FIELDS {
+        return Err(corrupt());
+    }
+    for (slot, part) in sources.iter_mut().zip(parts) {
+        if part.is_empty() {
+            continue;
+        }
+        let (rank, id) = part.split_once(':').ok_or_else(corrupt)?;
+        *slot = Some(SourceKey {
+            rank: rank.parse().map_err(|_| corrupt())?,
+            event_id: id.parse().map_err(|_| corrupt())?,
+        });
+    }
+    Ok(sources)
+}
+
+fn list_calls(
+    conn: &Connection,
+    filter: &CallFilter,
+    limit: usize,
+    cursor: Option<CallCursor>,
+) -> Result<CallPage, StoreError> {
+    let mut clauses: Vec<&str> = Vec::new();
+    let mut args: Vec<SqlValue> = Vec::new();
+    let mut text = |clause: &'static str, value: &Option<String>| {
+        if let Some(v) = value {
+            clauses.push(clause);
+            args.push(SqlValue::Text(v.clone()));
+        }
+    };
+    text("call_status = ?", &filter.status);
+    text(
+        "direction = ?",
+        &filter.direction.as_ref().map(|d| d.to_lowercase()),
+    );
+    text("hotline = ?", &filter.hotline);
+    text("user_name = ?", &filter.user_name);
+    text(
+        "destination_norm = ?",
+        &filter.destination_number.as_deref().map(normalize_phone),
+    );
+    text("transaction_id = ?", &filter.transaction_id);
+    text("phase = ?", &filter.phase.map(|p| p.as_str().to_string()));
+    if let Some(phone) = &filter.phone {
+        clauses.push("(caller_norm = ? OR destination_norm = ?)");
+        args.push(SqlValue::Text(phone.clone()));
+        args.push(SqlValue::Text(phone.clone()));
+    }
+    if filter.from.is_some() || filter.to.is_some() {
+        clauses.push("sort_key > ?");
+        args.push(SqlValue::Integer(i64::MIN));
+    }
+    if let Some(from) = filter.from {
+        clauses.push("sort_key >= ?");
+        args.push(SqlValue::Integer(from));
+    }
+    if let Some(to) = filter.to {
+        clauses.push("sort_key <= ?");
+        args.push(SqlValue::Integer(to));
+    }
+    if let Some(c) = cursor {
+        clauses.push("(sort_key, seq) < (?, ?)");
+        args.push(SqlValue::Integer(c.sort_key));
+        args.push(SqlValue::Integer(c.seq));
+    }
+    let where_sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    args.push(SqlValue::Integer(limit as i64 + 1));
+    let sql = format!(
+        "SELECT {CALL_COLUMNS} FROM calls {where_sql} ORDER BY sort_key DESC, seq DESC LIMIT ?"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), read_call)?;
+    let mut items = Vec::with_capacity(limit);
+    let mut last = None;
+    let mut more = false;
+    for row in rows {
+        let (seq, call) = row?;
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        let call = call?;
+        last = Some(CallCursor {
+            sort_key: sort_key(call.record.sort_time),
+            seq,
+        });
+        items.push(call);
+    }
+    Ok(CallPage {
+        items,
+        next: if more { last } else { None },
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
+        self.blocking(move |inner| inner.commit(batch)).await
+    }
+
+    async fn call(&self, call_id: &str) -> Result<Option<StoredCall>, StoreError> {
+        let call_id = call_id.to_string();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                let row = conn
+                    .prepare_cached(&format!(
+                        "SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1"
+                    ))?
+                    .query_row([call_id], read_call)
+                    .optional()?;
+                row.map(|(_, call)| call).transpose()
+            })
+        })
+        .await
+    }
+
+    async fn calls(
+        &self,
+        filter: &CallFilter,
+        limit: usize,
+        cursor: Option<CallCursor>,
+    ) -> Result<CallPage, StoreError> {
+        let filter = filter.clone();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| list_calls(conn, &filter, limit, cursor))
+        })
+        .await
+    }
+
+    async fn call_events(&self, call_id: &str) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        let call_id = call_id.to_string();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                let tx = conn.unchecked_transaction()?;
+                let known = tx
+                    .prepare_cached("SELECT 1 FROM calls WHERE call_id = ?1")?
+                    .exists([&call_id])?;
+                if !known {
+                    return Ok(None);
+                }
+                let mut stmt = tx.prepare_cached(
+                    "SELECT id, received_at, deliveries, warnings, body FROM events \
+                     WHERE call_id = ?1 ORDER BY id",
+                )?;
+                let rows = stmt.query_map([&call_id], |r| {
+                    let warnings: Option<String> = r.get(3)?;
+                    Ok(StoredEvent {
+                        event_id: r.get(0)?,
+                        received_at: r.get(1)?,
+                        deliveries: r.get(2)?,
+                        warnings: warnings
+                            .and_then(|w| serde_json::from_str(&w).ok())
+                            .unwrap_or_default(),
+                        payload: r.get(4)?,
+                    })
+                })?;
+                let events = rows.collect::<Result<Vec<_>, _>>()?;
+                Ok(Some(events))
+            })
+        })
+        .await
+    }
+
+    async fn rejected(
+        &self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<RejectedPage, StoreError> {
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, reason, detail, received_at, deliveries, body FROM rejected \
+                     WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                )?;
+                let rows =
+                    stmt.query_map(params![before.unwrap_or(i64::MAX), limit as i64 + 1], |r| {
+                        Ok(StoredRejection {
+                            id: r.get(0)?,
+                            reason: r.get(1)?,
+                            detail: r.get(2)?,
+                            received_at: r.get(3)?,
+                            deliveries: r.get(4)?,
+                            body: r.get(5)?,
+                        })
+                    })?;
+                let mut items = rows.collect::<Result<Vec<_>, _>>()?;
+                let next = if items.len() > limit {
+                    items.truncate(limit);
+                    items.last().map(|r| r.id)
+                } else {
+                    None
+                };
+                Ok(RejectedPage { items, next })
+            })
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.blocking(|inner| {
+            let conn = inner.writer.lock().map_err(|_| StoreError::Closed)?;
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            Ok(())
+        })
+        .await
+    }
+}
