@@ -67,7 +67,13 @@ impl Ingest {
     pub async fn receive(&self, body: &[u8]) -> Result<Receipt, Unavailable> {
         let received_at = now_micros();
         match parse_body(body, &self.tz) {
-            Ok(event) => match self.submit(Incoming::Event { event, received_at }).await? {
+            Ok(event) => match self
+                .submit(Incoming::Event {
+                    event: Box::new(event),
+                    received_at,
+                })
+                .await?
+            {
                 Outcome::Stored { event_id } => {
                     self.metrics.events_accepted.inc();
                     Ok(Receipt::Accepted {

@@ -58,11 +58,21 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let store = open_store(&config).await?;
+    run_with_store(listener, config, store, shutdown).await
+}
+
+/// [`run`] with a store opened by the caller (tests use it to inject failures).
+pub async fn run_with_store(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     if config.webhook_keys.is_empty() {
         return Err(ServerError::NoWebhookKey);
     }
     let api_token = config.api_token.clone().ok_or(ServerError::NoApiToken)?;
-    let store = open_store(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let (ingest, writer) = Ingest::start(store.clone(), config.timezone.clone(), metrics.clone());
     let state = AppState {

@@ -250,7 +250,7 @@ pub fn parse_seconds(text: &str) -> Option<i64> {
         return Some(total);
     }
     let f: f64 = text.parse().ok()?;
-    (f.is_finite() && f >= 0.0 && f < 1e15).then(|| f.round() as i64)
+    (f.is_finite() && (0.0..1e15).contains(&f)).then(|| f.round() as i64)
 }
 
 fn json_kind(v: &Value) -> &'static str {

@@ -131,6 +131,9 @@ mod tests {
 
     #[test]
     fn utc_receipts() {
-        assert_eq!(format_utc_micros(1705132830_000000), "2024-01-13T08:00:30Z");
+        assert_eq!(
+            format_utc_micros(1_705_132_830_000_000),
+            "2024-01-13T08:00:30Z"
+        );
     }
 }

@@ -12,7 +12,7 @@ pub mod sqlite;
 pub enum Incoming {
     /// A valid event, to be stored (or counted as a resend) and merged into its call.
     Event {
-        event: ParsedEvent,
+        event: Box<ParsedEvent>,
         received_at: i64,
     },
     /// A body that is not a valid event, kept in the quarantine.

@@ -174,10 +174,11 @@ fn store_event(
     received_at: i64,
     finals: &FinalStatuses,
 ) -> Result<Outcome, StoreError> {
-    let call_id = event
-        .is_call()
-        .then(|| event.fields.call_id.as_deref())
-        .flatten();
+    let call_id = if event.is_call() {
+        event.fields.call_id.as_deref()
+    } else {
+        None
+    };
     let warnings = (!event.warnings.is_empty())
         .then(|| serde_json::to_string(&event.warnings).unwrap_or_default());
     let inserted = conn

@@ -1,0 +1,14 @@
+//! alohook's integration tests: a real server on an ephemeral port, real HTTP, a real database.
+
+mod support;
+
+/// The real binary: first-run credentials, the listening line, SIGTERM.
+mod cli;
+/// Identity of events: key order, whitespace, number vs string, restarts, concurrent resends.
+mod dedupe;
+/// One record per call whatever the arrival order; typing of loose fields.
+mod merge;
+/// The read API: call object, events, filters, cursor paging, quarantine listing, auth.
+mod read_api;
+/// Every row of the webhook's answer table, 405, body limits, quarantine.
+mod webhook;

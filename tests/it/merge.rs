@@ -1,0 +1,129 @@
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// Sends `events` in order for `call_id` and returns the call record.
+async fn record_after(server: &TestServer, events: &[Value]) -> Value {
+    for event in events {
+        server.send(event).await;
+    }
+    let id = events[0]["call_id"].as_str().unwrap();
+    let mut call = server.call(id).await;
+    // Receipt times differ between runs; everything else must be equal.
+    let obj = call.as_object_mut().unwrap();
+    obj.remove("first_received_at");
+    obj.remove("last_received_at");
+    obj.remove("call_id");
+    call
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_before_in_progress_gives_the_same_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let in_order = record_after(&server, &[in_progress("c-a"), ended("c-a")]).await;
+    let reversed = record_after(&server, &[ended("c-b"), in_progress("c-b")]).await;
+    assert_eq!(in_order, reversed);
+    assert_eq!(
+        in_order,
+        json!({
+            "call_status": "answered", "phase": "ended", "direction": "outbound",
+            "caller_number": "03899xxx", "destination_number": "888", "hotline": null,
+            "user_name": "adminxxx", "transaction_id": "TRANSID_1111", "object_id": 1,
+            "start_time": "2024-01-13T15:00:30+07:00", "answer_time": "2024-01-13T15:00:35+07:00",
+            "end_time": "2024-01-13T15:05:30+07:00", "hangup_by": "customer",
+            "total_duration": 300, "holding_duration": 0, "ring_seconds": 5, "talk_seconds": 295,
+            "recording_url": "https://media.example.invalid:8443/IPCCMedia/MP3Export.do?url=file.mp3&source=ipcc",
+            "event_count": 2
+        })
+    );
+    // A resend of the in-progress event after the final one rolls nothing back.
+    server.send(&in_progress("c-a")).await;
+    assert_eq!(record_after(&server, &[in_progress("c-a")]).await, in_order);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phases_and_received_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut ringing = in_progress("c-p");
+    ringing["call_status"] = json!("ringing");
+    ringing["answertime"] = json!("");
+    server.send(&ringing).await;
+    let call = server.call("c-p").await;
+    assert_eq!(call["phase"], "ringing");
+    assert_eq!(call["ring_seconds"], Value::Null);
+    assert_eq!(call["first_received_at"], call["last_received_at"]);
+    assert!(call["first_received_at"].as_str().unwrap().ends_with('Z'));
+
+    server.send(&in_progress("c-p")).await;
+    let call = server.call("c-p").await;
+    assert_eq!(call["phase"], "in_progress");
+    assert_eq!(call["ring_seconds"], 5);
+    assert_eq!(call["talk_seconds"], Value::Null);
+    assert!(call["last_received_at"].as_str() > call["first_received_at"].as_str());
+
+    let mut missed = in_progress("c-missed");
+    missed["call_status"] = json!("missed");
+    missed["answertime"] = json!("");
+    server.send(&missed).await;
+    assert_eq!(server.call("c-missed").await["phase"], "ended");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loose_types_become_typed_fields_with_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let body = r#"{
+        "call_id": 20240113150030123456, "call_status": "answered", "direction": "INBOUND",
+        "caller_number": "0389123456", "starttime": "2024-01-13T08:00:30Z",
+        "answertime": "not a time", "total_duration": 300, "holding_duration": "abc",
+        "objectId": "7", "extra_field": {"kept": true}
+    }"#;
+    let (status, answer) = server.post(body).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    let call = server.call("20240113150030123456").await;
+    assert_eq!(call["direction"], "inbound");
+    assert_eq!(call["start_time"], "2024-01-13T15:00:30+07:00");
+    assert_eq!(call["answer_time"], Value::Null);
+    assert_eq!(call["total_duration"], 300);
+    assert_eq!(call["holding_duration"], Value::Null);
+    assert_eq!(call["object_id"], 7);
+    assert_eq!(call["phase"], "ended");
+
+    let (_, events) = server.get("/api/calls/20240113150030123456/events").await;
+    let event = &events["items"][0];
+    let warnings = event["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].as_str().unwrap().starts_with("answertime"));
+    assert!(
+        warnings[1]
+            .as_str()
+            .unwrap()
+            .starts_with("holding_duration")
+    );
+    // The payload is the body as sent, unknown fields and big numbers included.
+    assert_eq!(event["payload"]["extra_field"], json!({"kept": true}));
+    assert_eq!(event["payload"]["answertime"], "not a time");
+    assert_eq!(
+        event["payload"]["call_id"].to_string(),
+        "20240113150030123456"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_zone_reads_local_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.timezone = Some("UTC".into());
+    let server = TestServer::start_with(settings, None).await;
+    server.send(&in_progress("c-utc")).await;
+    assert_eq!(
+        server.call("c-utc").await["start_time"],
+        "2024-01-13T15:00:30+00:00"
+    );
+    server.stop().await;
+}

@@ -1,0 +1,332 @@
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use alohook::store::Store;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_requests_keep_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let body = in_progress("c-unauth").to_string();
+    for auth in [
+        None,
+        Some("wrong"),
+        Some("Bearer wrong"),
+        Some(TOKEN),
+        Some(&*format!("Bearer {TOKEN}")),
+    ] {
+        let (status, answer) = server.post_with_auth(body.clone(), auth).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "auth {auth:?}");
+        assert_eq!(answer, json!({"error": "unauthorized"}));
+    }
+    // Not even a bad body is quarantined without a key.
+    let (status, _) = server.post_with_auth("{", Some("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, rejected) = server.get("/api/rejected").await;
+    assert_eq!(rejected["items"], json!([]));
+    let (status, _) = server.get("/api/calls/c-unauth").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_as_is_or_bearer_and_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.webhook_keys = vec!["old-key".into(), "new-key".into()];
+    let server = TestServer::start_with(settings, None).await;
+    for (i, auth) in ["old-key", "new-key", "Bearer new-key"].iter().enumerate() {
+        let (status, answer) = server
+            .post_with_auth(in_progress(&format!("c-key-{i}")).to_string(), Some(auth))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{auth}: {answer}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_limit_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.max_body = Some(1024);
+    let server = TestServer::start_with(settings, None).await;
+    let event = in_progress("c-limit").to_string();
+    // Trailing whitespace keeps the JSON valid while padding it to the exact size.
+    let exact = format!("{event}{}", " ".repeat(1024 - event.len()));
+    assert_eq!(exact.len(), 1024);
+    let (status, answer) = server.post(format!("{exact} ")).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer, json!({"error": "payload_too_large"}));
+    let (status, answer) = server.post(exact).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // Without Content-Length (chunked), the limit holds too.
+    let big = format!("{event}{}", " ".repeat(2000));
+    assert_eq!(chunked_post(&server, &big).await, 413);
+    let (_, rejected) = server.get("/api/rejected").await;
+    assert_eq!(
+        rejected["items"],
+        json!([]),
+        "oversized bodies are not kept"
+    );
+    server.stop().await;
+}
+
+/// POSTs `body` with `Transfer-Encoding: chunked` over a raw socket; returns the status code.
+async fn chunked_post(server: &TestServer, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "POST /webhooks/alohub HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {KEY}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    for chunk in body.as_bytes().chunks(100) {
+        request.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            std::str::from_utf8(chunk).unwrap()
+        ));
+    }
+    request.push_str("0\r\n\r\n");
+    // The server may answer and close before reading everything; that is fine.
+    let _ = socket.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_json_is_400_and_quarantined_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    for _ in 0..2 {
+        let (status, answer) = server.post("{\"call_id\": ").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer["error"], "invalid_json");
+        assert!(answer["detail"].as_str().unwrap().len() > 5, "{answer}");
+    }
+    let (status, answer) = server.post(b"{\"call_id\":\"\xff\"}".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["error"], "invalid_json");
+
+    let (status, rejected) = server.get("/api/rejected").await;
+    assert_eq!(status, StatusCode::OK);
+    let items = rejected["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{rejected}");
+    // Newest first: the non-UTF-8 body, then the truncated one received twice.
+    assert_eq!(items[0]["reason"], "invalid_json");
+    assert_eq!(items[0]["body_base64"], "eyJjYWxsX2lkIjoi/yJ9");
+    assert_eq!(items[1]["body"], "{\"call_id\": ");
+    assert_eq!(items[1]["deliveries"], 2);
+    assert!(items[1].get("body_base64").is_none());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_events_are_422_and_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let bodies = [
+        "[1,2,3]",
+        "\"just a string\"",
+        r#"{"call_status":"answered"}"#,
+        r#"{"call_id":"c1","call_status":""}"#,
+        r#"{"call_id":"","call_status":"answered","eventType":"call"}"#,
+        r#"{"call_id":null,"call_status":"missed","eventType":""}"#,
+    ];
+    for body in bodies {
+        let (status, answer) = server.post(body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(answer["error"], "invalid_event", "{body}");
+        assert!(answer["detail"].is_string());
+    }
+    let (_, rejected) = server.get("/api/rejected?limit=1000").await;
+    let kept: Vec<&str> = rejected["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["body"].as_str().unwrap())
+        .collect();
+    for body in bodies {
+        assert!(kept.contains(&body), "{body} not quarantined");
+    }
+    assert!(
+        rejected["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["reason"] == "invalid_event")
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_event_then_resend() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let body = in_progress("c-new").to_string();
+    let (status, first) = server.post(body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first["ok"], true);
+    assert_eq!(first["duplicate"], false);
+    assert!(first["event_id"].is_i64());
+    let (status, second) = server.post(body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        second,
+        json!({"ok": true, "event_id": first["event_id"], "duplicate": true})
+    );
+    let (_, events) = server.get("/api/calls/c-new/events").await;
+    assert_eq!(events["items"].as_array().unwrap().len(), 1);
+    assert_eq!(events["items"][0]["deliveries"], 2);
+    assert_eq!(server.call("c-new").await["event_count"], 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_type_does_not_matter() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let response = server
+        .client
+        .post(server.url("/webhooks/alohub"))
+        .header("authorization", KEY)
+        .header("content-type", "text/plain")
+        .body(in_progress("c-ct").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_methods_are_405_before_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let response = server
+            .client
+            .request(method.clone(), server.url("/webhooks/alohub"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_failure_is_503_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let config = settings.clone().resolve().unwrap();
+    let inner = alohook::server::open_store(&config).await.unwrap();
+    let flaky = Arc::new(FlakyStore {
+        inner,
+        failing: Default::default(),
+    });
+    let server = TestServer::start_with(settings, Some(flaky.clone() as Arc<dyn Store>)).await;
+
+    flaky.failing.store(true, Ordering::SeqCst);
+    let body = ended("c-503").to_string();
+    let response = server
+        .client
+        .post(server.url("/webhooks/alohub"))
+        .header("authorization", KEY)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        json!({"error": "unavailable"})
+    );
+    let (status, _) = server.post("{").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a bad body that cannot be kept is not 400"
+    );
+    let (status, _) = server.get_with_auth("/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = server.get_with_auth("/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    flaky.failing.store(false, Ordering::SeqCst);
+    let (status, _) = server.get_with_auth("/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = server.post(body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer["duplicate"], false,
+        "the failed delivery kept nothing"
+    );
+    let (_, metrics) = (
+        (),
+        server
+            .client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        metrics.contains("alohook_commit_failures_total 2"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server.send(&in_progress("c-m")).await;
+    server.send(&in_progress("c-m")).await;
+    server.post("nope").await;
+    server.post(r#"{"x":1}"#).await;
+    server.post_with_auth("{}", Some("bad")).await;
+    let response = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    for line in [
+        "alohook_events_accepted_total 1",
+        "alohook_duplicates_total 1",
+        "alohook_rejected_total{reason=\"invalid_json\"} 1",
+        "alohook_rejected_total{reason=\"invalid_event\"} 1",
+        "alohook_unauthorized_total 1",
+        "alohook_ack_latency_seconds_count 2",
+        "alohook_commit_batch_size_count",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    server.stop().await;
+}
