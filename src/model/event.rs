@@ -100,6 +100,13 @@ impl ParsedEvent {
     pub fn is_call(&self) -> bool {
         self.event_type == "call"
     }
+
+    /// Where the identity is unique: the body's `call_id` (of any event type), or `""`.
+    /// Equal dedupe keys imply equal call ids, so this narrows nothing; stores use it to keep
+    /// the keys of one call together.
+    pub fn scope(&self) -> &str {
+        self.fields.call_id.as_deref().unwrap_or("")
+    }
 }
 
 /// Parses and validates one request body.

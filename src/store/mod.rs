@@ -3,7 +3,9 @@
 
 use async_trait::async_trait;
 
-use crate::model::{CallRecord, ParsedEvent, Phase};
+use crate::model::merge::MERGED_FIELDS;
+use crate::model::phone::normalize_phone;
+use crate::model::{CallRecord, FinalStatuses, ParsedEvent, Phase, SourceKey};
 
 pub mod sqlite;
 
@@ -153,4 +155,88 @@ pub trait Store: Send + Sync + 'static {
 /// that such calls list last.
 pub fn sort_key(sort_time: Option<i64>) -> i64 {
     sort_time.unwrap_or(i64::MIN)
+}
+
+/// One column value of a call row, whatever the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Column {
+    Text(Option<String>),
+    Integer(Option<i64>),
+}
+
+/// The stored columns of a call record (all but its `seq`), by column name. Backends write them
+/// as they are; an update writes only those that differ from the row's previous columns.
+pub fn call_columns(record: &CallRecord, finals: &FinalStatuses) -> Vec<(&'static str, Column)> {
+    use Column::{Integer, Text};
+    let f = &record.fields;
+    vec![
+        ("call_id", Text(f.call_id.clone())),
+        ("sort_key", Integer(Some(sort_key(record.sort_time)))),
+        (
+            "phase",
+            Text(Some(record.phase(finals).as_str().to_string())),
+        ),
+        ("call_status", Text(f.call_status.clone())),
+        ("direction", Text(f.direction.clone())),
+        ("caller_number", Text(f.caller_number.clone())),
+        (
+            "caller_norm",
+            Text(f.caller_number.as_deref().map(normalize_phone)),
+        ),
+        ("destination_number", Text(f.destination_number.clone())),
+        (
+            "destination_norm",
+            Text(f.destination_number.as_deref().map(normalize_phone)),
+        ),
+        ("hotline", Text(f.hotline.clone())),
+        ("user_name", Text(f.user_name.clone())),
+        ("transaction_id", Text(f.transaction_id.clone())),
+        ("object_id", Integer(f.object_id)),
+        ("start_time", Integer(f.start_time)),
+        ("answer_time", Integer(f.answer_time)),
+        ("end_time", Integer(f.end_time)),
+        ("hangup_by", Text(f.hangup_by.clone())),
+        ("total_duration", Integer(f.total_duration)),
+        ("holding_duration", Integer(f.holding_duration)),
+        ("recording_url", Text(f.recording_url.clone())),
+        ("event_count", Integer(Some(record.event_count))),
+        ("first_received_at", Integer(Some(record.first_received_at))),
+        ("last_received_at", Integer(Some(record.last_received_at))),
+        ("sources", Text(Some(encode_sources(&record.sources)))),
+    ]
+}
+
+/// `rank:event_id` per merged field, comma-separated, empty for a field never filled.
+pub fn encode_sources(sources: &[Option<SourceKey>; MERGED_FIELDS]) -> String {
+    let mut out = String::with_capacity(MERGED_FIELDS * 8);
+    for (i, s) in sources.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if let Some(k) = s {
+            out.push_str(&format!("{}:{}", k.rank, k.event_id));
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_sources`].
+pub fn decode_sources(text: &str) -> Result<[Option<SourceKey>; MERGED_FIELDS], StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("bad merge sources {text:?}"));
+    let mut sources = [None; MERGED_FIELDS];
+    let parts: Vec<&str> = text.split(',').collect();
+    if parts.len() != MERGED_FIELDS {
+        return Err(corrupt());
+    }
+    for (slot, part) in sources.iter_mut().zip(parts) {
+        if part.is_empty() {
+            continue;
+        }
+        let (rank, id) = part.split_once(':').ok_or_else(corrupt)?;
+        *slot = Some(SourceKey {
+            rank: rank.parse().map_err(|_| corrupt())?,
+            event_id: id.parse().map_err(|_| corrupt())?,
+        });
+    }
+    Ok(sources)
 }

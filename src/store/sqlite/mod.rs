@@ -7,16 +7,17 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params, params_from_iter,
+};
 use sha2::{Digest, Sha256};
 
 use super::{
-    CallCursor, CallFilter, CallPage, Incoming, Outcome, RejectedPage, Store, StoreError,
-    StoredCall, StoredEvent, StoredRejection, sort_key,
+    CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedPage, Store, StoreError,
+    StoredCall, StoredEvent, StoredRejection, call_columns, decode_sources, sort_key,
 };
-use crate::model::merge::MERGED_FIELDS;
 use crate::model::phone::normalize_phone;
-use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, Phase, SourceKey};
+use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, Phase};
 
 const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
 const MAX_IDLE_READERS: usize = 8;
@@ -31,6 +32,8 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     finals: FinalStatuses,
+    /// Dropping it stops the checkpointer.
+    _checkpointer: std::sync::mpsc::Sender<()>,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -51,13 +54,18 @@ impl SqliteStore {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
         writer.pragma_update(None, "cache_size", -8192)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 8192)?;
+        // One UPDATE statement per set of changed columns: keep the common ones prepared.
+        writer.set_prepared_statement_cache_capacity(128);
         migrate(&mut writer)?;
+        let checkpointer = spawn_checkpointer(path)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
                 finals,
+                _checkpointer: checkpointer,
             }),
         })
     }
@@ -81,6 +89,30 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Copies WAL frames into the database file from a thread of its own, so that the writer, whose
+/// own checkpoint (every `wal_autocheckpoint` pages) keeps the WAL bounded, finds most of the work
+/// done and stalls commits for less time.
+fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    let (stop, stopped) = channel::<()>();
+    std::thread::Builder::new()
+        .name("alohook-checkpoint".into())
+        .spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(std::time::Duration::from_millis(200))
+            {
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "background checkpoint failed");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Database(format!("cannot start the checkpointer: {e}")))?;
+    Ok(stop)
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
@@ -183,9 +215,9 @@ fn store_event(
         .then(|| serde_json::to_string(&event.warnings).unwrap_or_default());
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO events (dedupe_key, event_type, call_id, received_at, last_delivery_at, \
-             warnings, body) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
-             ON CONFLICT (dedupe_key) DO NOTHING",
+            "INSERT INTO events (scope, dedupe_key, event_type, call_id, received_at, \
+             last_delivery_at, warnings, body) VALUES (?7, ?1, ?2, ?3, ?4, ?4, ?5, ?6) \
+             ON CONFLICT (scope, dedupe_key) DO NOTHING",
         )?
         .execute(params![
             &event.dedupe_key[..],
@@ -193,15 +225,19 @@ fn store_event(
             call_id,
             received_at,
             warnings,
-            event.raw
+            event.raw,
+            event.scope()
         ])?;
     if inserted == 0 {
         let event_id = conn
             .prepare_cached(
                 "UPDATE events SET deliveries = deliveries + 1, last_delivery_at = ?2 \
-                 WHERE dedupe_key = ?1 RETURNING id",
+                 WHERE scope = ?3 AND dedupe_key = ?1 RETURNING id",
             )?
-            .query_row(params![&event.dedupe_key[..], received_at], |r| r.get(0))?;
+            .query_row(
+                params![&event.dedupe_key[..], received_at, event.scope()],
+                |r| r.get(0),
+            )?;
         return Ok(Outcome::Duplicate { event_id });
     }
     let event_id = conn.last_insert_rowid();
@@ -225,72 +261,52 @@ fn merge_call(
         ))?
         .query_row([call_id], read_call)
         .optional()?;
-    let (seq, record) = match existing {
-        Some((seq, stored)) => {
-            let stored = stored?;
-            let mut record = stored.record;
-            record.merge(fields, event_id, received_at);
-            (Some(seq), record)
-        }
-        None => (
-            None,
-            CallRecord::from_event(call_id, fields, event_id, received_at),
-        ),
+    let Some((seq, stored)) = existing else {
+        let record = CallRecord::from_event(call_id, fields, event_id, received_at);
+        let columns = call_columns(&record, finals);
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "INSERT INTO calls ({}) VALUES ({})",
+            names.join(", "),
+            placeholders.join(", ")
+        );
+        conn.prepare_cached(&sql)?.execute(params_from_iter(
+            columns.into_iter().map(|(_, v)| sql_value(v)),
+        ))?;
+        return Ok(());
     };
-    let f = &record.fields;
-    let phase = record.phase(finals).as_str();
-    let values = params![
-        call_id,
-        sort_key(record.sort_time),
-        phase,
-        f.call_status,
-        f.direction,
-        f.caller_number,
-        f.caller_number.as_deref().map(normalize_phone),
-        f.destination_number,
-        f.destination_number.as_deref().map(normalize_phone),
-        f.hotline,
-        f.user_name,
-        f.transaction_id,
-        f.object_id,
-        f.start_time,
-        f.answer_time,
-        f.end_time,
-        f.hangup_by,
-        f.total_duration,
-        f.holding_duration,
-        f.recording_url,
-        record.event_count,
-        record.first_received_at,
-        record.last_received_at,
-        encode_sources(&record.sources),
-        seq,
-    ];
-    match seq {
-        None => conn
-            .prepare_cached(
-                "INSERT INTO calls (call_id, sort_key, phase, call_status, direction, \
-                 caller_number, caller_norm, destination_number, destination_norm, hotline, \
-                 user_name, transaction_id, object_id, start_time, answer_time, end_time, \
-                 hangup_by, total_duration, holding_duration, recording_url, event_count, \
-                 first_received_at, last_received_at, sources, seq) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-                 ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
-            )?
-            .execute(values)?,
-        Some(_) => conn
-            .prepare_cached(
-                "UPDATE calls SET sort_key = ?2, phase = ?3, call_status = ?4, direction = ?5, \
-                 caller_number = ?6, caller_norm = ?7, destination_number = ?8, \
-                 destination_norm = ?9, hotline = ?10, user_name = ?11, transaction_id = ?12, \
-                 object_id = ?13, start_time = ?14, answer_time = ?15, end_time = ?16, \
-                 hangup_by = ?17, total_duration = ?18, holding_duration = ?19, \
-                 recording_url = ?20, event_count = ?21, first_received_at = ?22, \
-                 last_received_at = ?23, sources = ?24 WHERE seq = ?25 AND call_id = ?1",
-            )?
-            .execute(values)?,
-    };
+    let mut record = stored?.record;
+    let before = call_columns(&record, finals);
+    record.merge(fields, event_id, received_at);
+    let after = call_columns(&record, finals);
+    // Only changed columns are written: SQLite rewrites the entries of every index that holds a
+    // column named in SET, and untouched index pages are what keep a commit small.
+    let changed: Vec<(&str, Column)> = before
+        .into_iter()
+        .zip(after)
+        .filter(|((_, old), (_, new))| old != new)
+        .map(|(_, new)| new)
+        .collect();
+    let assignments: Vec<String> = changed
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| format!("{name} = ?{}", i + 2))
+        .collect();
+    let sql = format!("UPDATE calls SET {} WHERE seq = ?1", assignments.join(", "));
+    let values = std::iter::once(SqlValue::Integer(seq))
+        .chain(changed.into_iter().map(|(_, v)| sql_value(v)));
+    conn.prepare_cached(&sql)?
+        .execute(params_from_iter(values))?;
     Ok(())
+}
+
+fn sql_value(column: Column) -> SqlValue {
+    match column {
+        Column::Text(Some(t)) => SqlValue::Text(t),
+        Column::Integer(Some(i)) => SqlValue::Integer(i),
+        Column::Text(None) | Column::Integer(None) => SqlValue::Null,
+    }
 }
 
 const CALL_COLUMNS: &str = "seq, call_id, sort_key, phase, call_status, direction, caller_number, \
@@ -341,40 +357,6 @@ fn read_call(row: &Row<'_>) -> rusqlite::Result<CallRow> {
         })
     })();
     Ok((seq, stored))
-}
-
-/// `rank:event_id` per merged field, comma-separated, empty for a field never filled.
-fn encode_sources(sources: &[Option<SourceKey>; MERGED_FIELDS]) -> String {
-    let mut out = String::with_capacity(MERGED_FIELDS * 6);
-    for (i, s) in sources.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        if let Some(k) = s {
-            out.push_str(&format!("{}:{}", k.rank, k.event_id));
-        }
-    }
-    out
-}
-
-fn decode_sources(text: &str) -> Result<[Option<SourceKey>; MERGED_FIELDS], StoreError> {
-    let corrupt = || StoreError::Corrupt(format!("bad merge sources {text:?}"));
-    let mut sources = [None; MERGED_FIELDS];
-    let parts: Vec<&str> = text.split(',').collect();
-    if parts.len() != MERGED_FIELDS {
-        return Err(corrupt());
-    }
-    for (slot, part) in sources.iter_mut().zip(parts) {
-        if part.is_empty() {
-            continue;
-        }
-        let (rank, id) = part.split_once(':').ok_or_else(corrupt)?;
-        *slot = Some(SourceKey {
-            rank: rank.parse().map_err(|_| corrupt())?,
-            event_id: id.parse().map_err(|_| corrupt())?,
-        });
-    }
-    Ok(sources)
 }
 
 fn list_calls(
@@ -507,7 +489,7 @@ impl Store for SqliteStore {
                 }
                 let mut stmt = tx.prepare_cached(
                     "SELECT id, received_at, deliveries, warnings, body FROM events \
-                     WHERE call_id = ?1 ORDER BY id",
+                     WHERE scope = ?1 AND call_id = ?1 ORDER BY id",
                 )?;
                 let rows = stmt.query_map([&call_id], |r| {
                     let warnings: Option<String> = r.get(3)?;

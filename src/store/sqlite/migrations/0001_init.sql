@@ -1,16 +1,20 @@
--- Every distinct event, once. dedupe_key is the SHA-256 of the event's canonical form.
+-- Every distinct event, once. dedupe_key is the SHA-256 of the event's canonical form; it is
+-- unique within its scope (the body's call_id, '' when it has none). The hash alone would be
+-- unique too, but hashes are random: indexed behind the call id, which Alohub starts with the
+-- call's start time, new keys land on a few hot pages instead of one random page each.
 CREATE TABLE events (
     id               INTEGER PRIMARY KEY,
-    dedupe_key       BLOB    NOT NULL UNIQUE,
+    scope            TEXT    NOT NULL,
+    dedupe_key       BLOB    NOT NULL,
     event_type       TEXT    NOT NULL,
-    call_id          TEXT,              -- set for call events only
+    call_id          TEXT,              -- set for call events only (merged into a call)
     received_at      INTEGER NOT NULL,  -- first delivery, Unix microseconds
     last_delivery_at INTEGER NOT NULL,
     deliveries       INTEGER NOT NULL DEFAULT 1,
     warnings         TEXT,              -- JSON array, NULL when none
     body             TEXT    NOT NULL   -- exactly as received
 );
-CREATE INDEX events_by_call ON events (call_id, id) WHERE call_id IS NOT NULL;
+CREATE UNIQUE INDEX events_by_scope ON events (scope, dedupe_key);
 
 -- One record per call, merged from its events. seq and sort_key never change once the call
 -- exists: the listing is ordered by them so that a cursor stays valid.
