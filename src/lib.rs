@@ -8,4 +8,5 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod server;
+pub mod sim;
 pub mod store;

@@ -25,6 +25,8 @@ enum Command {
     },
     /// Print a commented configuration file with every default.
     Config,
+    /// Act as Alohub: send realistic call events to a webhook URL, measure, and verify.
+    Simulate(alohook::sim::SimOptions),
 }
 
 #[derive(Subcommand)]
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             print!("{}", config::EXAMPLE_CONFIG);
             Ok(())
         }
+        Command::Simulate(options) => simulate(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,6 +128,24 @@ fn keys_show(settings: Settings) -> anyhow::Result<()> {
         );
     }
     print_credentials(&config, &config.listen.port().to_string());
+    Ok(())
+}
+
+fn simulate(options: alohook::sim::SimOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(alohook::sim::run(options))?;
+    report.print();
+    if !report.success() {
+        anyhow::bail!(
+            "simulation failed: {} unacknowledged events, {} duplicates not recognised, {} mismatches",
+            report.unacknowledged,
+            report.duplicates_missed,
+            report.verify.as_ref().map_or(0, |v| v.mismatches)
+        );
+    }
     Ok(())
 }
 

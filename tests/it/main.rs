@@ -10,5 +10,7 @@ mod dedupe;
 mod merge;
 /// The read API: call object, events, filters, cursor paging, quarantine listing, auth.
 mod read_api;
+/// The simulator end to end: verify, its failure modes, and the SIGKILL crash test.
+mod sim;
 /// Every row of the webhook's answer table, 405, body limits, quarantine.
 mod webhook;

@@ -1,0 +1,248 @@
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_alohook");
+
+/// Runs `alohook simulate` with `args` (plus a JSON report) and returns its exit success and report.
+async fn simulate(args: Vec<String>) -> (bool, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let mut command = Command::new(BIN);
+    command
+        .arg("simulate")
+        .args(&args)
+        .arg("--report")
+        .arg(&report);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|_| {
+        panic!(
+            "no report; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (
+        output.status.success(),
+        serde_json::from_str(&text).unwrap(),
+    )
+}
+
+fn sim_args(server: &str, calls: usize, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--url",
+        &format!("{server}/webhooks/alohub"),
+        "--key",
+        KEY,
+        "--api-token",
+        TOKEN,
+        "--calls",
+        &calls.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_calls_with_duplicates_and_reordering_verify_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (ok, report) = simulate(sim_args(
+        &server.base,
+        1000,
+        &[
+            "--duplicates",
+            "0.1",
+            "--reorder",
+            "0.1",
+            "--concurrency",
+            "16",
+            "--verify",
+        ],
+    ))
+    .await;
+    assert!(ok, "{report:#}");
+    assert_eq!(report["calls"], 1000);
+    assert_eq!(report["unacknowledged"], 0);
+    assert_eq!(report["verify"]["checked"], 1000);
+    assert_eq!(report["verify"]["mismatches"], 0);
+    let dups = report["duplicates_sent"].as_u64().unwrap();
+    assert!(dups > 50, "{report:#}");
+    assert_eq!(report["duplicates_answered"].as_u64().unwrap(), dups);
+    assert_eq!(report["acknowledged"], report["events_sent"]);
+    // The server agrees: every duplicate counted as such, every distinct event once.
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "alohook_events_accepted_total {}",
+            report["events_sent"]
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("alohook_duplicates_total {dups}")),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_a_wrong_record() {
+    // The server reads local times as UTC while the simulated account writes Vietnam time:
+    // every stored time is seven hours off, and --verify must say so.
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.timezone = Some("UTC".into());
+    let server = TestServer::start_with(settings, None).await;
+    let (ok, report) = simulate(sim_args(&server.base, 20, &["--verify"])).await;
+    assert!(!ok, "a wrong record must fail the run");
+    assert!(
+        report["verify"]["mismatches"].as_u64().unwrap() >= 20,
+        "{report:#}"
+    );
+    assert!(
+        report["verify"]["examples"][0]
+            .as_str()
+            .unwrap()
+            .contains("start_time"),
+        "{report:#}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_means_unacknowledged_and_failure() {
+    let port = free_port();
+    let (ok, report) = simulate(vec![
+        "--url".into(),
+        format!("http://127.0.0.1:{port}/webhooks/alohub"),
+        "--key".into(),
+        KEY.into(),
+        "--calls".into(),
+        "3".into(),
+        "--max-retries".into(),
+        "2".into(),
+        "--max-backoff".into(),
+        "20".into(),
+    ])
+    .await;
+    assert!(!ok);
+    assert_eq!(report["acknowledged"], 0);
+    assert_eq!(report["unacknowledged"], report["events_sent"]);
+    assert_eq!(
+        report["resends"],
+        report["events_sent"].as_u64().unwrap() * 2
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `alohook serve` as a child process on a fixed port, waiting until it listens.
+fn serve_process(data_dir: &std::path::Path, port: u16) -> Child {
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(["--webhook-key", KEY, "--api-token", TOKEN])
+        .env("ALOHOOK_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// Kill -9 the server twice mid-load and restart it on the same data: every acknowledged event
+/// must be there, every call right, nothing stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_test_sigkill_twice_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("crash test seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+
+    let mut server = serve_process(dir.path(), port);
+    let base = format!("http://127.0.0.1:{port}");
+    let sim = tokio::spawn(simulate(sim_args(
+        &base,
+        12_000,
+        &[
+            "--seed",
+            &seed.to_string(),
+            "--duplicates",
+            "0.05",
+            "--reorder",
+            "0.2",
+            "--concurrency",
+            "32",
+            "--max-retries",
+            "200",
+            "--max-backoff",
+            "200",
+            "--timeout",
+            "2000",
+            "--verify",
+        ],
+    )));
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
+        server.kill().unwrap();
+        server.wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
+        server = serve_process(dir.path(), port);
+    }
+    let (ok, report) = tokio::time::timeout(Duration::from_secs(120), sim)
+        .await
+        .expect("the simulation finishes")
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(ok, "seed {seed}: {report:#}");
+    assert!(
+        report["events_sent"].as_u64().unwrap() >= 19_000,
+        "{report:#}"
+    );
+    assert_eq!(report["unacknowledged"], 0, "{report:#}");
+    assert_eq!(report["verify"]["mismatches"], 0, "{report:#}");
+    assert!(
+        report["failures"].as_u64().unwrap() > 0,
+        "the kills were felt: {report:#}"
+    );
+}
