@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 use crate::model::{BodyError, parse_body, time::now_micros};
@@ -42,6 +41,17 @@ struct Job {
     reply: oneshot::Sender<Result<Outcome, Unavailable>>,
 }
 
+/// Completes when the writer has committed everything queued and stopped.
+pub struct Writer {
+    finished: oneshot::Receiver<()>,
+}
+
+impl Writer {
+    pub async fn finished(self) {
+        let _ = self.finished.await;
+    }
+}
+
 /// The handle requests use to hand bodies to the writer.
 #[derive(Clone)]
 pub struct Ingest {
@@ -52,13 +62,29 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the writer. It stops once every `Ingest` clone is dropped and the queue is drained.
-    pub fn start(
-        store: Arc<dyn Store>,
-        tz: TimeZone,
-        metrics: Arc<Metrics>,
-    ) -> (Ingest, JoinHandle<()>) {
+    pub fn start(store: Arc<dyn Store>, tz: TimeZone, metrics: Arc<Metrics>) -> (Ingest, Writer) {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = tokio::spawn(run_writer(store, rx, metrics.clone()));
+        let (done, finished) = oneshot::channel();
+        let writer_metrics = metrics.clone();
+        // The writer gets a thread of its own, with a runtime of its own: a commit blocks it
+        // (that is SQLite's nature) without holding up a request handler, and no thread hop
+        // separates two batches.
+        let spawned = std::thread::Builder::new()
+            .name("alohook-writer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(run_writer(store, rx, writer_metrics)),
+                    Err(error) => tracing::error!(%error, "cannot start the writer's runtime"),
+                }
+                let _ = done.send(());
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the writer thread; every event will get 503");
+        }
+        let writer = Writer { finished };
         (Ingest { queue, tz, metrics }, writer)
     }
 

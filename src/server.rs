@@ -90,7 +90,7 @@ pub async fn run_with_store(
         .await;
     // Every request (and with it every handle on the writer) is gone: the writer drains what is
     // queued, commits it and stops.
-    if tokio::time::timeout(Duration::from_secs(30), writer)
+    if tokio::time::timeout(Duration::from_secs(30), writer.finished())
         .await
         .is_err()
     {

@@ -127,6 +127,8 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Commits a batch in one durable transaction: stores new events, counts resends, merges
     /// call events into their calls, quarantines bad bodies. Either all of it commits or none.
+    /// It may block the calling thread (SQLite does): call it from a thread that may block, as
+    /// alohook's writer thread is.
     async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError>;
 
     /// One call by id.
