@@ -29,11 +29,69 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Writer>>,
     readers: Mutex<Vec<Connection>>,
     finals: FinalStatuses,
     /// Dropping it stops the checkpointer.
     _checkpointer: std::sync::mpsc::Sender<()>,
+    /// Held while the store is open: one alohook per database file (see `lock_database`).
+    _lock: std::fs::File,
+}
+
+/// The writer connection and what only the writer may know.
+struct Writer {
+    conn: Connection,
+    calls: CallCache,
+}
+
+/// The call records the writer wrote last, so that the next event of a call (usually close
+/// behind) is merged without reading the row back. Valid only because this process is the only
+/// writer of the file (see `lock_database`); emptied whenever a transaction fails.
+#[derive(Default)]
+struct CallCache {
+    entries: std::collections::HashMap<String, (i64, CallRecord)>,
+}
+
+impl CallCache {
+    /// Enough for every call of the last minutes of a busy contact centre; a few MiB.
+    const CAPACITY: usize = 8192;
+
+    fn take(&mut self, call_id: &str) -> Option<(i64, CallRecord)> {
+        self.entries.remove(call_id)
+    }
+
+    fn put(&mut self, call_id: &str, seq: i64, record: CallRecord) {
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.clear();
+        }
+        self.entries.insert(call_id.to_string(), (seq, record));
+    }
+}
+
+/// Takes an exclusive lock on `<database>.lock`: two processes writing one SQLite file would
+/// each trust a cache the other makes stale, so the second one refuses to start.
+fn lock_database(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Database(format!(
+            "another alohook is already using {}; run one instance per SQLite database \
+             (several instances need PostgreSQL)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Database(format!(
+            "cannot lock {}: {e}",
+            lock_path.display()
+        ))),
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -60,7 +118,11 @@ impl SqliteStore {
         // One UPDATE statement per set of changed columns: keep the common ones prepared.
         writer.set_prepared_statement_cache_capacity(128);
         migrate(&mut writer)?;
-        let writer = Arc::new(Mutex::new(writer));
+        let lock = lock_database(path)?;
+        let writer = Arc::new(Mutex::new(Writer {
+            conn: writer,
+            calls: CallCache::default(),
+        }));
         let checkpointer = spawn_checkpointer(path, writer.clone())?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -69,6 +131,7 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 finals,
                 _checkpointer: checkpointer,
+                _lock: lock,
             }),
         })
     }
@@ -97,7 +160,7 @@ impl SqliteStore {
 /// WAL frames after which the checkpointer makes the WAL start over.
 const WAL_RESET_FRAMES: i64 = 4096;
 /// A pass that copied fewer new frames than this is close enough to hold commits for the last one.
-const WAL_CATCH_UP_FRAMES: i64 = 256;
+const WAL_CATCH_UP_FRAMES: i64 = 64;
 /// WAL frames after which the writer checkpoints by itself (the checkpointer is stuck).
 const WAL_SAFETY_FRAMES: i64 = 65536;
 
@@ -109,7 +172,7 @@ const WAL_SAFETY_FRAMES: i64 = 65536;
 /// the WAL to its start.
 fn spawn_checkpointer(
     path: &Path,
-    writer: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Writer>>,
 ) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
     use std::sync::mpsc::{RecvTimeoutError, channel};
     let conn = Connection::open(path)?;
@@ -132,7 +195,7 @@ fn spawn_checkpointer(
                         return Ok(());
                     }
                     // Catch up while commits go on, until a pass finds little new to copy...
-                    for _ in 0..8 {
+                    for _ in 0..16 {
                         let (f, c) = checkpoint(&conn)?;
                         let fresh = c - copied;
                         (frames, copied) = (f, c);
@@ -207,40 +270,56 @@ impl Inner {
     }
 
     fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
-        let mut conn = self.writer.lock().map_err(|_| StoreError::Closed)?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for item in batch {
-            let outcome = match item {
-                Incoming::Event { event, received_at } => {
-                    store_event(&tx, &event, received_at, &self.finals)?
-                }
-                Incoming::Rejected(r) => {
-                    let hash: [u8; 32] = Sha256::digest(&r.body).into();
-                    let id: i64 = tx
-                        .prepare_cached(
-                            "INSERT INTO rejected (body_hash, reason, detail, received_at, \
+        let mut writer = self.writer.lock().map_err(|_| StoreError::Closed)?;
+        let Writer { conn, calls } = &mut *writer;
+        let result = commit_batch(conn, calls, batch, &self.finals);
+        if result.is_err() {
+            // Rolled back: what the cache learnt in this transaction never happened.
+            calls.entries.clear();
+        }
+        result
+    }
+}
+
+fn commit_batch(
+    conn: &mut Connection,
+    calls: &mut CallCache,
+    batch: Vec<Incoming>,
+    finals: &FinalStatuses,
+) -> Result<Vec<Outcome>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for item in batch {
+        let outcome = match item {
+            Incoming::Event { event, received_at } => {
+                store_event(&tx, calls, &event, received_at, finals)?
+            }
+            Incoming::Rejected(r) => {
+                let hash: [u8; 32] = Sha256::digest(&r.body).into();
+                let id: i64 = tx
+                    .prepare_cached(
+                        "INSERT INTO rejected (body_hash, reason, detail, received_at, \
                              last_delivery_at, body) VALUES (?1, ?2, ?3, ?4, ?4, ?5) \
                              ON CONFLICT (body_hash) DO UPDATE SET \
                              deliveries = deliveries + 1, last_delivery_at = excluded.received_at \
                              RETURNING id",
-                        )?
-                        .query_row(
-                            params![&hash[..], r.reason, r.detail, r.received_at, r.body],
-                            |row| row.get(0),
-                        )?;
-                    Outcome::Quarantined { id }
-                }
-            };
-            outcomes.push(outcome);
-        }
-        tx.commit()?;
-        Ok(outcomes)
+                    )?
+                    .query_row(
+                        params![&hash[..], r.reason, r.detail, r.received_at, r.body],
+                        |row| row.get(0),
+                    )?;
+                Outcome::Quarantined { id }
+            }
+        };
+        outcomes.push(outcome);
     }
+    tx.commit()?;
+    Ok(outcomes)
 }
 
 fn store_event(
     conn: &Connection,
+    calls: &mut CallCache,
     event: &ParsedEvent,
     received_at: i64,
     finals: &FinalStatuses,
@@ -281,41 +360,56 @@ fn store_event(
     }
     let event_id = conn.last_insert_rowid();
     if let Some(call_id) = call_id {
-        merge_call(conn, call_id, &event.fields, event_id, received_at, finals)?;
+        merge_call(
+            conn,
+            calls,
+            call_id,
+            &event.fields,
+            event_id,
+            received_at,
+            finals,
+        )?;
     }
     Ok(Outcome::Stored { event_id })
 }
 
 fn merge_call(
     conn: &Connection,
+    calls: &mut CallCache,
     call_id: &str,
     fields: &EventFields,
     event_id: i64,
     received_at: i64,
     finals: &FinalStatuses,
 ) -> Result<(), StoreError> {
-    let existing = conn
-        .prepare_cached(&format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1"
-        ))?
-        .query_row([call_id], read_call)
-        .optional()?;
-    let Some((seq, stored)) = existing else {
-        let record = CallRecord::from_event(call_id, fields, event_id, received_at);
-        let columns = call_columns(&record, finals);
-        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-        let sql = format!(
-            "INSERT INTO calls ({}) VALUES ({})",
-            names.join(", "),
-            placeholders.join(", ")
-        );
-        conn.prepare_cached(&sql)?.execute(params_from_iter(
-            columns.into_iter().map(|(_, v)| sql_value(v)),
-        ))?;
-        return Ok(());
+    let (seq, mut record) = match calls.take(call_id) {
+        Some(cached) => cached,
+        None => {
+            // Most calls are new: insert, and read the row only if the call existed after all.
+            let record = CallRecord::from_event(call_id, fields, event_id, received_at);
+            let columns = call_columns(&record, finals);
+            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+            let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+            let sql = format!(
+                "INSERT INTO calls ({}) VALUES ({}) ON CONFLICT (call_id) DO NOTHING",
+                names.join(", "),
+                placeholders.join(", ")
+            );
+            let inserted = conn.prepare_cached(&sql)?.execute(params_from_iter(
+                columns.into_iter().map(|(_, v)| sql_value(v)),
+            ))?;
+            if inserted == 1 {
+                calls.put(call_id, conn.last_insert_rowid(), record);
+                return Ok(());
+            }
+            let (seq, stored) = conn
+                .prepare_cached(&format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ?1"
+                ))?
+                .query_row([call_id], read_call)?;
+            (seq, stored?.record)
+        }
     };
-    let mut record = stored?.record;
     let before = call_columns(&record, finals);
     record.merge(fields, event_id, received_at);
     let after = call_columns(&record, finals);
@@ -337,6 +431,7 @@ fn merge_call(
         .chain(changed.into_iter().map(|(_, v)| sql_value(v)));
     conn.prepare_cached(&sql)?
         .execute(params_from_iter(values))?;
+    calls.put(call_id, seq, record);
     Ok(())
 }
 
@@ -588,8 +683,8 @@ impl Store for SqliteStore {
 
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.blocking(|inner| {
-            let conn = inner.writer.lock().map_err(|_| StoreError::Closed)?;
-            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            let writer = inner.writer.lock().map_err(|_| StoreError::Closed)?;
+            writer.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
             Ok(())
         })
         .await
