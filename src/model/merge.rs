@@ -205,11 +205,11 @@ fn take<T: Clone>(
     value: &Option<T>,
     key: SourceKey,
 ) {
-    if let Some(v) = value {
-        if source.is_none_or(|current| key > current) {
-            *slot = Some(v.clone());
-            *source = Some(key);
-        }
+    if let Some(v) = value
+        && source.is_none_or(|current| key > current)
+    {
+        *slot = Some(v.clone());
+        *source = Some(key);
     }
 }
 
