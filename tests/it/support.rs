@@ -69,10 +69,10 @@ impl TestServer {
         };
         // The listener is bound already; wait only for the store to be open.
         for _ in 0..200 {
-            if let Ok(r) = server.client.get(server.url("/readyz")).send().await {
-                if r.status() == StatusCode::OK {
-                    return server;
-                }
+            if let Ok(r) = server.client.get(server.url("/readyz")).send().await
+                && r.status() == StatusCode::OK
+            {
+                return server;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
