@@ -284,47 +284,81 @@ fn quote(raw: &str) -> String {
 /// The identity of an event: SHA-256 of its canonical JSON (sorted keys, no whitespace, empty
 /// values dropped, numbers and numeric strings written one way).
 pub fn dedupe_key(object: &Map<String, Value>) -> DedupeKey {
-    let canonical = canonical_object(object);
-    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-    Sha256::digest(bytes).into()
+    let mut canonical = Vec::with_capacity(1024);
+    write_canonical_object(&mut canonical, object);
+    Sha256::digest(&canonical).into()
 }
 
-fn canonical_object(object: &Map<String, Value>) -> Value {
-    // serde_json's Map is ordered by key (no `preserve_order`), so serialising sorts the keys.
-    Value::Object(
-        object
-            .iter()
-            .filter_map(|(k, v)| canonical_value(v).map(|c| (k.clone(), c)))
-            .collect(),
-    )
-}
-
-fn canonical_value(value: &Value) -> Option<Value> {
+/// `null` and `""` carry no information: they are left out, like a missing field.
+fn is_empty(value: &Value) -> bool {
     match value {
-        Value::Null => None,
-        Value::String(s) if s.is_empty() => None,
-        Value::String(s) => Some(Value::String(
-            canonical_number(s).unwrap_or_else(|| s.clone()),
-        )),
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+fn write_canonical_object(out: &mut Vec<u8>, object: &Map<String, Value>) {
+    // serde_json's Map is ordered by key (no `preserve_order`): iteration is sorted.
+    out.push(b'{');
+    let mut first = true;
+    for (key, value) in object.iter().filter(|(_, v)| !is_empty(v)) {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json_string(out, key);
+        out.push(b':');
+        write_canonical_value(out, value);
+    }
+    out.push(b'}');
+}
+
+fn write_canonical_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::String(s) => match canonical_number(s) {
+            Some(number) => write_json_string(out, &number),
+            None => write_json_string(out, s),
+        },
         Value::Number(n) => {
             let text = n.to_string();
-            Some(Value::String(canonical_number(&text).unwrap_or(text)))
+            write_json_string(out, canonical_number(&text).as_deref().unwrap_or(&text));
         }
-        Value::Bool(b) => Some(Value::Bool(*b)),
-        Value::Array(items) => Some(Value::Array(
-            items
-                .iter()
-                .map(|v| canonical_value(v).unwrap_or(Value::Null))
-                .collect(),
-        )),
-        Value::Object(map) => Some(canonical_object(map)),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if is_empty(item) {
+                    out.extend_from_slice(b"null");
+                } else {
+                    write_canonical_value(out, item);
+                }
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => write_canonical_object(out, map),
     }
+}
+
+fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// One spelling for one number: `300`, `"300"`, `300.0` and `3e2` all become `300`. Only text in
 /// JSON number syntax counts as a number, so `"0389123456"` (a phone number) stays a string.
 fn canonical_number(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
+    if !bytes
+        .first()
+        .is_some_and(|b| *b == b'-' || b.is_ascii_digit())
+    {
+        return None;
+    }
     let mut i = 0;
     if bytes.first() == Some(&b'-') {
         i += 1;
