@@ -54,7 +54,7 @@ struct CallCache {
 
 impl CallCache {
     /// Enough for every call of the last minutes of a busy contact centre; a few MiB.
-    const CAPACITY: usize = 8192;
+    const CAPACITY: usize = 4096;
 
     fn take(&mut self, call_id: &str) -> Option<(i64, CallRecord)> {
         self.entries.remove(call_id)
