@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::store::StoreError;
 
@@ -39,35 +39,67 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// `{"error": code, "detail": …}`, in that order.
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+impl ErrorBody {
+    fn code(error: &'static str) -> Self {
+        ErrorBody {
+            error,
+            parameter: None,
+            detail: None,
+        }
+    }
+
+    fn detail(error: &'static str, detail: String) -> Self {
+        ErrorBody {
+            error,
+            parameter: None,
+            detail: Some(detail),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, json!({"error": "unauthorized"})),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, json!({"error": "not_found"})),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorBody::code("unauthorized")),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, ErrorBody::code("not_found")),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                json!({"error": "method_not_allowed"}),
+                ErrorBody::code("method_not_allowed"),
             ),
             ApiError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "payload_too_large"}),
+                ErrorBody::code("payload_too_large"),
             ),
             ApiError::InvalidJson(detail) => (
                 StatusCode::BAD_REQUEST,
-                json!({"error": "invalid_json", "detail": detail}),
+                ErrorBody::detail("invalid_json", detail),
             ),
             ApiError::InvalidEvent(detail) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"error": "invalid_event", "detail": detail}),
+                ErrorBody::detail("invalid_event", detail),
             ),
             ApiError::InvalidParameter { name, detail } => (
                 StatusCode::BAD_REQUEST,
-                json!({"error": "invalid_parameter", "parameter": name, "detail": format!("{name}: {detail}")}),
+                ErrorBody {
+                    error: "invalid_parameter",
+                    detail: Some(format!("{name}: {detail}")),
+                    parameter: Some(name),
+                },
             ),
             ApiError::Unavailable => {
                 let mut response = (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({"error": "unavailable"})),
+                    Json(ErrorBody::code("unavailable")),
                 )
                     .into_response();
                 response

@@ -8,13 +8,21 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::json;
+use serde::Serialize;
 
 use super::AppState;
 use super::auth::webhook_authorized;
 use super::error::ApiError;
 use crate::ingest::Receipt;
 use crate::model::BodyError;
+
+/// `{"ok":true,"event_id":…,"duplicate":…}`, in the order of the contract.
+#[derive(Serialize)]
+struct Ack {
+    ok: bool,
+    event_id: i64,
+    duplicate: bool,
+}
 
 pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
@@ -49,7 +57,12 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
             duplicate,
         }) => {
             state.metrics.observe_ack(started.elapsed());
-            Json(json!({"ok": true, "event_id": event_id, "duplicate": duplicate})).into_response()
+            Json(Ack {
+                ok: true,
+                event_id,
+                duplicate,
+            })
+            .into_response()
         }
         Ok(Receipt::Rejected(error @ (BodyError::NotUtf8 { .. } | BodyError::InvalidJson(_)))) => {
             ApiError::InvalidJson(error.to_string()).into_response()

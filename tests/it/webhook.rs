@@ -185,9 +185,25 @@ async fn new_event_then_resend() {
         second,
         json!({"ok": true, "event_id": first["event_id"], "duplicate": true})
     );
+    // The answer's text, in the contract's key order.
+    let text = server
+        .client
+        .post(server.url("/webhooks/alohub"))
+        .header("authorization", KEY)
+        .body(in_progress("c-new").to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        text,
+        format!(r#"{{"ok":true,"event_id":{},"duplicate":true}}"#, first["event_id"])
+    );
     let (_, events) = server.get("/api/calls/c-new/events").await;
     assert_eq!(events["items"].as_array().unwrap().len(), 1);
-    assert_eq!(events["items"][0]["deliveries"], 2);
+    assert_eq!(events["items"][0]["deliveries"], 3);
     assert_eq!(server.call("c-new").await["event_count"], 1);
     server.stop().await;
 }
