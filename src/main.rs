@@ -62,6 +62,7 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("ALOHOOK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     for (name, _) in std::env::vars() {
