@@ -199,7 +199,10 @@ async fn new_event_then_resend() {
         .unwrap();
     assert_eq!(
         text,
-        format!(r#"{{"ok":true,"event_id":{},"duplicate":true}}"#, first["event_id"])
+        format!(
+            r#"{{"ok":true,"event_id":{},"duplicate":true}}"#,
+            first["event_id"]
+        )
     );
     let (_, events) = server.get("/api/calls/c-new/events").await;
     assert_eq!(events["items"].as_array().unwrap().len(), 1);
