@@ -251,7 +251,9 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 /// A database URL without its password, for logs.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
+        (Some(scheme_end), Some(at))
+            if at > scheme_end && url[scheme_end + 3..at].contains(':') =>
+        {
             let userinfo = &url[scheme_end + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
             format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
@@ -470,6 +472,7 @@ mod tests {
             redact_url("postgres://alo:s3cret@db:5432/alohook"),
             "postgres://alo:***@db:5432/alohook"
         );
+        assert_eq!(redact_url("postgres://alo@db/x"), "postgres://alo@db/x");
         let config = Settings {
             webhook_keys: vec!["super-secret".into()],
             ..Settings::default()

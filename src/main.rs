@@ -27,6 +27,8 @@ enum Command {
     Config,
     /// Act as Alohub: send realistic call events to a webhook URL, measure, and verify.
     Simulate(alohook::sim::SimOptions),
+    /// Apply the database migrations and exit (serve also applies them at start).
+    Migrate(Settings),
 }
 
 #[derive(Subcommand)]
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Simulate(options) => simulate(options),
+        Command::Migrate(settings) => migrate(settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,6 +132,20 @@ fn keys_show(settings: Settings) -> anyhow::Result<()> {
         );
     }
     print_credentials(&config, &config.listen.port().to_string());
+    Ok(())
+}
+
+fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let config = settings.resolve()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(alohook::server::open_store(&config))?;
+    println!(
+        "alohook: {} is at the current schema",
+        config::redact_url(&config.database)
+    );
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use crate::api::{self, AppState, KeySet};
 use crate::config::{Config, redact_url};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -19,7 +20,7 @@ pub enum ServerError {
     NoWebhookKey,
     #[error("no API token is configured")]
     NoApiToken,
-    #[error("unsupported database URL {0:?}: use sqlite://<path>")]
+    #[error("unsupported database URL {0:?}: use sqlite://<path> or postgres://…")]
     UnsupportedDatabase(String),
     #[error("cannot open the database {url}: {source}")]
     Store { url: String, source: StoreError },
@@ -45,6 +46,14 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> 
             url: redact_url(&url),
             source,
         })?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::open(&url, config.final_statuses.clone())
+            .await
+            .map_err(|source| ServerError::Store {
+                url: redact_url(&url),
+                source,
+            })?;
         Ok(Arc::new(store))
     } else {
         Err(ServerError::UnsupportedDatabase(redact_url(&url)))

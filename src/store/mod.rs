@@ -5,8 +5,9 @@ use async_trait::async_trait;
 
 use crate::model::merge::MERGED_FIELDS;
 use crate::model::phone::normalize_phone;
-use crate::model::{CallRecord, FinalStatuses, ParsedEvent, Phase, SourceKey};
+use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, Phase, SourceKey};
 
+pub mod postgres;
 pub mod sqlite;
 
 /// One accepted request, waiting to be committed.
@@ -120,6 +121,10 @@ pub enum StoreError {
     Closed,
     #[error("corrupt data in the store: {0}")]
     Corrupt(String),
+    /// The database aborted the transaction to break a deadlock or a conflict; running it again
+    /// is safe.
+    #[error("transaction aborted, to be retried: {0}")]
+    Retry(String),
 }
 
 /// The domain operations alohook needs from a database.
@@ -241,4 +246,131 @@ pub fn decode_sources(text: &str) -> Result<[Option<SourceKey>; MERGED_FIELDS], 
         });
     }
     Ok(sources)
+}
+
+/// The columns every backend selects for a call, in the order [`read_call_row`] reads them.
+pub const CALL_COLUMNS: &str = "seq, call_id, sort_key, phase, call_status, direction, \
+    caller_number, destination_number, hotline, user_name, transaction_id, object_id, start_time, \
+    answer_time, end_time, hangup_by, total_duration, holding_duration, recording_url, \
+    event_count, first_received_at, last_received_at, sources";
+
+/// A database row, read by column index, whatever the backend.
+pub trait RowColumns {
+    fn text(&self, index: usize) -> Result<Option<String>, StoreError>;
+    fn integer(&self, index: usize) -> Result<Option<i64>, StoreError>;
+
+    fn required_text(&self, index: usize) -> Result<String, StoreError> {
+        self.text(index)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {index} is NULL")))
+    }
+
+    fn required_integer(&self, index: usize) -> Result<i64, StoreError> {
+        self.integer(index)?
+            .ok_or_else(|| StoreError::Corrupt(format!("column {index} is NULL")))
+    }
+}
+
+/// A call selected with [`CALL_COLUMNS`]: its `seq` and the call.
+pub fn read_call_row(row: &impl RowColumns) -> Result<(i64, StoredCall), StoreError> {
+    let sort_key = row.required_integer(2)?;
+    let phase = row.required_text(3)?;
+    let fields = EventFields {
+        call_id: row.text(1)?,
+        call_status: row.text(4)?,
+        direction: row.text(5)?,
+        caller_number: row.text(6)?,
+        destination_number: row.text(7)?,
+        hotline: row.text(8)?,
+        user_name: row.text(9)?,
+        transaction_id: row.text(10)?,
+        object_id: row.integer(11)?,
+        start_time: row.integer(12)?,
+        answer_time: row.integer(13)?,
+        end_time: row.integer(14)?,
+        hangup_by: row.text(15)?,
+        total_duration: row.integer(16)?,
+        holding_duration: row.integer(17)?,
+        recording_url: row.text(18)?,
+    };
+    let call = StoredCall {
+        phase: Phase::parse(&phase)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {phase:?}")))?,
+        record: CallRecord {
+            fields,
+            sources: decode_sources(&row.required_text(22)?)?,
+            event_count: row.required_integer(19)?,
+            first_received_at: row.required_integer(20)?,
+            last_received_at: row.required_integer(21)?,
+            sort_time: (sort_key != i64::MIN).then_some(sort_key),
+        },
+    };
+    Ok((row.required_integer(0)?, call))
+}
+
+/// The WHERE terms of a call listing, each with one `?` per argument, and the arguments in order.
+pub fn call_filter_terms(
+    filter: &CallFilter,
+    cursor: Option<CallCursor>,
+) -> (Vec<&'static str>, Vec<Column>) {
+    let mut terms = Vec::new();
+    let mut args = Vec::new();
+    let mut text = |term: &'static str, value: Option<String>| {
+        if let Some(v) = value {
+            terms.push(term);
+            args.push(Column::Text(Some(v)));
+        }
+    };
+    text("call_status = ?", filter.status.clone());
+    text(
+        "direction = ?",
+        filter.direction.as_ref().map(|d| d.to_lowercase()),
+    );
+    text("hotline = ?", filter.hotline.clone());
+    text("user_name = ?", filter.user_name.clone());
+    text(
+        "destination_norm = ?",
+        filter.destination_number.as_deref().map(normalize_phone),
+    );
+    text("transaction_id = ?", filter.transaction_id.clone());
+    text("phase = ?", filter.phase.map(|p| p.as_str().to_string()));
+    if let Some(phone) = &filter.phone {
+        terms.push("(caller_norm = ? OR destination_norm = ?)");
+        args.push(Column::Text(Some(phone.clone())));
+        args.push(Column::Text(Some(phone.clone())));
+    }
+    let mut integer = |term: &'static str, value: Option<i64>| {
+        if let Some(v) = value {
+            terms.push(term);
+            args.push(Column::Integer(Some(v)));
+        }
+    };
+    // Calls without a start time (sort key i64::MIN) match no time range.
+    let ranged = filter.from.is_some() || filter.to.is_some();
+    integer("sort_key > ?", ranged.then_some(i64::MIN));
+    integer("sort_key >= ?", filter.from);
+    integer("sort_key <= ?", filter.to);
+    if let Some(c) = cursor {
+        terms.push("(sort_key, seq) < (?, ?)");
+        args.push(Column::Integer(Some(c.sort_key)));
+        args.push(Column::Integer(Some(c.seq)));
+    }
+    (terms, args)
+}
+
+/// Turns up to `limit + 1` rows, newest first, into a page and the cursor after it.
+pub fn call_page(rows: Vec<(i64, StoredCall)>, limit: usize) -> CallPage {
+    let more = rows.len() > limit;
+    let mut items = Vec::with_capacity(limit.min(rows.len()));
+    let mut next = None;
+    for (seq, call) in rows.into_iter().take(limit) {
+        next = Some(CallCursor {
+            sort_key: sort_key(call.record.sort_time),
+            seq,
+        });
+        items.push(call);
+    }
+    CallPage {
+        items,
+        next: if more { next } else { None },
+    }
 }

@@ -3,10 +3,9 @@ use serde_json::json;
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_event_in_another_spelling_is_a_resend() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn same_event_in_another_spelling_is_a_resend(db) {
+    let server = TestServer::start(&db).await;
     let first = server.send(&ended("c-spell")).await;
     // Other key order, other whitespace, numbers instead of decimal strings, null for "".
     let respelled = r#"{
@@ -46,15 +45,15 @@ async fn same_event_in_another_spelling_is_a_resend() {
     assert_eq!(server.call("c-spell").await["event_count"], 2);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resend_after_a_restart_is_still_a_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn a_resend_after_a_restart_is_still_a_duplicate(db) {
+    let server = TestServer::start(&db).await;
     let first = server.send(&in_progress("c-restart")).await;
     server.stop().await;
 
-    let server = TestServer::start(dir.path()).await;
+    let server = TestServer::start(&db).await;
     let (status, answer) = server.post(in_progress("c-restart").to_string()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -65,11 +64,11 @@ async fn a_resend_after_a_restart_is_still_a_duplicate() {
     assert_eq!(call["event_count"], 1);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_deliveries_of_one_event_store_one_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn concurrent_deliveries_of_one_event_store_one_event(db) {
+    let server = TestServer::start(&db).await;
     let body = ended("c-burst").to_string();
     const DELIVERIES: usize = 64;
     let mut tasks = Vec::new();
@@ -103,11 +102,11 @@ async fn concurrent_deliveries_of_one_event_store_one_event() {
     assert_eq!(server.call("c-burst").await["event_count"], 1);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_event_types_are_kept_and_deduplicated_but_touch_no_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn other_event_types_are_kept_and_deduplicated_but_touch_no_call(db) {
+    let server = TestServer::start(&db).await;
     let body = json!({"eventType": "agent_status", "userName": "agent01", "call_id": "c-other", "status": "online"});
     let first = server.send(&body).await;
     let (_, answer) = server.post(body.to_string()).await;
@@ -118,4 +117,5 @@ async fn other_event_types_are_kept_and_deduplicated_but_touch_no_call() {
     let (status, _) = server.get("/api/calls/c-other").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await;
+}
 }

@@ -17,10 +17,9 @@ async fn record_after(server: &TestServer, events: &[Value]) -> Value {
     call
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn final_before_in_progress_gives_the_same_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn final_before_in_progress_gives_the_same_record(db) {
+    let server = TestServer::start(&db).await;
     // The mid-call event carries another status, so the record shows which event won.
     let talking = |id: &str| {
         let mut e = in_progress(id);
@@ -48,11 +47,11 @@ async fn final_before_in_progress_gives_the_same_record() {
     assert_eq!(record_after(&server, &[talking("c-a")]).await, in_order);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn phases_and_received_times() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn phases_and_received_times(db) {
+    let server = TestServer::start(&db).await;
     let mut ringing = in_progress("c-p");
     ringing["call_status"] = json!("ringing");
     ringing["answertime"] = json!("");
@@ -77,11 +76,11 @@ async fn phases_and_received_times() {
     assert_eq!(server.call("c-missed").await["phase"], "ended");
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loose_types_become_typed_fields_with_warnings() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn loose_types_become_typed_fields_with_warnings(db) {
+    let server = TestServer::start(&db).await;
     let body = r#"{
         "call_id": 20240113150030123456, "call_status": "answered", "direction": "INBOUND",
         "caller_number": "0389123456", "starttime": "2024-01-13T08:00:30Z",
@@ -119,11 +118,11 @@ async fn loose_types_become_typed_fields_with_warnings() {
     );
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_configured_zone_reads_local_times() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings(dir.path());
+crate::on_every_backend! {
+async fn the_configured_zone_reads_local_times(db) {
+    let mut settings = settings(&db);
     settings.timezone = Some("UTC".into());
     let server = TestServer::start_with(settings, None).await;
     server.send(&in_progress("c-utc")).await;
@@ -132,4 +131,5 @@ async fn the_configured_zone_reads_local_times() {
         "2024-01-13T15:00:30+00:00"
     );
     server.stop().await;
+}
 }

@@ -56,10 +56,9 @@ async fn ids(server: &TestServer, query: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filters() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn filters(db) {
+    let server = TestServer::start(&db).await;
     seed(&server).await;
     let cases: &[(&str, &[&str])] = &[
         ("", &["c3", "c2", "c1", "c4"]),
@@ -95,11 +94,11 @@ async fn filters() {
     }
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_call_object_has_exactly_the_documented_fields() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn the_call_object_has_exactly_the_documented_fields(db) {
+    let server = TestServer::start(&db).await;
     seed(&server).await;
     let call = server.call("c4").await;
     let keys: BTreeSet<&str> = call
@@ -147,11 +146,11 @@ async fn the_call_object_has_exactly_the_documented_fields() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_parameters_are_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn bad_parameters_are_named(db) {
+    let server = TestServer::start(&db).await;
     for (query, name) in [
         ("limit=0", "limit"),
         ("limit=1001", "limit"),
@@ -177,11 +176,11 @@ async fn bad_parameters_are_named() {
     assert_eq!(ids(&server, "limit=1000").await.len(), 0);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_token_and_webhook_key_are_separate() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn api_token_and_webhook_key_are_separate(db) {
+    let server = TestServer::start(&db).await;
     seed(&server).await;
     let key_bearer = format!("Bearer {KEY}");
     for path in [
@@ -220,6 +219,7 @@ async fn api_token_and_webhook_key_are_separate() {
     }
     server.stop().await;
 }
+}
 
 /// A call with a start time `minutes` after a fixed origin.
 fn call_at(call_id: &str, minutes: i64) -> Value {
@@ -230,10 +230,9 @@ fn call_at(call_id: &str, minutes: i64) -> Value {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cursor_paging_returns_every_call_once_while_events_arrive() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn cursor_paging_returns_every_call_once_while_events_arrive(db) {
+    let server = TestServer::start(&db).await;
     // 30 calls; several share a start time so the tie-break matters.
     let mut original = BTreeSet::new();
     for i in 0..30 {
@@ -296,11 +295,11 @@ async fn cursor_paging_returns_every_call_once_while_events_arrive() {
     assert_eq!(starts, sorted);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejected_listing_pages() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn rejected_listing_pages(db) {
+    let server = TestServer::start(&db).await;
     for i in 0..5 {
         server.post(format!("broken {i}")).await;
     }
@@ -336,4 +335,5 @@ async fn rejected_listing_pages() {
         assert!(item.get(field).is_some(), "{field}");
     }
     server.stop().await;
+}
 }

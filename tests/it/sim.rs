@@ -50,10 +50,9 @@ fn sim_args(server: &str, calls: usize, extra: &[&str]) -> Vec<String> {
     args
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_calls_with_duplicates_and_reordering_verify_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn a_thousand_calls_with_duplicates_and_reordering_verify_clean(db) {
+    let server = TestServer::start(&db).await;
     let (ok, report) = simulate(sim_args(
         &server.base,
         1000,
@@ -100,13 +99,13 @@ async fn a_thousand_calls_with_duplicates_and_reordering_verify_clean() {
     );
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_reports_a_wrong_record() {
+crate::on_every_backend! {
+async fn verify_reports_a_wrong_record(db) {
     // The server reads local times as UTC while the simulated account writes Vietnam time:
     // every stored time is seven hours off, and --verify must say so.
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings(dir.path());
+    let mut settings = settings(&db);
     settings.timezone = Some("UTC".into());
     let server = TestServer::start_with(settings, None).await;
     let (ok, report) = simulate(sim_args(&server.base, 20, &["--verify"])).await;
@@ -123,6 +122,7 @@ async fn verify_reports_a_wrong_record() {
         "{report:#}"
     );
     server.stop().await;
+}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

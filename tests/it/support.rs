@@ -27,10 +27,109 @@ pub struct TestServer {
     handle: Option<JoinHandle<Result<(), ServerError>>>,
 }
 
-/// Settings every test server shares; `tweak` changes them.
-pub fn settings(data_dir: &Path) -> Settings {
+/// Where a test keeps its data: a temporary data dir, and with PostgreSQL a database of its own.
+pub struct Db {
+    dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+impl Db {
+    pub fn sqlite() -> Self {
+        Db {
+            dir: tempfile::tempdir().unwrap(),
+            postgres: None,
+        }
+    }
+
+    /// A fresh database on the server of ALOHOOK_TEST_POSTGRES_URL, so that runs and tests never
+    /// see each other's data.
+    pub async fn postgres() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let admin = std::env::var("ALOHOOK_TEST_POSTGRES_URL")
+            .expect("ALOHOOK_TEST_POSTGRES_URL is set for the PostgreSQL tests");
+        let name = format!(
+            "alohook_test_{}_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        admin_execute(&admin, &format!("CREATE DATABASE {name}")).await;
+        let mut url = url::Url::parse(&admin).expect("ALOHOOK_TEST_POSTGRES_URL is a URL");
+        url.set_path(&format!("/{name}"));
+        Db {
+            dir: tempfile::tempdir().unwrap(),
+            postgres: Some((admin, url.to_string())),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The database URL, for PostgreSQL.
+    pub fn database(&self) -> Option<String> {
+        self.postgres.as_ref().map(|(_, url)| url.clone())
+    }
+
+    /// Drops the test's PostgreSQL database.
+    pub async fn cleanup(self) {
+        if let Some((admin, url)) = &self.postgres {
+            let name = url.rsplit('/').next().unwrap_or_default();
+            admin_execute(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+            .await;
+        }
+    }
+}
+
+async fn admin_execute(admin: &str, sql: &str) {
+    let (client, connection) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .expect("connect to ALOHOOK_TEST_POSTGRES_URL");
+    let task = tokio::spawn(connection);
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    let _ = task.await;
+}
+
+/// Runs each test on SQLite, and on PostgreSQL when ALOHOOK_TEST_POSTGRES_URL is set (otherwise
+/// the PostgreSQL run shows as ignored, with the reason).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($(async fn $name:ident($db:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let $db = $crate::support::Db::sqlite();
+                    $body
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(not(postgres_tests), ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it")]
+                async fn postgres() {
+                    let $db = $crate::support::Db::postgres().await;
+                    $body
+                    $db.cleanup().await;
+                }
+            }
+        )*
+    };
+}
+
+/// Settings every test server shares.
+pub fn settings(db: &Db) -> Settings {
     Settings {
-        data_dir: Some(data_dir.to_path_buf()),
+        data_dir: Some(db.path().to_path_buf()),
+        database: db.database(),
         webhook_keys: vec![KEY.to_string()],
         api_token: Some(TOKEN.to_string()),
         ..Settings::default()
@@ -38,8 +137,8 @@ pub fn settings(data_dir: &Path) -> Settings {
 }
 
 impl TestServer {
-    pub async fn start(data_dir: &Path) -> Self {
-        Self::start_with(settings(data_dir), None).await
+    pub async fn start(db: &Db) -> Self {
+        Self::start_with(settings(db), None).await
     }
 
     /// Starts with `settings`, and with `store` instead of the configured database when given.

@@ -7,10 +7,9 @@ use serde_json::json;
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unauthorized_requests_keep_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn unauthorized_requests_keep_nothing(db) {
+    let server = TestServer::start(&db).await;
     let body = in_progress("c-unauth").to_string();
     for auth in [
         None,
@@ -32,11 +31,11 @@ async fn unauthorized_requests_keep_nothing() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_as_is_or_bearer_and_rotation() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings(dir.path());
+crate::on_every_backend! {
+async fn key_as_is_or_bearer_and_rotation(db) {
+    let mut settings = settings(&db);
     settings.webhook_keys = vec!["old-key".into(), "new-key".into()];
     let server = TestServer::start_with(settings, None).await;
     for (i, auth) in ["old-key", "new-key", "Bearer new-key"].iter().enumerate() {
@@ -47,11 +46,11 @@ async fn key_as_is_or_bearer_and_rotation() {
     }
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn body_limit_is_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings(dir.path());
+crate::on_every_backend! {
+async fn body_limit_is_exact(db) {
+    let mut settings = settings(&db);
     settings.max_body = Some(1024);
     let server = TestServer::start_with(settings, None).await;
     let event = in_progress("c-limit").to_string();
@@ -74,6 +73,7 @@ async fn body_limit_is_exact() {
         "oversized bodies are not kept"
     );
     server.stop().await;
+}
 }
 
 /// POSTs `body` with `Transfer-Encoding: chunked` over a raw socket; returns the status code.
@@ -104,10 +104,9 @@ async fn chunked_post(server: &TestServer, body: &str) -> u16 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_json_is_400_and_quarantined_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn invalid_json_is_400_and_quarantined_once(db) {
+    let server = TestServer::start(&db).await;
     for _ in 0..2 {
         let (status, answer) = server.post("{\"call_id\": ").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -130,11 +129,11 @@ async fn invalid_json_is_400_and_quarantined_once() {
     assert!(items[1].get("body_base64").is_none());
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_events_are_422_and_quarantined() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn invalid_events_are_422_and_quarantined(db) {
+    let server = TestServer::start(&db).await;
     let bodies = [
         "[1,2,3]",
         "\"just a string\"",
@@ -168,11 +167,11 @@ async fn invalid_events_are_422_and_quarantined() {
     );
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_event_then_resend() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn new_event_then_resend(db) {
+    let server = TestServer::start(&db).await;
     let body = in_progress("c-new").to_string();
     let (status, first) = server.post(body.clone()).await;
     assert_eq!(status, StatusCode::OK);
@@ -210,11 +209,11 @@ async fn new_event_then_resend() {
     assert_eq!(server.call("c-new").await["event_count"], 1);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_type_does_not_matter() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn content_type_does_not_matter(db) {
+    let server = TestServer::start(&db).await;
     let response = server
         .client
         .post(server.url("/webhooks/alohub"))
@@ -227,11 +226,11 @@ async fn content_type_does_not_matter() {
     assert_eq!(response.status(), StatusCode::OK);
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_methods_are_405_before_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn other_methods_are_405_before_the_key(db) {
+    let server = TestServer::start(&db).await;
     for method in [
         reqwest::Method::GET,
         reqwest::Method::PUT,
@@ -251,11 +250,11 @@ async fn other_methods_are_405_before_the_key() {
     }
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_failure_is_503_and_keeps_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = settings(dir.path());
+crate::on_every_backend! {
+async fn store_failure_is_503_and_keeps_nothing(db) {
+    let settings = settings(&db);
     let config = settings.clone().resolve().unwrap();
     let inner = alohook::server::open_store(&config).await.unwrap();
     let flaky = Arc::new(FlakyStore {
@@ -318,11 +317,11 @@ async fn store_failure_is_503_and_keeps_nothing() {
     );
     server.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_what_happened() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path()).await;
+crate::on_every_backend! {
+async fn metrics_count_what_happened(db) {
+    let server = TestServer::start(&db).await;
     server.send(&in_progress("c-m")).await;
     server.send(&in_progress("c-m")).await;
     server.post("nope").await;
@@ -348,4 +347,5 @@ async fn metrics_count_what_happened() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     server.stop().await;
+}
 }

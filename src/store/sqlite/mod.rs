@@ -13,11 +13,11 @@ use rusqlite::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedPage, Store, StoreError,
-    StoredCall, StoredEvent, StoredRejection, call_columns, decode_sources, sort_key,
+    CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedPage,
+    RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection, call_columns,
+    call_filter_terms, call_page, read_call_row,
 };
-use crate::model::phone::normalize_phone;
-use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, Phase};
+use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent};
 
 const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
 const MAX_IDLE_READERS: usize = 8;
@@ -443,54 +443,24 @@ fn sql_value(column: Column) -> SqlValue {
     }
 }
 
-const CALL_COLUMNS: &str = "seq, call_id, sort_key, phase, call_status, direction, caller_number, \
-    destination_number, hotline, user_name, transaction_id, object_id, start_time, answer_time, \
-    end_time, hangup_by, total_duration, holding_duration, recording_url, event_count, \
-    first_received_at, last_received_at, sources";
+impl RowColumns for Row<'_> {
+    fn text(&self, index: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.get(index)?)
+    }
+
+    fn integer(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(index)?)
+    }
+}
 
 type CallRow = (i64, Result<StoredCall, StoreError>);
 
+/// For rusqlite's row callbacks: SQL errors stop the query, bad data is reported per row.
 fn read_call(row: &Row<'_>) -> rusqlite::Result<CallRow> {
-    let seq: i64 = row.get(0)?;
-    let sort_key: i64 = row.get(2)?;
-    let phase: String = row.get(3)?;
-    let sources: String = row.get(22)?;
-    let fields = EventFields {
-        call_id: row.get(1)?,
-        call_status: row.get(4)?,
-        direction: row.get(5)?,
-        caller_number: row.get(6)?,
-        destination_number: row.get(7)?,
-        hotline: row.get(8)?,
-        user_name: row.get(9)?,
-        transaction_id: row.get(10)?,
-        object_id: row.get(11)?,
-        start_time: row.get(12)?,
-        answer_time: row.get(13)?,
-        end_time: row.get(14)?,
-        hangup_by: row.get(15)?,
-        total_duration: row.get(16)?,
-        holding_duration: row.get(17)?,
-        recording_url: row.get(18)?,
-    };
-    let event_count = row.get(19)?;
-    let first_received_at = row.get(20)?;
-    let last_received_at = row.get(21)?;
-    let stored = (|| {
-        Ok(StoredCall {
-            phase: Phase::parse(&phase)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {phase:?}")))?,
-            record: CallRecord {
-                fields,
-                sources: decode_sources(&sources)?,
-                event_count,
-                first_received_at,
-                last_received_at,
-                sort_time: (sort_key != i64::MIN).then_some(sort_key),
-            },
-        })
-    })();
-    Ok((seq, stored))
+    match read_call_row(row) {
+        Ok((seq, call)) => Ok((seq, Ok(call))),
+        Err(e) => Ok((0, Err(e))),
+    }
 }
 
 fn list_calls(
@@ -499,80 +469,28 @@ fn list_calls(
     limit: usize,
     cursor: Option<CallCursor>,
 ) -> Result<CallPage, StoreError> {
-    let mut clauses: Vec<&str> = Vec::new();
-    let mut args: Vec<SqlValue> = Vec::new();
-    let mut text = |clause: &'static str, value: &Option<String>| {
-        if let Some(v) = value {
-            clauses.push(clause);
-            args.push(SqlValue::Text(v.clone()));
-        }
-    };
-    text("call_status = ?", &filter.status);
-    text(
-        "direction = ?",
-        &filter.direction.as_ref().map(|d| d.to_lowercase()),
-    );
-    text("hotline = ?", &filter.hotline);
-    text("user_name = ?", &filter.user_name);
-    text(
-        "destination_norm = ?",
-        &filter.destination_number.as_deref().map(normalize_phone),
-    );
-    text("transaction_id = ?", &filter.transaction_id);
-    text("phase = ?", &filter.phase.map(|p| p.as_str().to_string()));
-    if let Some(phone) = &filter.phone {
-        clauses.push("(caller_norm = ? OR destination_norm = ?)");
-        args.push(SqlValue::Text(phone.clone()));
-        args.push(SqlValue::Text(phone.clone()));
-    }
-    if filter.from.is_some() || filter.to.is_some() {
-        clauses.push("sort_key > ?");
-        args.push(SqlValue::Integer(i64::MIN));
-    }
-    if let Some(from) = filter.from {
-        clauses.push("sort_key >= ?");
-        args.push(SqlValue::Integer(from));
-    }
-    if let Some(to) = filter.to {
-        clauses.push("sort_key <= ?");
-        args.push(SqlValue::Integer(to));
-    }
-    if let Some(c) = cursor {
-        clauses.push("(sort_key, seq) < (?, ?)");
-        args.push(SqlValue::Integer(c.sort_key));
-        args.push(SqlValue::Integer(c.seq));
-    }
-    let where_sql = if clauses.is_empty() {
+    let (terms, args) = call_filter_terms(filter, cursor);
+    let where_sql = if terms.is_empty() {
         String::new()
     } else {
-        format!("WHERE {}", clauses.join(" AND "))
+        format!("WHERE {}", terms.join(" AND "))
     };
-    args.push(SqlValue::Integer(limit as i64 + 1));
     let sql = format!(
         "SELECT {CALL_COLUMNS} FROM calls {where_sql} ORDER BY sort_key DESC, seq DESC LIMIT ?"
     );
+    let args = args
+        .into_iter()
+        .map(sql_value)
+        .chain(std::iter::once(SqlValue::Integer(limit as i64 + 1)));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), read_call)?;
-    let mut items = Vec::with_capacity(limit);
-    let mut last = None;
-    let mut more = false;
-    for row in rows {
-        let (seq, call) = row?;
-        if items.len() == limit {
-            more = true;
-            break;
-        }
-        let call = call?;
-        last = Some(CallCursor {
-            sort_key: sort_key(call.record.sort_time),
-            seq,
-        });
-        items.push(call);
-    }
-    Ok(CallPage {
-        items,
-        next: if more { last } else { None },
-    })
+    let rows = stmt
+        .query_map(params_from_iter(args), read_call)?
+        .map(|row| {
+            let (seq, call) = row?;
+            Ok((seq, call?))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(call_page(rows, limit))
 }
 
 #[async_trait]

@@ -1,0 +1,480 @@
+//! The PostgreSQL store: several alohook instances may share one database. Identity and merging
+//! hold across instances through the database itself: a unique (scope, dedupe_key) decides which
+//! delivery is first, and a call's row is locked (`FOR UPDATE`) while an event is merged into it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedPage,
+    RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection, call_columns,
+    call_filter_terms, call_page, read_call_row,
+};
+use crate::model::{CallRecord, FinalStatuses, ParsedEvent};
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+/// Key of the advisory lock that serialises migrations between instances starting together.
+const MIGRATION_LOCK: i64 = 0x616c_6f68_6f6f_6b01;
+/// How often a batch is retried when PostgreSQL aborts it to break a deadlock or conflict.
+const RETRIES: usize = 3;
+
+/// The PostgreSQL implementation of [`Store`].
+pub struct PgStore {
+    /// Connections for the writer (its own runtime drives them).
+    writes: Pool,
+    /// Connections for reads, on the request handlers' runtime.
+    reads: Pool,
+    finals: FinalStatuses,
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The Display of a server error is only "db error": say what PostgreSQL said.
+        let text = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        if retryable(&e) {
+            StoreError::Retry(text)
+        } else {
+            StoreError::Database(text)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Database(format!("no database connection: {e}"))
+    }
+}
+
+impl RowColumns for Row {
+    fn text(&self, index: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(index)?)
+    }
+
+    fn integer(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(index)?)
+    }
+}
+
+fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    config.application_name("alohook");
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))
+}
+
+impl PgStore {
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &str, finals: FinalStatuses) -> Result<Self, StoreError> {
+        let store = PgStore {
+            writes: pool(url, 4)?,
+            reads: pool(url, 8)?,
+            finals,
+        };
+        migrate(&store.reads).await?;
+        Ok(store)
+    }
+
+    async fn try_commit(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
+        let mut client = self.writes.get().await?;
+        let tx = client.transaction().await?;
+        // Rows are locked in call-id order in every transaction, so that two instances committing
+        // events of the same calls wait for each other instead of deadlocking.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| match &batch[i] {
+            Incoming::Event { event, .. } => (0, event.scope()),
+            Incoming::Rejected(_) => (1, ""),
+        });
+        let mut outcomes = vec![Outcome::Quarantined { id: 0 }; batch.len()];
+        let mut locked: HashMap<String, (i64, CallRecord)> = HashMap::new();
+        for i in order {
+            outcomes[i] = match &batch[i] {
+                Incoming::Event { event, received_at } => {
+                    store_event(&tx, &mut locked, event, *received_at, &self.finals).await?
+                }
+                Incoming::Rejected(r) => {
+                    let hash: [u8; 32] = Sha256::digest(&r.body).into();
+                    let row = tx
+                        .query_one(
+                            "INSERT INTO rejected (body_hash, reason, detail, received_at, \
+                             last_delivery_at, body) VALUES ($1, $2, $3, $4, $4, $5) \
+                             ON CONFLICT (body_hash) DO UPDATE SET \
+                             deliveries = rejected.deliveries + 1, \
+                             last_delivery_at = excluded.received_at RETURNING id",
+                            &[&&hash[..], &r.reason, &r.detail, &r.received_at, &r.body],
+                        )
+                        .await?;
+                    Outcome::Quarantined { id: row.get(0) }
+                }
+            };
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
+
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let applied = apply_migrations(&mut client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    applied?;
+    unlocked?;
+    Ok(())
+}
+
+async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS alohook_schema (version INTEGER PRIMARY KEY, \
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let version: i32 = client
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM alohook_schema", &[])
+        .await?
+        .get(0);
+    let version = version as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Database(format!(
+            "the database is at schema version {version}, newer than this alohook knows ({}); \
+             run a newer alohook",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO alohook_schema (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version = i + 1, "applied PostgreSQL migration");
+    }
+    Ok(())
+}
+
+async fn store_event(
+    tx: &deadpool_postgres::Transaction<'_>,
+    locked: &mut HashMap<String, (i64, CallRecord)>,
+    event: &ParsedEvent,
+    received_at: i64,
+    finals: &FinalStatuses,
+) -> Result<Outcome, StoreError> {
+    let call_id = if event.is_call() {
+        event.fields.call_id.as_deref()
+    } else {
+        None
+    };
+    let warnings = (!event.warnings.is_empty())
+        .then(|| serde_json::to_string(&event.warnings).unwrap_or_default());
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO events (scope, dedupe_key, event_type, call_id, received_at, \
+             last_delivery_at, warnings, body) VALUES ($1, $2, $3, $4, $5, $5, $6, $7) \
+             ON CONFLICT (scope, dedupe_key) DO NOTHING RETURNING id",
+            &[
+                &event.scope(),
+                &&event.dedupe_key[..],
+                &event.event_type,
+                &call_id,
+                &received_at,
+                &warnings,
+                &event.raw,
+            ],
+        )
+        .await?;
+    let Some(row) = inserted else {
+        let row = tx
+            .query_one(
+                "UPDATE events SET deliveries = deliveries + 1, \
+                 last_delivery_at = GREATEST(last_delivery_at, $3) \
+                 WHERE scope = $1 AND dedupe_key = $2 RETURNING id",
+                &[&event.scope(), &&event.dedupe_key[..], &received_at],
+            )
+            .await?;
+        return Ok(Outcome::Duplicate {
+            event_id: row.get(0),
+        });
+    };
+    let event_id: i64 = row.get(0);
+    if let Some(call_id) = call_id {
+        merge_call(tx, locked, call_id, event, event_id, received_at, finals).await?;
+    }
+    Ok(Outcome::Stored { event_id })
+}
+
+fn sql_param(column: &Column) -> &(dyn ToSql + Sync) {
+    match column {
+        Column::Text(v) => v,
+        Column::Integer(v) => v,
+    }
+}
+
+async fn merge_call(
+    tx: &deadpool_postgres::Transaction<'_>,
+    locked: &mut HashMap<String, (i64, CallRecord)>,
+    call_id: &str,
+    event: &ParsedEvent,
+    event_id: i64,
+    received_at: i64,
+    finals: &FinalStatuses,
+) -> Result<(), StoreError> {
+    let fields = &event.fields;
+    let (seq, mut record) = match locked.remove(call_id) {
+        Some(held) => held,
+        None => {
+            let record = CallRecord::from_event(call_id, fields, event_id, received_at);
+            let columns = call_columns(&record, finals);
+            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+            let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+            let params: Vec<&(dyn ToSql + Sync)> =
+                columns.iter().map(|(_, v)| sql_param(v)).collect();
+            let sql = format!(
+                "INSERT INTO calls ({}) VALUES ({}) ON CONFLICT (call_id) DO NOTHING RETURNING seq",
+                names.join(", "),
+                placeholders.join(", ")
+            );
+            // The insert takes the row lock of a new call; an existing one is locked explicitly.
+            if let Some(row) = tx.query_opt(&sql, &params).await? {
+                locked.insert(call_id.to_string(), (row.get(0), record));
+                return Ok(());
+            }
+            let row = tx
+                .query_one(
+                    &format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_id = $1 FOR UPDATE"),
+                    &[&call_id],
+                )
+                .await?;
+            let (seq, stored) = read_call_row(&row)?;
+            (seq, stored.record)
+        }
+    };
+    let before = call_columns(&record, finals);
+    record.merge(fields, event_id, received_at);
+    let after = call_columns(&record, finals);
+    let changed: Vec<(&str, Column)> = before
+        .into_iter()
+        .zip(after)
+        .filter(|((_, old), (_, new))| old != new)
+        .map(|(_, new)| new)
+        .collect();
+    let assignments: Vec<String> = changed
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| format!("{name} = ${}", i + 2))
+        .collect();
+    let sql = format!("UPDATE calls SET {} WHERE seq = $1", assignments.join(", "));
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&seq];
+    params.extend(changed.iter().map(|(_, v)| sql_param(v)));
+    tx.execute(&sql, &params).await?;
+    locked.insert(call_id.to_string(), (seq, record));
+    Ok(())
+}
+
+/// `?` placeholders as PostgreSQL's `$1, $2, …`.
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn retryable(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_commit(&batch).await {
+                Err(StoreError::Retry(reason)) if attempt < RETRIES => {
+                    tracing::debug!(%reason, attempt, "batch aborted by PostgreSQL; retrying");
+                }
+                Err(StoreError::Retry(reason)) => return Err(StoreError::Database(reason)),
+                result => return result,
+            }
+        }
+    }
+
+    async fn call(&self, call_id: &str) -> Result<Option<StoredCall>, StoreError> {
+        let client = self.reads.get().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_id = $1"),
+                &[&call_id],
+            )
+            .await?;
+        row.map(|r| read_call_row(&r).map(|(_, call)| call))
+            .transpose()
+    }
+
+    async fn calls(
+        &self,
+        filter: &CallFilter,
+        limit: usize,
+        cursor: Option<CallCursor>,
+    ) -> Result<CallPage, StoreError> {
+        let (terms, args) = call_filter_terms(filter, cursor);
+        let where_sql = if terms.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", terms.join(" AND "))
+        };
+        let sql = numbered(&format!(
+            "SELECT {CALL_COLUMNS} FROM calls {where_sql} ORDER BY sort_key DESC, seq DESC LIMIT ?"
+        ));
+        let fetch = limit as i64 + 1;
+        let mut params: Vec<&(dyn ToSql + Sync)> = args.iter().map(sql_param).collect();
+        params.push(&fetch);
+        let client = self.reads.get().await?;
+        let rows = client.query(&sql, &params).await?;
+        let rows = rows
+            .iter()
+            .map(read_call_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(call_page(rows, limit))
+    }
+
+    async fn call_events(&self, call_id: &str) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        let client = self.reads.get().await?;
+        let known = client
+            .query_opt("SELECT 1 FROM calls WHERE call_id = $1", &[&call_id])
+            .await?
+            .is_some();
+        if !known {
+            return Ok(None);
+        }
+        let rows = client
+            .query(
+                "SELECT id, received_at, deliveries, warnings, body FROM events \
+                 WHERE scope = $1 AND call_id = $1 ORDER BY id",
+                &[&call_id],
+            )
+            .await?;
+        let events = rows
+            .iter()
+            .map(|r| {
+                let warnings: Option<String> = r.try_get(3)?;
+                Ok(StoredEvent {
+                    event_id: r.try_get(0)?,
+                    received_at: r.try_get(1)?,
+                    deliveries: r.try_get(2)?,
+                    warnings: warnings
+                        .and_then(|w| serde_json::from_str(&w).ok())
+                        .unwrap_or_default(),
+                    payload: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(events))
+    }
+
+    async fn rejected(
+        &self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<RejectedPage, StoreError> {
+        let client = self.reads.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, reason, detail, received_at, deliveries, body FROM rejected \
+                 WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                &[&before.unwrap_or(i64::MAX), &(limit as i64 + 1)],
+            )
+            .await?;
+        let mut items = rows
+            .iter()
+            .map(|r| {
+                Ok(StoredRejection {
+                    id: r.try_get(0)?,
+                    reason: r.try_get(1)?,
+                    detail: r.try_get(2)?,
+                    received_at: r.try_get(3)?,
+                    deliveries: r.try_get(4)?,
+                    body: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(RejectedPage { items, next })
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let client = self.reads.get().await?;
+        let primary: bool = client
+            .query_one("SELECT NOT pg_is_in_recovery()", &[])
+            .await?
+            .get(0);
+        if primary {
+            Ok(())
+        } else {
+            Err(StoreError::Database(
+                "the database is a read-only replica".into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn placeholders_are_numbered() {
+        assert_eq!(
+            numbered("a = ? AND (b, c) < (?, ?) LIMIT ?"),
+            "a = $1 AND (b, c) < ($2, $3) LIMIT $4"
+        );
+    }
+}
