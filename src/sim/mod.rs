@@ -22,9 +22,11 @@ use scenario::{ScenarioOptions, SimCall};
 /// Options of `alohook simulate`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimOptions {
-    /// Webhook URL to send to, e.g. http://127.0.0.1:8080/webhooks/alohub
-    #[arg(long)]
-    pub url: String,
+    /// Webhook URL to send to, e.g. http://127.0.0.1:8080/webhooks/alohub. Repeat it to spread
+    /// the requests over several instances in turn, as a load balancer would (a resend may then
+    /// reach another instance than the first delivery).
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
     /// Authorization key to send (as Alohub does: the key as-is).
     #[arg(long, hide_env_values = true)]
     pub key: String,
@@ -198,7 +200,8 @@ impl Pacer {
 
 struct Sender {
     client: reqwest::Client,
-    url: String,
+    urls: Vec<String>,
+    next_url: AtomicUsize,
     key: String,
     max_retries: u32,
     max_backoff: Duration,
@@ -228,7 +231,7 @@ impl Sender {
             let started = Instant::now();
             let sent = self
                 .client
-                .post(&self.url)
+                .post(self.url())
                 .header(reqwest::header::AUTHORIZATION, &self.key)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone())
@@ -261,6 +264,12 @@ impl Sender {
             acked: false,
             duplicate: None,
         }
+    }
+
+    /// The URL of the next request, in turn.
+    fn url(&self) -> &str {
+        let i = self.next_url.fetch_add(1, Ordering::Relaxed);
+        &self.urls[i % self.urls.len()]
     }
 
     /// 50 ms doubling per attempt, capped, with ±25 % jitter.
@@ -311,7 +320,8 @@ pub async fn run(options: SimOptions) -> Result<SimReport, SimError> {
     );
     let sender = Arc::new(Sender {
         client: client.clone(),
-        url: options.url.clone(),
+        urls: options.urls.clone(),
+        next_url: AtomicUsize::new(0),
         key: options.key.clone(),
         max_retries: options.max_retries,
         max_backoff: Duration::from_millis(options.max_backoff),
@@ -382,7 +392,7 @@ pub async fn run(options: SimOptions) -> Result<SimReport, SimError> {
         let api_url = options
             .api_url
             .clone()
-            .unwrap_or_else(|| origin(&options.url));
+            .unwrap_or_else(|| origin(&options.urls[0]));
         let token = options.api_token.clone().unwrap_or_default();
         // A worker finishes every call it takes, so the calls started are the calls sent whole.
         let sent: Vec<SimCall> = calls.iter().take(calls_started).cloned().collect();

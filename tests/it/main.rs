@@ -8,6 +8,8 @@ mod cli;
 mod dedupe;
 /// One record per call whatever the arrival order; typing of loose fields.
 mod merge;
+/// PostgreSQL only: two instances on one database, and a database outage mid-load.
+mod postgres;
 /// The read API: call object, events, filters, cursor paging, quarantine listing, auth.
 mod read_api;
 /// The simulator end to end: verify, its failure modes, and the SIGKILL crash test.

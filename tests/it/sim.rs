@@ -1,5 +1,4 @@
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -8,16 +7,17 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_alohook");
 
 /// Runs `alohook simulate` with `args` (plus a JSON report) and returns its exit success and report.
-async fn simulate(args: Vec<String>) -> (bool, Value) {
+pub async fn simulate(args: Vec<String>) -> (bool, Value) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
-    let mut command = Command::new(BIN);
-    command
+    // Killed if the test gives up on it, so that a failing test cannot hang on its simulator.
+    let output = tokio::process::Command::new(BIN)
         .arg("simulate")
         .args(&args)
         .arg("--report")
-        .arg(&report);
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .arg(&report)
+        .kill_on_drop(true)
+        .output()
         .await
         .unwrap();
     let text = std::fs::read_to_string(&report).unwrap_or_else(|_| {
@@ -32,7 +32,7 @@ async fn simulate(args: Vec<String>) -> (bool, Value) {
     )
 }
 
-fn sim_args(server: &str, calls: usize, extra: &[&str]) -> Vec<String> {
+pub fn sim_args(server: &str, calls: usize, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--url",
         &format!("{server}/webhooks/alohub"),
@@ -150,41 +150,6 @@ async fn unreachable_server_means_unacknowledged_and_failure() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `alohook serve` as a child process on a fixed port, waiting until it listens.
-fn serve_process(data_dir: &std::path::Path, port: u16) -> Child {
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(["--webhook-key", KEY, "--api-token", TOKEN])
-        .env("ALOHOOK_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
-
 /// Kill -9 the server twice mid-load and restart it on the same data: every acknowledged event
 /// must be there, every call right, nothing stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +163,7 @@ async fn crash_test_sigkill_twice_loses_nothing() {
     println!("crash test seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
 
-    let mut server = serve_process(dir.path(), port);
+    let mut server = serve_process(dir.path(), port, &[]);
     let base = format!("http://127.0.0.1:{port}");
     let sim = tokio::spawn(simulate(sim_args(
         &base,
@@ -226,7 +191,7 @@ async fn crash_test_sigkill_twice_loses_nothing() {
         server.kill().unwrap();
         server.wait().unwrap();
         tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
-        server = serve_process(dir.path(), port);
+        server = serve_process(dir.path(), port, &[]);
     }
     let (ok, report) = tokio::time::timeout(Duration::from_secs(120), sim)
         .await

@@ -1,0 +1,187 @@
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::sim::{sim_args, simulate};
+use crate::support::*;
+
+/// Distinct events stored, and events stored more than once, straight from the database.
+async fn stored_events(database: &str) -> (i64, i64) {
+    let (client, connection) = tokio_postgres::connect(database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) - count(DISTINCT (scope, dedupe_key)) FROM events",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn post(client: &reqwest::Client, base: &str, body: &str) -> (StatusCode, Value) {
+    let response = client
+        .post(format!("{base}/webhooks/alohub"))
+        .header("authorization", KEY)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Two alohook processes on one database, started together (the migration lock), traffic and
+/// its duplicates and resends spread over both: every call right, no event stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+)]
+async fn two_instances_share_one_database() {
+    let db = Db::postgres().await;
+    let database = db.database().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let dir_b = tempfile::tempdir().unwrap();
+    let (path_a, path_b) = (db.path().to_path_buf(), dir_b.path().to_path_buf());
+    let (url_a, url_b) = (database.clone(), database.clone());
+    let a = std::thread::spawn(move || serve_process(&path_a, port_a, &["--database", &url_a]));
+    let b = std::thread::spawn(move || serve_process(&path_b, port_b, &["--database", &url_b]));
+    let (mut a, mut b) = (a.join().unwrap(), b.join().unwrap());
+    let (base_a, base_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+
+    let mut args = sim_args(
+        &base_a,
+        1500,
+        &[
+            "--duplicates",
+            "0.2",
+            "--reorder",
+            "0.2",
+            "--concurrency",
+            "32",
+            "--verify",
+        ],
+    );
+    args.extend(["--url".to_string(), format!("{base_b}/webhooks/alohub")]);
+    let (ok, report) = simulate(args).await;
+    assert!(ok, "{report:#}");
+    assert_eq!(report["verify"]["mismatches"], 0, "{report:#}");
+    assert_eq!(report["unacknowledged"], 0);
+    assert_eq!(report["duplicates_missed"], 0, "{report:#}");
+
+    // One event delivered 32 times at once, alternately to both instances: stored once.
+    let client = reqwest::Client::new();
+    let body = ended("two-instances").to_string();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let (client, body) = (client.clone(), body.clone());
+        let base = if i % 2 == 0 {
+            base_a.clone()
+        } else {
+            base_b.clone()
+        };
+        tasks.push(tokio::spawn(
+            async move { post(&client, &base, &body).await },
+        ));
+    }
+    let mut firsts = 0;
+    for task in tasks {
+        let (status, answer) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        firsts += (answer["duplicate"] == false) as usize;
+    }
+    assert_eq!(firsts, 1);
+
+    let (events, stored_twice) = stored_events(&database).await;
+    assert_eq!(stored_twice, 0);
+    assert_eq!(events, report["events_sent"].as_i64().unwrap() + 1);
+    a.kill().unwrap();
+    b.kill().unwrap();
+    let _ = (a.wait(), b.wait());
+    db.cleanup().await;
+}
+
+/// PostgreSQL unreachable mid-load: no 200 for anything not committed, 503 and /readyz 503 while
+/// it lasts, recovery without a restart, and the sender's resends lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+)]
+async fn database_outage_answers_503_and_loses_nothing() {
+    let db = Db::postgres().await;
+    let direct = url::Url::parse(&db.database().unwrap()).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    );
+    let proxy = CutProxy::start(upstream).await;
+    let mut via_proxy = direct.clone();
+    via_proxy.set_port(Some(proxy.port)).unwrap();
+    let mut settings = settings(&db);
+    settings.database = Some(via_proxy.to_string());
+    let server = TestServer::start_with(settings, None).await;
+
+    let load = tokio::spawn(simulate(sim_args(
+        &server.base,
+        3000,
+        &[
+            "--concurrency",
+            "16",
+            "--duplicates",
+            "0.1",
+            "--max-retries",
+            "100",
+            "--max-backoff",
+            "200",
+            "--timeout",
+            "3000",
+            "--verify",
+        ],
+    )));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.cut();
+    // While the database is gone: a new event is refused, never acknowledged, and not ready.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probe = ended("outage-probe").to_string();
+    let (status, answer) = server.post(probe.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let (status, _) = server.get_with_auth("/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.restore();
+
+    let (ok, report) = tokio::time::timeout(Duration::from_secs(120), load)
+        .await
+        .expect("the simulation finishes")
+        .unwrap();
+    assert!(ok, "{report:#}");
+    assert_eq!(report["unacknowledged"], 0, "{report:#}");
+    assert_eq!(report["verify"]["mismatches"], 0, "{report:#}");
+    assert!(
+        report["failures"].as_u64().unwrap() > 0,
+        "the outage was felt: {report:#}"
+    );
+    // Recovered by itself; the refused probe was kept nowhere.
+    let (status, _) = server.get_with_auth("/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = server.post(probe).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer["duplicate"], false,
+        "the 503'd delivery was not kept"
+    );
+    let (events, stored_twice) = stored_events(&db.database().unwrap()).await;
+    assert_eq!(stored_twice, 0);
+    assert_eq!(events, report["events_sent"].as_i64().unwrap() + 1);
+    server.stop().await;
+    db.cleanup().await;
+}
