@@ -146,26 +146,46 @@ impl Ingest {
 }
 
 async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let (items, replies): (Vec<_>, Vec<_>) = jobs.drain(..).map(|j| (j.item, j.reply)).unzip();
-        metrics.commit_batch_size.observe(items.len() as f64);
-        let started = Instant::now();
-        match store.commit(items).await {
-            Ok(outcomes) => {
-                metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
+    // A batch starts as soon as a commit slot is free, with whatever queued meanwhile: with one
+    // slot (SQLite) batches follow each other; PostgreSQL commits several side by side.
+    let slots = store.concurrent_commits().max(1);
+    let free = Arc::new(tokio::sync::Semaphore::new(slots));
+    loop {
+        let Ok(slot) = free.clone().acquire_owned().await else {
+            return;
+        };
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            break;
+        }
+        let (store, metrics) = (store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            commit_batch(store.as_ref(), jobs, &metrics).await;
+            drop(slot);
+        });
+    }
+    // The queue is closed and drained: wait for the commits still running.
+    let _ = free.acquire_many(slots as u32).await;
+}
+
+async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics) {
+    let (items, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
+    metrics.commit_batch_size.observe(items.len() as f64);
+    let started = Instant::now();
+    match store.commit(items).await {
+        Ok(outcomes) => {
+            metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
             }
-            Err(error) => {
-                metrics.commit_failures.inc();
-                tracing::error!(%error, requests = replies.len(), "commit failed; answering 503");
-                for reply in replies {
-                    let _ = reply.send(Err(Unavailable));
-                }
+        }
+        Err(error) => {
+            metrics.commit_failures.inc();
+            tracing::error!(%error, requests = replies.len(), "commit failed; answering 503");
+            for reply in replies {
+                let _ = reply.send(Err(Unavailable));
             }
         }
     }

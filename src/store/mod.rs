@@ -136,6 +136,12 @@ pub trait Store: Send + Sync + 'static {
     /// alohook's writer thread is.
     async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError>;
 
+    /// How many [`Store::commit`] calls may run at once. SQLite has one writer; a database
+    /// server serialises conflicting batches itself (and retries what it aborts).
+    fn concurrent_commits(&self) -> usize {
+        1
+    }
+
     /// One call by id.
     async fn call(&self, call_id: &str) -> Result<Option<StoredCall>, StoreError>;
 

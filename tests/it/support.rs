@@ -275,6 +275,9 @@ impl Store for FlakyStore {
         self.check()?;
         self.inner.commit(batch).await
     }
+    fn concurrent_commits(&self) -> usize {
+        self.inner.concurrent_commits()
+    }
     async fn call(&self, call_id: &str) -> Result<Option<StoredCall>, StoreError> {
         self.inner.call(call_id).await
     }
