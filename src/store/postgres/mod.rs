@@ -16,7 +16,7 @@ use tokio_postgres::{NoTls, Row};
 use super::{
     CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedBody,
     RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection,
-    call_columns, call_filter_terms, call_page, read_call_row,
+    call_filter_terms, call_page, insert_call, merge_into_call, read_call_row,
 };
 use crate::model::{CallRecord, FinalStatuses, ParsedEvent};
 
@@ -303,16 +303,9 @@ async fn merge_call(
         Some(held) => held,
         None => {
             let record = CallRecord::from_event(call_id, fields, event_id, received_at);
-            let columns = call_columns(&record, finals);
-            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-            let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-            let params: Vec<&(dyn ToSql + Sync)> =
-                columns.iter().map(|(_, v)| sql_param(v)).collect();
-            let sql = format!(
-                "INSERT INTO calls ({}) VALUES ({}) ON CONFLICT (call_id) DO NOTHING RETURNING seq",
-                names.join(", "),
-                placeholders.join(", ")
-            );
+            let insert = insert_call(&record, finals);
+            let sql = numbered(&format!("{} RETURNING seq", insert.sql));
+            let params: Vec<&(dyn ToSql + Sync)> = insert.args.iter().map(sql_param).collect();
             // The insert takes the row lock of a new call; an existing one is locked explicitly.
             if let Some(row) = tx.query_opt(&cached(tx, &sql).await?, &params).await? {
                 locked.insert(call_id.to_string(), (row.get(0), record));
@@ -332,24 +325,10 @@ async fn merge_call(
             (seq, stored.record)
         }
     };
-    let before = call_columns(&record, finals);
-    record.merge(fields, event_id, received_at);
-    let after = call_columns(&record, finals);
-    let changed: Vec<(&str, Column)> = before
-        .into_iter()
-        .zip(after)
-        .filter(|((_, old), (_, new))| old != new)
-        .map(|(_, new)| new)
-        .collect();
-    let assignments: Vec<String> = changed
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _))| format!("{name} = ${}", i + 2))
-        .collect();
-    let sql = format!("UPDATE calls SET {} WHERE seq = $1", assignments.join(", "));
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&seq];
-    params.extend(changed.iter().map(|(_, v)| sql_param(v)));
-    tx.execute(&cached(tx, &sql).await?, &params).await?;
+    let update = merge_into_call(seq, &mut record, fields, event_id, received_at, finals);
+    let params: Vec<&(dyn ToSql + Sync)> = update.args.iter().map(sql_param).collect();
+    tx.execute(&cached(tx, &numbered(&update.sql)).await?, &params)
+        .await?;
     locked.insert(call_id.to_string(), (seq, record));
     Ok(())
 }

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedPage,
-    RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection, call_columns,
-    call_filter_terms, call_page, read_call_row,
+    RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection, call_filter_terms,
+    call_page, insert_call, merge_into_call, read_call_row,
 };
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent};
 
@@ -387,17 +387,10 @@ fn merge_call(
         None => {
             // Most calls are new: insert, and read the row only if the call existed after all.
             let record = CallRecord::from_event(call_id, fields, event_id, received_at);
-            let columns = call_columns(&record, finals);
-            let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-            let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-            let sql = format!(
-                "INSERT INTO calls ({}) VALUES ({}) ON CONFLICT (call_id) DO NOTHING",
-                names.join(", "),
-                placeholders.join(", ")
-            );
-            let inserted = conn.prepare_cached(&sql)?.execute(params_from_iter(
-                columns.into_iter().map(|(_, v)| sql_value(v)),
-            ))?;
+            let insert = insert_call(&record, finals);
+            let inserted = conn
+                .prepare_cached(&insert.sql)?
+                .execute(params_from_iter(insert.args.into_iter().map(sql_value)))?;
             if inserted == 1 {
                 calls.put(call_id, conn.last_insert_rowid(), record);
                 return Ok(());
@@ -410,27 +403,9 @@ fn merge_call(
             (seq, stored?.record)
         }
     };
-    let before = call_columns(&record, finals);
-    record.merge(fields, event_id, received_at);
-    let after = call_columns(&record, finals);
-    // Only changed columns are written: SQLite rewrites the entries of every index that holds a
-    // column named in SET, and untouched index pages are what keep a commit small.
-    let changed: Vec<(&str, Column)> = before
-        .into_iter()
-        .zip(after)
-        .filter(|((_, old), (_, new))| old != new)
-        .map(|(_, new)| new)
-        .collect();
-    let assignments: Vec<String> = changed
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _))| format!("{name} = ?{}", i + 2))
-        .collect();
-    let sql = format!("UPDATE calls SET {} WHERE seq = ?1", assignments.join(", "));
-    let values = std::iter::once(SqlValue::Integer(seq))
-        .chain(changed.into_iter().map(|(_, v)| sql_value(v)));
-    conn.prepare_cached(&sql)?
-        .execute(params_from_iter(values))?;
+    let update = merge_into_call(seq, &mut record, fields, event_id, received_at, finals);
+    conn.prepare_cached(&update.sql)?
+        .execute(params_from_iter(update.args.into_iter().map(sql_value)))?;
     calls.put(call_id, seq, record);
     Ok(())
 }
