@@ -101,6 +101,21 @@ impl ParsedEvent {
         self.event_type == "call"
     }
 
+    /// The call this event is merged into: its `call_id`, for call events only.
+    pub fn merged_call_id(&self) -> Option<&str> {
+        if self.is_call() {
+            self.fields.call_id.as_deref()
+        } else {
+            None
+        }
+    }
+
+    /// The warnings as a JSON array, or `None` when there are none.
+    pub fn warnings_json(&self) -> Option<String> {
+        (!self.warnings.is_empty())
+            .then(|| serde_json::to_string(&self.warnings).unwrap_or_default())
+    }
+
     /// Where the identity is unique: the body's `call_id` (of any event type), or `""`.
     /// Equal dedupe keys imply equal call ids, so this narrows nothing; stores use it to keep
     /// the keys of one call together.

@@ -231,13 +231,8 @@ async fn store_event(
     received_at: i64,
     finals: &FinalStatuses,
 ) -> Result<Outcome, StoreError> {
-    let call_id = if event.is_call() {
-        event.fields.call_id.as_deref()
-    } else {
-        None
-    };
-    let warnings = (!event.warnings.is_empty())
-        .then(|| serde_json::to_string(&event.warnings).unwrap_or_default());
+    let call_id = event.merged_call_id();
+    let warnings = event.warnings_json();
     let inserted = tx
         .query_opt(
             &cached(

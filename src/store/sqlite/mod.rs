@@ -324,13 +324,8 @@ fn store_event(
     received_at: i64,
     finals: &FinalStatuses,
 ) -> Result<Outcome, StoreError> {
-    let call_id = if event.is_call() {
-        event.fields.call_id.as_deref()
-    } else {
-        None
-    };
-    let warnings = (!event.warnings.is_empty())
-        .then(|| serde_json::to_string(&event.warnings).unwrap_or_default());
+    let call_id = event.merged_call_id();
+    let warnings = event.warnings_json();
     let inserted = conn
         .prepare_cached(
             "INSERT INTO events (scope, dedupe_key, event_type, call_id, received_at, \
