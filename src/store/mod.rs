@@ -364,8 +364,30 @@ pub fn read_call_row(row: &impl RowColumns) -> Result<(i64, StoredCall), StoreEr
     Ok((row.required_integer(0)?, call))
 }
 
+/// The query of a call listing: newest start first, `limit + 1` rows so that the caller knows
+/// whether a next page exists.
+pub fn list_calls_query(
+    filter: &CallFilter,
+    cursor: Option<CallCursor>,
+    limit: usize,
+) -> Statement {
+    let (terms, mut args) = call_filter_terms(filter, cursor);
+    let where_sql = if terms.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", terms.join(" AND "))
+    };
+    args.push(Column::Integer(Some(limit as i64 + 1)));
+    Statement {
+        sql: format!(
+            "SELECT {CALL_COLUMNS} FROM calls {where_sql} ORDER BY sort_key DESC, seq DESC LIMIT ?"
+        ),
+        args,
+    }
+}
+
 /// The WHERE terms of a call listing, each with one `?` per argument, and the arguments in order.
-pub fn call_filter_terms(
+fn call_filter_terms(
     filter: &CallFilter,
     cursor: Option<CallCursor>,
 ) -> (Vec<&'static str>, Vec<Column>) {

@@ -77,15 +77,7 @@ async fn a_thousand_calls_with_duplicates_and_reordering_verify_clean(db) {
     assert_eq!(report["duplicates_answered"].as_u64().unwrap(), dups);
     assert_eq!(report["acknowledged"], report["events_sent"]);
     // The server agrees: every duplicate counted as such, every distinct event once.
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(&format!(
             "alohook_events_accepted_total {}",

@@ -238,6 +238,13 @@ impl TestServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
+    }
+
     pub async fn call(&self, call_id: &str) -> Value {
         let (status, call) = self.get(&format!("/api/calls/{call_id}")).await;
         assert_eq!(status, StatusCode::OK, "{call}");

@@ -299,18 +299,7 @@ async fn store_failure_is_503_and_keeps_nothing(db) {
         answer["duplicate"], false,
         "the failed delivery kept nothing"
     );
-    let (_, metrics) = (
-        (),
-        server
-            .client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("alohook_commit_failures_total 2"),
         "{metrics}"
@@ -327,14 +316,7 @@ async fn metrics_count_what_happened(db) {
     server.post("nope").await;
     server.post(r#"{"x":1}"#).await;
     server.post_with_auth("{}", Some("bad")).await;
-    let response = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = response.text().await.unwrap();
+    let text = server.metrics().await;
     for line in [
         "alohook_events_accepted_total 1",
         "alohook_duplicates_total 1",

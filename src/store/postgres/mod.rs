@@ -16,7 +16,7 @@ use tokio_postgres::{NoTls, Row};
 use super::{
     CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedBody,
     RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection,
-    call_filter_terms, call_page, insert_call, merge_into_call, read_call_row,
+    call_page, insert_call, list_calls_query, merge_into_call, read_call_row,
 };
 use crate::model::{CallRecord, FinalStatuses, ParsedEvent};
 
@@ -387,18 +387,9 @@ impl Store for PgStore {
         limit: usize,
         cursor: Option<CallCursor>,
     ) -> Result<CallPage, StoreError> {
-        let (terms, args) = call_filter_terms(filter, cursor);
-        let where_sql = if terms.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", terms.join(" AND "))
-        };
-        let sql = numbered(&format!(
-            "SELECT {CALL_COLUMNS} FROM calls {where_sql} ORDER BY sort_key DESC, seq DESC LIMIT ?"
-        ));
-        let fetch = limit as i64 + 1;
-        let mut params: Vec<&(dyn ToSql + Sync)> = args.iter().map(sql_param).collect();
-        params.push(&fetch);
+        let query = list_calls_query(filter, cursor, limit);
+        let sql = numbered(&query.sql);
+        let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
         let client = self.reads.get().await?;
         let rows = client.query(&sql, &params).await?;
         let rows = rows

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedPage,
-    RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection, call_filter_terms,
-    call_page, insert_call, merge_into_call, read_call_row,
+    RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection, call_page,
+    insert_call, list_calls_query, merge_into_call, read_call_row,
 };
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent};
 
@@ -439,19 +439,9 @@ fn list_calls(
     limit: usize,
     cursor: Option<CallCursor>,
 ) -> Result<CallPage, StoreError> {
-    let (terms, args) = call_filter_terms(filter, cursor);
-    let where_sql = if terms.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", terms.join(" AND "))
-    };
-    let sql = format!(
-        "SELECT {CALL_COLUMNS} FROM calls {where_sql} ORDER BY sort_key DESC, seq DESC LIMIT ?"
-    );
-    let args = args
-        .into_iter()
-        .map(sql_value)
-        .chain(std::iter::once(SqlValue::Integer(limit as i64 + 1)));
+    let query = list_calls_query(filter, cursor, limit);
+    let args = query.args.into_iter().map(sql_value);
+    let sql = query.sql;
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
         .query_map(params_from_iter(args), read_call)?
