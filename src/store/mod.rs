@@ -453,3 +453,72 @@ pub fn call_page(rows: Vec<(i64, StoredCall)>, limit: usize) -> CallPage {
         next: if more { next } else { None },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sources_round_trip_and_reject_garbage() {
+        let mut sources = [None; MERGED_FIELDS];
+        sources[0] = Some(SourceKey {
+            rank: 3,
+            event_id: 42,
+        });
+        sources[14] = Some(SourceKey {
+            rank: 0,
+            event_id: 7,
+        });
+        let text = encode_sources(&sources);
+        assert_eq!(decode_sources(&text).unwrap(), sources);
+        for bad in [
+            "",
+            "3:1",
+            &",".repeat(MERGED_FIELDS),
+            &text.replace("3:42", "x:42"),
+        ] {
+            assert!(
+                matches!(decode_sources(bad), Err(StoreError::Corrupt(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn listing_query_binds_every_filter_in_order() {
+        let filter = CallFilter {
+            status: Some("missed".into()),
+            phone: Some("+84389123456".into()),
+            from: Some(100),
+            ..CallFilter::default()
+        };
+        let query = list_calls_query(
+            &filter,
+            Some(CallCursor {
+                sort_key: 500,
+                seq: 9,
+            }),
+            50,
+        );
+        assert_eq!(
+            query.sql.matches('?').count(),
+            query.args.len(),
+            "{}",
+            query.sql
+        );
+        assert!(query.sql.contains("call_status = ?"));
+        assert!(
+            query
+                .sql
+                .contains("(caller_norm = ? OR destination_norm = ?)")
+        );
+        assert!(
+            query
+                .sql
+                .ends_with("ORDER BY sort_key DESC, seq DESC LIMIT ?")
+        );
+        assert_eq!(query.args.last(), Some(&Column::Integer(Some(51))));
+        // Calls without a start time match no time range.
+        assert!(query.args.contains(&Column::Integer(Some(i64::MIN))));
+    }
+}
