@@ -315,6 +315,7 @@ pub const CALL_COLUMNS: &str = "seq, call_id, sort_key, phase, call_status, dire
 pub trait RowColumns {
     fn text(&self, index: usize) -> Result<Option<String>, StoreError>;
     fn integer(&self, index: usize) -> Result<Option<i64>, StoreError>;
+    fn bytes(&self, index: usize) -> Result<Option<Vec<u8>>, StoreError>;
 
     fn required_text(&self, index: usize) -> Result<String, StoreError> {
         self.text(index)?
@@ -325,6 +326,49 @@ pub trait RowColumns {
         self.integer(index)?
             .ok_or_else(|| StoreError::Corrupt(format!("column {index} is NULL")))
     }
+}
+
+/// The columns every backend selects for a call's events, in the order [`read_event_row`]
+/// reads them.
+pub const EVENT_COLUMNS: &str = "id, received_at, deliveries, warnings, body";
+
+pub fn read_event_row(row: &impl RowColumns) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        event_id: row.required_integer(0)?,
+        received_at: row.required_integer(1)?,
+        deliveries: row.required_integer(2)?,
+        warnings: row
+            .text(3)?
+            .and_then(|w| serde_json::from_str(&w).ok())
+            .unwrap_or_default(),
+        payload: row.required_text(4)?,
+    })
+}
+
+/// The query of the quarantine listing: ids below `?`, newest first, `?` rows.
+pub const REJECTED_QUERY: &str = "SELECT id, reason, detail, received_at, deliveries, body \
+    FROM rejected WHERE id < ? ORDER BY id DESC LIMIT ?";
+
+pub fn read_rejected_row(row: &impl RowColumns) -> Result<StoredRejection, StoreError> {
+    Ok(StoredRejection {
+        id: row.required_integer(0)?,
+        reason: row.required_text(1)?,
+        detail: row.required_text(2)?,
+        received_at: row.required_integer(3)?,
+        deliveries: row.required_integer(4)?,
+        body: row.bytes(5)?.unwrap_or_default(),
+    })
+}
+
+/// Up to `limit + 1` quarantined bodies, newest first, as a page and the cursor after it.
+pub fn rejected_page(mut items: Vec<StoredRejection>, limit: usize) -> RejectedPage {
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|r| r.id)
+    } else {
+        None
+    };
+    RejectedPage { items, next }
 }
 
 /// A call selected with [`CALL_COLUMNS`]: its `seq` and the call.

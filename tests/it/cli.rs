@@ -50,6 +50,16 @@ fn value_after(lines: &[String], label: &str) -> Option<String> {
         .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_string()))
 }
 
+async fn send_event(client: &reqwest::Client, base: &str, key: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/webhooks/alohub"))
+        .header("authorization", key)
+        .body(in_progress("cli-1").to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
 fn terminate(mut running: Running) -> std::process::ExitStatus {
     let status = Command::new("kill")
         .args(["-TERM", &running.child.id().to_string()])
@@ -77,13 +87,7 @@ async fn first_run_generates_credentials_that_work_and_later_runs_reuse_them() {
     assert!(key.len() >= 40 && bearer.len() >= 40);
 
     let client = reqwest::Client::new();
-    let response = client
-        .post(format!("{}/webhooks/alohub", running.base))
-        .header("authorization", &key)
-        .body(in_progress("cli-1").to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = send_event(&client, &running.base, &key).await;
     assert_eq!(response.status(), StatusCode::OK);
     let response = client
         .get(format!("{}/api/calls/cli-1", running.base))
@@ -97,13 +101,7 @@ async fn first_run_generates_credentials_that_work_and_later_runs_reuse_them() {
     // Second run: nothing printed but the listening line; the same key still works.
     let running = serve(dir.path());
     assert_eq!(running.lines.len(), 1, "{:?}", running.lines);
-    let response = client
-        .post(format!("{}/webhooks/alohub", running.base))
-        .header("authorization", &key)
-        .body(in_progress("cli-1").to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = send_event(&client, &running.base, &key).await;
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(answer["duplicate"], true);
     assert!(terminate(running).success());

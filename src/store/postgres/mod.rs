@@ -14,9 +14,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedBody,
-    RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection,
-    call_page, insert_call, list_calls_query, merge_into_call, read_call_row,
+    CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming, Outcome,
+    REJECTED_QUERY, RejectedBody, RejectedPage, RowColumns, Store, StoreError, StoredCall,
+    StoredEvent, call_page, insert_call, list_calls_query, merge_into_call, read_call_row,
+    read_event_row, read_rejected_row, rejected_page,
 };
 use crate::model::{CallRecord, FinalStatuses, ParsedEvent};
 
@@ -64,6 +65,10 @@ impl RowColumns for Row {
     }
 
     fn integer(&self, index: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(index)?)
+    }
+
+    fn bytes(&self, index: usize) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.try_get(index)?)
     }
 }
@@ -410,26 +415,16 @@ impl Store for PgStore {
         }
         let rows = client
             .query(
-                "SELECT id, received_at, deliveries, warnings, body FROM events \
-                 WHERE scope = $1 AND call_id = $1 ORDER BY id",
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE scope = $1 AND call_id = $1 ORDER BY id"
+                ),
                 &[&call_id],
             )
             .await?;
         let events = rows
             .iter()
-            .map(|r| {
-                let warnings: Option<String> = r.try_get(3)?;
-                Ok(StoredEvent {
-                    event_id: r.try_get(0)?,
-                    received_at: r.try_get(1)?,
-                    deliveries: r.try_get(2)?,
-                    warnings: warnings
-                        .and_then(|w| serde_json::from_str(&w).ok())
-                        .unwrap_or_default(),
-                    payload: r.try_get(4)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .map(read_event_row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(events))
     }
 
@@ -441,31 +436,15 @@ impl Store for PgStore {
         let client = self.reads.get().await?;
         let rows = client
             .query(
-                "SELECT id, reason, detail, received_at, deliveries, body FROM rejected \
-                 WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                &numbered(REJECTED_QUERY),
                 &[&before.unwrap_or(i64::MAX), &(limit as i64 + 1)],
             )
             .await?;
-        let mut items = rows
+        let items = rows
             .iter()
-            .map(|r| {
-                Ok(StoredRejection {
-                    id: r.try_get(0)?,
-                    reason: r.try_get(1)?,
-                    detail: r.try_get(2)?,
-                    received_at: r.try_get(3)?,
-                    deliveries: r.try_get(4)?,
-                    body: r.try_get(5)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let next = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|r| r.id)
-        } else {
-            None
-        };
-        Ok(RejectedPage { items, next })
+            .map(read_rejected_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rejected_page(items, limit))
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {

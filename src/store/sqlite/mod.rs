@@ -13,9 +13,10 @@ use rusqlite::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, Incoming, Outcome, RejectedPage,
-    RowColumns, Store, StoreError, StoredCall, StoredEvent, StoredRejection, call_page,
-    insert_call, list_calls_query, merge_into_call, read_call_row,
+    CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming, Outcome,
+    REJECTED_QUERY, RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredEvent,
+    call_page, insert_call, list_calls_query, merge_into_call, read_call_row, read_event_row,
+    read_rejected_row, rejected_page,
 };
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent};
 
@@ -421,6 +422,26 @@ impl RowColumns for Row<'_> {
     fn integer(&self, index: usize) -> Result<Option<i64>, StoreError> {
         Ok(self.get(index)?)
     }
+
+    fn bytes(&self, index: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get(index)?)
+    }
+}
+
+/// Every row of `sql` run with `args`, read with `read`.
+fn query_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    read: impl Fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(args)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(read(row)?);
+    }
+    Ok(out)
 }
 
 type CallRow = (i64, Result<StoredCall, StoreError>);
@@ -501,23 +522,15 @@ impl Store for SqliteStore {
                 if !known {
                     return Ok(None);
                 }
-                let mut stmt = tx.prepare_cached(
-                    "SELECT id, received_at, deliveries, warnings, body FROM events \
-                     WHERE scope = ?1 AND call_id = ?1 ORDER BY id",
+                let events = query_rows(
+                    &tx,
+                    &format!(
+                        "SELECT {EVENT_COLUMNS} FROM events \
+                         WHERE scope = ?1 AND call_id = ?1 ORDER BY id"
+                    ),
+                    [&call_id],
+                    |row| read_event_row(row),
                 )?;
-                let rows = stmt.query_map([&call_id], |r| {
-                    let warnings: Option<String> = r.get(3)?;
-                    Ok(StoredEvent {
-                        event_id: r.get(0)?,
-                        received_at: r.get(1)?,
-                        deliveries: r.get(2)?,
-                        warnings: warnings
-                            .and_then(|w| serde_json::from_str(&w).ok())
-                            .unwrap_or_default(),
-                        payload: r.get(4)?,
-                    })
-                })?;
-                let events = rows.collect::<Result<Vec<_>, _>>()?;
                 Ok(Some(events))
             })
         })
@@ -531,29 +544,13 @@ impl Store for SqliteStore {
     ) -> Result<RejectedPage, StoreError> {
         self.blocking(move |inner| {
             inner.with_reader(|conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, reason, detail, received_at, deliveries, body FROM rejected \
-                     WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                let items = query_rows(
+                    conn,
+                    REJECTED_QUERY,
+                    params![before.unwrap_or(i64::MAX), limit as i64 + 1],
+                    |row| read_rejected_row(row),
                 )?;
-                let rows =
-                    stmt.query_map(params![before.unwrap_or(i64::MAX), limit as i64 + 1], |r| {
-                        Ok(StoredRejection {
-                            id: r.get(0)?,
-                            reason: r.get(1)?,
-                            detail: r.get(2)?,
-                            received_at: r.get(3)?,
-                            deliveries: r.get(4)?,
-                            body: r.get(5)?,
-                        })
-                    })?;
-                let mut items = rows.collect::<Result<Vec<_>, _>>()?;
-                let next = if items.len() > limit {
-                    items.truncate(limit);
-                    items.last().map(|r| r.id)
-                } else {
-                    None
-                };
-                Ok(RejectedPage { items, next })
+                Ok(rejected_page(items, limit))
             })
         })
         .await
