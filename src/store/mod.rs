@@ -164,6 +164,41 @@ pub trait Store: Send + Sync + 'static {
     async fn check_writable(&self) -> Result<(), StoreError>;
 }
 
+/// The call records a writer wrote last, so that the next event of a call (usually close behind)
+/// is merged without reading the row back. SQLite trusts it because one process owns the file;
+/// PostgreSQL checks each entry against the row's `event_count` when it writes (another instance
+/// may have merged an event since). Emptied whenever a transaction fails.
+#[derive(Default)]
+pub(crate) struct CallCache {
+    entries: std::collections::HashMap<String, (i64, CallRecord)>,
+}
+
+impl CallCache {
+    /// Enough for every call of the last minutes of a busy contact centre; a few MiB.
+    const CAPACITY: usize = 4096;
+
+    /// Removes and returns a call's record and `seq`: whoever takes it writes the call next.
+    pub(crate) fn take(&mut self, call_id: &str) -> Option<(i64, CallRecord)> {
+        self.entries.remove(call_id)
+    }
+
+    /// Keeps a record that was just committed, unless a newer one (more events merged) is held.
+    pub(crate) fn put(&mut self, call_id: &str, seq: i64, record: CallRecord) {
+        if let Some((_, held)) = self.entries.get(call_id) {
+            if held.event_count > record.event_count {
+                return;
+            }
+        } else if self.entries.len() >= Self::CAPACITY {
+            self.entries.clear();
+        }
+        self.entries.insert(call_id.to_string(), (seq, record));
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
 /// The sort key of a call: its first known start time, or the lowest value when it has none so
 /// that such calls list last.
 pub fn sort_key(sort_time: Option<i64>) -> i64 {

@@ -14,5 +14,8 @@ mod postgres;
 mod read_api;
 /// The simulator end to end: verify, its failure modes, and the SIGKILL crash test.
 mod sim;
+/// The Store contract straight, below HTTP: batches of every shape, and two PostgreSQL writers
+/// taking turns with one call.
+mod store;
 /// Every row of the webhook's answer table, 405, body limits, quarantine.
 mod webhook;

@@ -101,8 +101,9 @@ async fn admin_execute(admin: &str, sql: &str) {
 /// the PostgreSQL run shows as ignored, with the reason).
 #[macro_export]
 macro_rules! on_every_backend {
-    ($(async fn $name:ident($db:ident) $body:block)*) => {
+    ($($(#[$meta:meta])* async fn $name:ident($db:ident) $body:block)*) => {
         $(
+            $(#[$meta])*
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;

@@ -13,8 +13,8 @@ use rusqlite::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    CALL_COLUMNS, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming, Outcome,
-    REJECTED_QUERY, RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredEvent,
+    CALL_COLUMNS, CallCache, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming,
+    Outcome, REJECTED_QUERY, RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredEvent,
     call_page, insert_call, list_calls_query, merge_into_call, read_call_row, read_event_row,
     read_rejected_row, rejected_page,
 };
@@ -43,30 +43,6 @@ struct Inner {
 struct Writer {
     conn: Connection,
     calls: CallCache,
-}
-
-/// The call records the writer wrote last, so that the next event of a call (usually close
-/// behind) is merged without reading the row back. Valid only because this process is the only
-/// writer of the file (see `lock_database`); emptied whenever a transaction fails.
-#[derive(Default)]
-struct CallCache {
-    entries: std::collections::HashMap<String, (i64, CallRecord)>,
-}
-
-impl CallCache {
-    /// Enough for every call of the last minutes of a busy contact centre; a few MiB.
-    const CAPACITY: usize = 4096;
-
-    fn take(&mut self, call_id: &str) -> Option<(i64, CallRecord)> {
-        self.entries.remove(call_id)
-    }
-
-    fn put(&mut self, call_id: &str, seq: i64, record: CallRecord) {
-        if self.entries.len() >= Self::CAPACITY {
-            self.entries.clear();
-        }
-        self.entries.insert(call_id.to_string(), (seq, record));
-    }
 }
 
 /// Takes an exclusive lock on `<database>.lock`: two processes writing one SQLite file would
@@ -276,7 +252,7 @@ impl Inner {
         let result = commit_batch(conn, calls, batch, &self.finals);
         if result.is_err() {
             // Rolled back: what the cache learnt in this transaction never happened.
-            calls.entries.clear();
+            calls.clear();
         }
         result
     }
