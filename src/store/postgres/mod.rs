@@ -36,8 +36,12 @@ const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan
 const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
 /// Key of the advisory lock that serialises migrations between instances starting together.
 const MIGRATION_LOCK: i64 = 0x616c_6f68_6f6f_6b01;
-/// Batches committed side by side, each on a connection of its own.
-const WRITE_CONNECTIONS: usize = 4;
+/// Batches committed side by side, each on a connection of its own. Two keep one batch filling
+/// while the other commits; more split the same events into more, smaller batches, and a batch's
+/// fixed cost (its statements, its commit) dominates: with 1/2/3/4 connections PostgreSQL spent
+/// 52/58–66/76/76–83 µs of CPU per event (bench notes in bench/RESULTS.md), and one connection
+/// left the machine idle between batches.
+const WRITE_CONNECTIONS: usize = 2;
 /// How often a batch is retried when PostgreSQL aborts it to break a deadlock or conflict.
 const RETRIES: usize = 3;
 
