@@ -22,8 +22,10 @@ pub enum ServerError {
     NoApiToken,
     #[error("unsupported database URL {0:?}: use sqlite://<path> or postgres://…")]
     UnsupportedDatabase(String),
-    #[error("cannot open the database {url}: {source}")]
-    Store { url: String, source: StoreError },
+    /// The store's error is part of the message (the field is not a `source`, or a report of
+    /// the whole chain would say it twice).
+    #[error("cannot open the database {url}: {error}")]
+    Store { url: String, error: StoreError },
     #[error("the HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -40,19 +42,19 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> 
         .await
         .map_err(|_| ServerError::Store {
             url: redact_url(&url),
-            source: StoreError::Closed,
+            error: StoreError::Closed,
         })?;
-        let store = opened.map_err(|source| ServerError::Store {
+        let store = opened.map_err(|error| ServerError::Store {
             url: redact_url(&url),
-            source,
+            error,
         })?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = PgStore::open(&url, config.final_statuses.clone())
             .await
-            .map_err(|source| ServerError::Store {
+            .map_err(|error| ServerError::Store {
                 url: redact_url(&url),
-                source,
+                error,
             })?;
         Ok(Arc::new(store))
     } else {

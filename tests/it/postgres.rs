@@ -185,3 +185,106 @@ async fn database_outage_answers_503_and_loses_nothing() {
     server.stop().await;
     db.cleanup().await;
 }
+
+/// `sslmode` as libpq reads it, against the machine's PostgreSQL. Debian's enables TLS with a
+/// self-signed certificate issued to `localhost`, which is its own CA: it serves as the
+/// `sslrootcert` here. Skipped, with a notice, on a server without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+)]
+async fn tls_modes_as_libpq_reads_them() {
+    use alohook::model::FinalStatuses;
+    use alohook::store::Store;
+    use alohook::store::postgres::PgStore;
+
+    let db = Db::postgres().await;
+    let url = url::Url::parse(&db.database().unwrap()).unwrap();
+    let name = url.path().trim_start_matches('/').to_string();
+    let (admin, connection) = tokio_postgres::connect(url.as_str(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let setting = |row: tokio_postgres::Row| row.get::<_, String>(0);
+    let ssl = setting(admin.query_one("SHOW ssl", &[]).await.unwrap());
+    let cert = setting(admin.query_one("SHOW ssl_cert_file", &[]).await.unwrap());
+    if ssl != "on" || std::fs::metadata(&cert).is_err() {
+        eprintln!("NOTICE: skipped: this PostgreSQL has ssl={ssl}, certificate {cert:?}");
+        db.cleanup().await;
+        return;
+    }
+    // Encrypted connections of the instance named `app`, and all of them.
+    let encrypted = async |app: &str| -> (i64, i64) {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a \
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.datname = $1 AND a.application_name = $2",
+                &[&name, &app],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let with = |host: &str, params: &str| {
+        let mut u = url.clone();
+        u.set_host(Some(host)).unwrap();
+        u.set_query(Some(params));
+        u.to_string()
+    };
+    let open = async |url: String| PgStore::open(&url, FinalStatuses::default()).await;
+
+    for (app, params, tls) in [
+        ("plain", "sslmode=disable".to_string(), false),
+        ("prefer", String::new(), true),
+        ("require", "sslmode=require".to_string(), true),
+        ("ca", format!("sslmode=verify-ca&sslrootcert={cert}"), true),
+    ] {
+        let store = open(with(
+            "127.0.0.1",
+            &format!("application_name={app}&{params}"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{app}: {e}"));
+        store.check_writable().await.unwrap();
+        let (ssl, all) = encrypted(app).await;
+        assert!(all > 0, "{app}: connected");
+        assert_eq!(ssl, if tls { all } else { 0 }, "{app}");
+    }
+
+    // verify-full: the certificate names localhost, so 127.0.0.1 is refused and localhost is
+    // accepted (reached at 127.0.0.1 through hostaddr).
+    let full = format!("sslmode=verify-full&sslrootcert={cert}");
+    let Err(error) = open(with("127.0.0.1", &full)).await else {
+        panic!("verify-full accepted a certificate issued to another name");
+    };
+    assert!(error.to_string().contains("certificate"), "{error}");
+    let store = open(with(
+        "localhost",
+        &format!("application_name=full&hostaddr=127.0.0.1&{full}"),
+    ))
+    .await
+    .unwrap();
+    store.check_writable().await.unwrap();
+    let (ssl, all) = encrypted("full").await;
+    assert!(
+        all > 0 && ssl == all,
+        "{ssl} of {all} connections encrypted"
+    );
+
+    // A CA that did not sign the server's certificate.
+    let other_ca = "/etc/ssl/certs/ISRG_Root_X1.pem";
+    if std::fs::metadata(other_ca).is_ok() {
+        let Err(error) = open(with(
+            "127.0.0.1",
+            &format!("sslmode=verify-ca&sslrootcert={other_ca}"),
+        ))
+        .await
+        else {
+            panic!("verify-ca accepted a certificate from another CA");
+        };
+        assert!(error.to_string().contains("certificate"), "{error}");
+    }
+    drop(admin);
+    db.cleanup().await;
+}

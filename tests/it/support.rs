@@ -75,14 +75,33 @@ impl Db {
     }
 
     /// Drops the test's PostgreSQL database.
-    pub async fn cleanup(self) {
-        if let Some((admin, url)) = &self.postgres {
-            let name = url.rsplit('/').next().unwrap_or_default();
-            admin_execute(
-                admin,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            )
-            .await;
+    pub async fn cleanup(mut self) {
+        if let Some((admin, url)) = self.postgres.take() {
+            admin_execute(&admin, &drop_database(&url)).await;
+        }
+    }
+}
+
+fn drop_database(url: &str) -> String {
+    let name = url.rsplit('/').next().unwrap_or_default();
+    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+}
+
+/// A test that panicked before its `cleanup` still leaves no database behind.
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some((admin, url)) = self.postgres.take() {
+            // A runtime of its own on a thread of its own: this may run inside the test's
+            // runtime, which cannot be blocked on.
+            let _ = std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(admin_execute(&admin, &drop_database(&url)));
+                }
+            })
+            .join();
         }
     }
 }

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::TryFutureExt;
 use futures_util::future::try_join;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 use super::{
     CALL_COLUMNS, CallCache, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming,
@@ -21,6 +21,7 @@ use super::{
 };
 use crate::model::FinalStatuses;
 
+mod tls;
 mod write;
 
 /// Starts a batch's transaction. Every batch statement finds its rows through a unique index
@@ -63,7 +64,7 @@ impl From<tokio_postgres::Error> for StoreError {
         // The Display of a server error is only "db error": say what PostgreSQL said.
         let text = match e.as_db_error() {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
+            None => with_causes(&e),
         };
         if retryable(&e) {
             StoreError::Retry(text)
@@ -75,8 +76,23 @@ impl From<tokio_postgres::Error> for StoreError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Database(format!("no database connection: {e}"))
+        StoreError::Database(format!("no database connection: {}", with_causes(&e)))
     }
+}
+
+/// An error and its causes, "outer: inner: …": tokio-postgres says "error performing TLS
+/// handshake" and leaves which certificate check failed to the cause.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.ends_with(&inner_text) {
+            text = format!("{text}: {inner_text}");
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 impl RowColumns for Row {
@@ -129,16 +145,16 @@ impl Drop for WriteConnection {
 
 /// A pool of at most `size` connections to `url`.
 fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?;
+    let (mut config, tls) = tls::connect_config(url)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
-    config.application_name("alohook");
+    if config.get_application_name().is_none() {
+        config.application_name("alohook");
+    }
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
