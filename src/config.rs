@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use serde::Deserialize;
@@ -12,6 +13,7 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_DATA_DIR: &str = "./alohook-data";
 pub const DEFAULT_TIMEZONE: &str = "Asia/Ho_Chi_Minh";
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const CREDENTIALS_FILE: &str = "credentials.toml";
 
 /// Every environment variable alohook reads; others with the `ALOHOOK_` prefix are warned about.
@@ -24,6 +26,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "ALOHOOK_API_TOKEN",
     "ALOHOOK_TIMEZONE",
     "ALOHOOK_MAX_BODY",
+    "ALOHOOK_CLIENT_TIMEOUT",
     "ALOHOOK_FINAL_STATUSES",
     "ALOHOOK_LOG",
 ];
@@ -68,6 +71,11 @@ pub struct Settings {
     /// Largest accepted webhook body: bytes, or with a unit (64KiB, 1MiB) [default: 64KiB]
     #[arg(long, env = "ALOHOOK_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: Option<usize>,
+    /// Seconds a client has to send a whole request once it started, and that a connection may
+    /// stay silent, before it is closed [default: 60]
+    #[arg(long, env = "ALOHOOK_CLIENT_TIMEOUT", value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_timeout: Option<u64>,
     /// Statuses that end a call without an end time, comma-separated
     /// [default: missed,busy,failed,no_answer,noanswer,no-answer,cancelled,canceled,rejected,ended,completed]
     #[arg(
@@ -90,6 +98,7 @@ struct FileSettings {
     api_token: Option<String>,
     timezone: Option<String>,
     max_body: Option<toml::Value>,
+    client_timeout: Option<u64>,
     final_statuses: Option<Vec<String>>,
 }
 
@@ -104,6 +113,8 @@ pub struct Config {
     pub timezone: TimeZone,
     pub timezone_name: String,
     pub max_body: usize,
+    /// See `--client-timeout`.
+    pub client_timeout: Duration,
     pub final_statuses: FinalStatuses,
 }
 
@@ -120,6 +131,7 @@ impl std::fmt::Debug for Config {
             .field("api_token", &self.api_token.as_ref().map(|_| "redacted"))
             .field("timezone", &self.timezone_name)
             .field("max_body", &self.max_body)
+            .field("client_timeout", &self.client_timeout)
             .field("final_statuses", &self.final_statuses.as_slice())
             .finish()
     }
@@ -138,6 +150,8 @@ pub enum ConfigError {
     TimeZone(String),
     #[error("max_body: {0}")]
     MaxBody(String),
+    #[error("client_timeout must be at least 1 second")]
+    ClientTimeout,
     #[error("cannot keep credentials in {path}: {source}")]
     Credentials {
         path: PathBuf,
@@ -181,6 +195,11 @@ impl Settings {
             }
             (None, None) => DEFAULT_MAX_BODY,
         };
+        let client_timeout = match self.client_timeout.or(file.client_timeout) {
+            Some(0) => return Err(ConfigError::ClientTimeout),
+            Some(seconds) => Duration::from_secs(seconds),
+            None => DEFAULT_CLIENT_TIMEOUT,
+        };
         let webhook_keys: Vec<String> = if self.webhook_keys.is_empty() {
             file.webhook_keys.unwrap_or_default()
         } else {
@@ -213,6 +232,7 @@ impl Settings {
             timezone,
             timezone_name,
             max_body,
+            client_timeout,
             final_statuses,
         })
     }
@@ -386,6 +406,10 @@ timezone = "Asia/Ho_Chi_Minh"
 
 # Largest webhook body accepted; larger ones are answered 413.
 max_body = "64KiB"
+
+# Seconds a client has to send a whole request once it started, and that an open connection may
+# stay silent, before it is closed (clients that trickle bytes or hold sockets open).
+client_timeout = 60
 
 # Statuses that end a call even without an end time.
 final_statuses = ["missed", "busy", "failed", "no_answer", "noanswer", "no-answer", "cancelled", "canceled", "rejected", "ended", "completed"]

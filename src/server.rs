@@ -96,6 +96,7 @@ pub async fn run_with_store(
         metrics,
     };
     tracing::info!(?config, "alohook started");
+    let listener = api::conn::GuardedListener::new(listener, config.client_timeout);
     let served = axum::serve(listener, api::app(state))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -19,6 +19,7 @@ use crate::store::Store;
 
 pub mod auth;
 pub mod calls;
+pub mod conn;
 pub mod error;
 pub mod webhook;
 

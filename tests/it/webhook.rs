@@ -331,3 +331,74 @@ async fn metrics_count_what_happened(db) {
     server.stop().await;
 }
 }
+
+/// A client that trickles its headers, or opens a connection and says nothing, is disconnected
+/// after the client timeout; a client that keeps its connection busy is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = Db::sqlite();
+    let mut settings = settings(&db);
+    settings.client_timeout = Some(1);
+    let server = TestServer::start_with(settings, None).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+
+    // Headers one line every 200 ms, for up to 10 s: closed about 1 s after the first byte.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    slow.write_all(b"POST /webhooks/alohub HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut cut = false;
+    for i in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if slow
+            .write_all(format!("X-{i}: a\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(1), slow.read(&mut byte)).await
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the trickling client kept its connection");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A connection that never sends a byte.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(4), silent.read(&mut byte))
+        .await
+        .expect("an idle connection is closed within the timeout");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+
+    // One keep-alive connection used every 400 ms for 3 s: every request is answered.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    for i in 0..8 {
+        let response = client
+            .post(server.url("/webhooks/alohub"))
+            .header("authorization", KEY)
+            .body(in_progress(&format!("c-keepalive-{i}")).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    server.stop().await;
+}
