@@ -288,3 +288,74 @@ async fn tls_modes_as_libpq_reads_them() {
     drop(admin);
     db.cleanup().await;
 }
+
+/// PostgreSQL stops answering and closes nothing (a network partition): events get 503 rather
+/// than a hang, alohook closes the connections that went silent (otherwise they would hold the
+/// writer's slots for as long as the kernel keeps a dead TCP connection), and once the
+/// database answers again the resend is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+)]
+async fn a_database_that_stops_answering_is_given_up_on() {
+    let db = Db::postgres().await;
+    let direct = url::Url::parse(&db.database().unwrap()).unwrap();
+    let proxy = CutProxy::start(format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    ))
+    .await;
+    let mut via_proxy = direct.clone();
+    via_proxy.set_port(Some(proxy.port)).unwrap();
+    let mut settings = settings(&db);
+    settings.database = Some(via_proxy.to_string());
+    let server = TestServer::start_with(settings, None).await;
+    let (status, _) = server.post(in_progress("before-freeze").to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    proxy.freeze();
+    let started = std::time::Instant::now();
+    let probe = ended("frozen-probe").to_string();
+    let (status, answer) = server.post(probe.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, _) = server.get_with_auth("/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // The batch waiting on the silent connection is abandoned and its connection closed, as is
+    // every other connection that went silent: none is left holding a writer's slot.
+    while proxy.stalled() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "alohook still holds {} connections that stopped answering",
+            proxy.stalled()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.thaw();
+    let stored = loop {
+        let (status, answer) = server.post(probe.clone()).await;
+        if status == StatusCode::OK {
+            break answer;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "not recovered: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        stored["duplicate"], false,
+        "the refused delivery was never stored"
+    );
+    let (status, _) = server.get_with_auth("/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+    db.cleanup().await;
+}

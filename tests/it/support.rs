@@ -398,6 +398,9 @@ pub fn serve_process(data_dir: &Path, port: u16, extra: &[&str]) -> std::process
 pub struct CutProxy {
     pub port: u16,
     open: Arc<AtomicBool>,
+    frozen: tokio::sync::watch::Sender<bool>,
+    given_up: Arc<std::sync::atomic::AtomicUsize>,
+    stalled: Arc<std::sync::atomic::AtomicUsize>,
     connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -406,21 +409,49 @@ impl CutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(true));
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let given_up = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stalled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (accept_open, accept_connections) = (open.clone(), connections.clone());
+        let (accept_frozen, accept_given_up, accept_stalled) =
+            (frozen.clone(), given_up.clone(), stalled.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !accept_open.load(Ordering::SeqCst) {
                     continue; // dropped: the connection is closed at once
                 }
                 let upstream = upstream.clone();
+                let mut frozen = accept_frozen.subscribe();
+                let given_up = accept_given_up.clone();
+                let stalled = accept_stalled.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                    let mut _upstream = None;
+                    if !*frozen.borrow() {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await
+                        else {
+                            return;
+                        };
                         // Without these, Nagle and delayed ACKs add ~40 ms to every round trip.
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                            _ = frozen.wait_for(|f| *f) => {}
+                        }
+                        // Frozen: the upstream socket stays open and hears nothing more.
+                        _upstream = Some(outbound);
                     }
+                    // Whatever the client sends now goes nowhere; count it when it gives up.
+                    stalled.fetch_add(1, Ordering::SeqCst);
+                    let mut sink = [0u8; 4096];
+                    use tokio::io::AsyncReadExt;
+                    while let Ok(n) = inbound.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    given_up.fetch_add(1, Ordering::SeqCst);
                 });
                 accept_connections.lock().unwrap().push(task.abort_handle());
             }
@@ -428,10 +459,14 @@ impl CutProxy {
         CutProxy {
             port,
             open,
+            frozen,
+            given_up,
+            stalled,
             connections,
         }
     }
 
+    /// Closes every connection and refuses new ones.
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         for connection in self.connections.lock().unwrap().drain(..) {
@@ -441,5 +476,21 @@ impl CutProxy {
 
     pub fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// A network that drops everything and closes nothing: every connection, open or new, stays
+    /// open and carries no more bytes, until the client closes it.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// New connections are carried again; those frozen stay dead.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+
+    /// Frozen connections the client has not closed yet.
+    pub fn stalled(&self) -> usize {
+        self.stalled.load(Ordering::SeqCst) - self.given_up.load(Ordering::SeqCst)
     }
 }

@@ -43,6 +43,11 @@ const MIGRATION_LOCK: i64 = 0x616c_6f68_6f6f_6b01;
 /// 52/58–66/76/76–83 µs of CPU per event (bench notes in bench/RESULTS.md), and one connection
 /// left the machine idle between batches.
 const WRITE_CONNECTIONS: usize = 2;
+/// Longest wait for a batch's transaction. Requests give up at 10 s (and are answered 503);
+/// past this the connection is closed, which frees the writer's slot.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for a read (the HTTP request's own limit is 30 s).
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a batch is retried when PostgreSQL aborts it to break a deadlock or conflict.
 const RETRIES: usize = 3;
 
@@ -109,17 +114,18 @@ impl RowColumns for Row {
     }
 }
 
-/// A writer's connection for one batch. Unless the batch's transaction ended, the connection is
-/// closed rather than returned to the pool: after an error, or a batch dropped half-way, closing
-/// it is what rolls the transaction back.
-struct WriteConnection {
+/// A connection taken from a pool for one piece of work. Unless the work finished, the
+/// connection is closed rather than returned to the pool: after an error, a time limit, or a
+/// future dropped half-way, it may sit in a transaction or wait on a peer that will never answer,
+/// and closing it is what rolls back and frees it.
+struct Checkout {
     client: Option<deadpool_postgres::Client>,
     finished: bool,
 }
 
-impl WriteConnection {
+impl Checkout {
     fn new(client: deadpool_postgres::Client) -> Self {
-        WriteConnection {
+        Checkout {
             client: Some(client),
             finished: false,
         }
@@ -129,13 +135,13 @@ impl WriteConnection {
         self.client.as_ref().expect("held until dropped")
     }
 
-    /// The transaction committed: the connection may serve the next batch.
+    /// The work ended cleanly: the connection may serve the next one.
     fn finished(&mut self) {
         self.finished = true;
     }
 }
 
-impl Drop for WriteConnection {
+impl Drop for Checkout {
     fn drop(&mut self) {
         if let (false, Some(client)) = (self.finished, self.client.take()) {
             drop(deadpool_postgres::Client::take(client));
@@ -143,11 +149,34 @@ impl Drop for WriteConnection {
     }
 }
 
+/// Waits for `work` at most `limit`: PostgreSQL behind a network that drops packets silently
+/// would otherwise hold a connection (and a writer's batch) until TCP gives up, many minutes on.
+async fn within<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, work).await.map_err(|_| {
+        StoreError::Database(format!(
+            "PostgreSQL did not answer within {} s",
+            limit.as_secs()
+        ))
+    })?
+}
+
 /// A pool of at most `size` connections to `url`.
 fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
     let (mut config, tls) = tls::connect_config(url)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
+    }
+    // A peer that vanished without closing (a partition, a host gone) is noticed by the kernel
+    // within about a minute, not TCP's default of hours; the time limits on each batch and read
+    // are what answers the clients sooner.
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(30));
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(30));
     }
     if config.get_application_name().is_none() {
         config.application_name("alohook");
@@ -183,16 +212,31 @@ impl PgStore {
         Ok(store)
     }
 
+    /// Runs `work` on a reading connection, within [`READ_TIMEOUT`].
+    async fn read<T>(
+        &self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = Checkout::new(self.reads.get().await?);
+        let result = within(READ_TIMEOUT, work(connection.client())).await?;
+        connection.finished();
+        Ok(result)
+    }
+
     async fn try_commit(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
-        let mut connection = WriteConnection::new(self.writes.get().await?);
+        let mut connection = Checkout::new(self.writes.get().await?);
         let client = connection.client();
-        // BEGIN goes out with the batch's first statement rather than a round trip ahead of it.
-        let (_, (outcomes, written)) = try_join(
-            client.batch_execute(BEGIN_BATCH).map_err(StoreError::from),
-            write::write_batch(client, &self.sql, &self.cache, &self.finals, batch),
-        )
+        let (outcomes, written) = within(BATCH_TIMEOUT, async {
+            // BEGIN goes out with the batch's first statement, not a round trip ahead of it.
+            let (_, done) = try_join(
+                client.batch_execute(BEGIN_BATCH).map_err(StoreError::from),
+                write::write_batch(client, &self.sql, &self.cache, &self.finals, batch),
+            )
+            .await?;
+            client.batch_execute("COMMIT").await?;
+            Ok(done)
+        })
         .await?;
-        client.batch_execute("COMMIT").await?;
         connection.finished();
         // Only now are the written records what the rows hold.
         let mut cache = self.cache.lock().map_err(|_| StoreError::Closed)?;
@@ -299,15 +343,13 @@ impl Store for PgStore {
     }
 
     async fn call(&self, call_id: &str) -> Result<Option<StoredCall>, StoreError> {
-        let client = self.reads.get().await?;
-        let row = client
-            .query_opt(
-                &format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_id = $1"),
-                &[&call_id],
-            )
-            .await?;
-        row.map(|r| read_call_row(&r).map(|(_, call)| call))
-            .transpose()
+        let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE call_id = $1");
+        self.read(async |client| {
+            let row = client.query_opt(&sql, &[&call_id]).await?;
+            row.map(|r| read_call_row(&r).map(|(_, call)| call))
+                .transpose()
+        })
+        .await
     }
 
     async fn calls(
@@ -318,38 +360,38 @@ impl Store for PgStore {
     ) -> Result<CallPage, StoreError> {
         let query = list_calls_query(filter, cursor, limit);
         let sql = numbered(&query.sql);
-        let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
-        let client = self.reads.get().await?;
-        let rows = client.query(&sql, &params).await?;
-        let rows = rows
-            .iter()
-            .map(read_call_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(call_page(rows, limit))
+        self.read(async |client| {
+            let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
+            let rows = client.query(&sql, &params).await?;
+            let rows = rows
+                .iter()
+                .map(read_call_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(call_page(rows, limit))
+        })
+        .await
     }
 
     async fn call_events(&self, call_id: &str) -> Result<Option<Vec<StoredEvent>>, StoreError> {
-        let client = self.reads.get().await?;
-        let known = client
-            .query_opt("SELECT 1 FROM calls WHERE call_id = $1", &[&call_id])
-            .await?
-            .is_some();
-        if !known {
-            return Ok(None);
-        }
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE scope = $1 AND call_id = $1 ORDER BY id"
-                ),
-                &[&call_id],
-            )
-            .await?;
-        let events = rows
-            .iter()
-            .map(read_event_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(events))
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE scope = $1 AND call_id = $1 ORDER BY id"
+        );
+        self.read(async |client| {
+            let known = client
+                .query_opt("SELECT 1 FROM calls WHERE call_id = $1", &[&call_id])
+                .await?
+                .is_some();
+            if !known {
+                return Ok(None);
+            }
+            let rows = client.query(&sql, &[&call_id]).await?;
+            let events = rows
+                .iter()
+                .map(read_event_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(events))
+        })
+        .await
     }
 
     async fn rejected(
@@ -357,26 +399,28 @@ impl Store for PgStore {
         limit: usize,
         before: Option<i64>,
     ) -> Result<RejectedPage, StoreError> {
-        let client = self.reads.get().await?;
-        let rows = client
-            .query(
-                &numbered(REJECTED_QUERY),
-                &[&before.unwrap_or(i64::MAX), &(limit as i64 + 1)],
-            )
-            .await?;
-        let items = rows
-            .iter()
-            .map(read_rejected_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rejected_page(items, limit))
+        let sql = numbered(REJECTED_QUERY);
+        let (before, rows_wanted) = (before.unwrap_or(i64::MAX), limit as i64 + 1);
+        self.read(async |client| {
+            let rows = client.query(&sql, &[&before, &rows_wanted]).await?;
+            let items = rows
+                .iter()
+                .map(read_rejected_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rejected_page(items, limit))
+        })
+        .await
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        let client = self.reads.get().await?;
-        let primary: bool = client
-            .query_one("SELECT NOT pg_is_in_recovery()", &[])
-            .await?
-            .get(0);
+        let primary: bool = self
+            .read(async |client| {
+                Ok(client
+                    .query_one("SELECT NOT pg_is_in_recovery()", &[])
+                    .await?
+                    .get(0))
+            })
+            .await?;
         if primary {
             Ok(())
         } else {
