@@ -270,15 +270,33 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 
 /// A database URL without its password, for logs.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at))
-            if at > scheme_end && url[scheme_end + 3..at].contains(':') =>
+            if at > scheme_end && base[scheme_end + 3..at].contains(':') =>
         {
-            let userinfo = &url[scheme_end + 3..at];
+            let userinfo = &base[scheme_end + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+            format!("{}{}:***{}", &base[..scheme_end + 3], user, &base[at..])
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    match query {
+        // libpq also takes the password as a parameter.
+        Some(query) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key == "password" => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{base}?{}", pairs.join("&"))
+        }
+        None => base,
     }
 }
 
@@ -497,6 +515,14 @@ mod tests {
             "postgres://alo:***@db:5432/alohook"
         );
         assert_eq!(redact_url("postgres://alo@db/x"), "postgres://alo@db/x");
+        assert_eq!(
+            redact_url("postgres://alo@db/x?sslmode=require&password=s3cret&application_name=a"),
+            "postgres://alo@db/x?sslmode=require&password=***&application_name=a"
+        );
+        assert_eq!(
+            redact_url("postgres://alo:s3cret@db/x?sslrootcert=/etc/ca@home.pem"),
+            "postgres://alo:***@db/x?sslrootcert=/etc/ca@home.pem"
+        );
         let config = Settings {
             webhook_keys: vec!["super-secret".into()],
             ..Settings::default()
