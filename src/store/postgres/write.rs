@@ -15,6 +15,10 @@
 //!
 //! With one instance and a warm cache, step 3 is rare and a batch costs BEGIN, three statements
 //! and COMMIT.
+//!
+//! The check in step 2 holds only while every write to a `calls` row merges an event (and so
+//! raises `event_count`). Anything that comes to change a call row another way must raise a
+//! version the update checks, or a stale cached record would be written over it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
