@@ -29,6 +29,16 @@ enum Command {
     Simulate(alohook::sim::SimOptions),
     /// Apply the database migrations and exit (serve also applies them at start).
     Migrate(Settings),
+    /// Exit 0 when the alohook at URL is ready to take events (its /readyz answers 200), 1 when
+    /// not: a container health check that needs no curl.
+    Healthcheck {
+        /// Base URL of the alohook to check.
+        #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -51,6 +61,7 @@ fn main() -> ExitCode {
         }
         Command::Simulate(options) => simulate(options),
         Command::Migrate(settings) => migrate(settings),
+        Command::Healthcheck { url, timeout } => healthcheck(&url, timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,6 +144,31 @@ fn keys_show(settings: Settings) -> anyhow::Result<()> {
     }
     print_credentials(&config, &config.listen.port().to_string());
     Ok(())
+}
+
+fn healthcheck(url: &str, timeout: u64) -> anyhow::Result<()> {
+    let readyz = format!("{}/readyz", url.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let status = runtime.block_on(async {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(timeout))
+            .build()?
+            .get(&readyz)
+            .send()
+            .await
+            .map(|response| response.status())
+    });
+    match status {
+        Ok(status) if status.is_success() => {
+            println!("alohook at {url} is ready");
+            Ok(())
+        }
+        Ok(status) => anyhow::bail!("{readyz} answered {status}: not ready to take events"),
+        Err(error) => anyhow::bail!("{readyz} did not answer: {error}"),
+    }
 }
 
 fn migrate(settings: Settings) -> anyhow::Result<()> {

@@ -133,3 +133,61 @@ fn bad_configuration_is_a_clear_error() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("unknown time zone"), "{stderr}");
 }
+
+/// `alohook healthcheck` exits 0 against a running alohook and 1, saying why, when none answers.
+#[test]
+fn healthcheck_tells_ready_from_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve(dir.path());
+    let ready = Command::new(BIN)
+        .args(["healthcheck", "--url", &running.base])
+        .output()
+        .unwrap();
+    assert!(ready.status.success(), "{ready:?}");
+    terminate(running);
+
+    let port = crate::support::free_port();
+    let down = Command::new(BIN)
+        .args(["healthcheck", "--timeout", "2", "--url"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&down.stderr);
+    assert!(said.contains("/readyz did not answer"), "{said}");
+}
+
+/// A running alohook whose store refuses writes is not healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_fails_while_the_store_refuses_writes() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use crate::support::{Db, FlakyStore, TestServer, settings};
+
+    let db = Db::sqlite();
+    let settings = settings(&db);
+    let inner = alohook::server::open_store(&settings.clone().resolve().unwrap())
+        .await
+        .unwrap();
+    let flaky = Arc::new(FlakyStore {
+        inner,
+        failing: Default::default(),
+    });
+    let store: Arc<dyn alohook::store::Store> = flaky.clone();
+    let server = TestServer::start_with(settings, Some(store)).await;
+    let check = |base: String| async move {
+        tokio::process::Command::new(BIN)
+            .args(["healthcheck", "--url", &base])
+            .output()
+            .await
+            .unwrap()
+    };
+    assert!(check(server.base.clone()).await.status.success());
+    flaky.failing.store(true, Ordering::SeqCst);
+    let sick = check(server.base.clone()).await;
+    assert_eq!(sick.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&sick.stderr);
+    assert!(said.contains("503"), "{said}");
+    server.stop().await;
+}
