@@ -167,7 +167,7 @@ fn healthcheck(url: &str, timeout: u64) -> anyhow::Result<()> {
             Ok(())
         }
         Ok(status) => anyhow::bail!("{readyz} answered {status}: not ready to take events"),
-        Err(error) => anyhow::bail!("{readyz} did not answer: {error}"),
+        Err(error) => Err(anyhow::Error::from(error).context(format!("{readyz} did not answer"))),
     }
 }
 
