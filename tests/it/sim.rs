@@ -143,10 +143,10 @@ async fn unreachable_server_means_unacknowledged_and_failure() {
 }
 
 /// Kill -9 the server twice mid-load and restart it on the same data: every acknowledged event
-/// must be there, every call right, nothing stored twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_test_sigkill_twice_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+/// must be there, every call right, nothing stored twice. On PostgreSQL the kills also drop the
+/// transactions in flight and the writer's cache of calls.
+crate::on_every_backend! {
+async fn crash_test_sigkill_twice_loses_nothing(db) {
     let port = free_port();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -154,8 +154,13 @@ async fn crash_test_sigkill_twice_loses_nothing() {
         .as_nanos() as u64;
     println!("crash test seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
+    let database = db.database();
+    let extra: Vec<&str> = match &database {
+        Some(url) => vec!["--database", url],
+        None => vec![],
+    };
 
-    let mut server = serve_process(dir.path(), port, &[]);
+    let mut server = serve_process(db.path(), port, &extra);
     let base = format!("http://127.0.0.1:{port}");
     let sim = tokio::spawn(simulate(sim_args(
         &base,
@@ -183,7 +188,7 @@ async fn crash_test_sigkill_twice_loses_nothing() {
         server.kill().unwrap();
         server.wait().unwrap();
         tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
-        server = serve_process(dir.path(), port, &[]);
+        server = serve_process(db.path(), port, &extra);
     }
     let (ok, report) = tokio::time::timeout(Duration::from_secs(120), sim)
         .await
@@ -202,4 +207,5 @@ async fn crash_test_sigkill_twice_loses_nothing() {
         report["failures"].as_u64().unwrap() > 0,
         "the kills were felt: {report:#}"
     );
+}
 }
