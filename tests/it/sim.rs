@@ -142,10 +142,10 @@ async fn unreachable_server_means_unacknowledged_and_failure() {
     );
 }
 
+crate::on_every_backend! {
 /// Kill -9 the server twice mid-load and restart it on the same data: every acknowledged event
 /// must be there, every call right, nothing stored twice. On PostgreSQL the kills also drop the
 /// transactions in flight and the writer's cache of calls.
-crate::on_every_backend! {
 async fn crash_test_sigkill_twice_loses_nothing(db) {
     let port = free_port();
     let seed = std::time::SystemTime::now()
