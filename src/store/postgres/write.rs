@@ -220,6 +220,10 @@ pub(super) async fn write_batch(
                 .push((event_id, &event.fields, *received_at));
         }
     }
+    // RETURNING gives no order: merge each call's events by id, which is arrival order.
+    for events in calls.values_mut() {
+        events.sort_unstable_by_key(|(event_id, _, _)| *event_id);
+    }
     let written = if calls.is_empty() {
         Vec::new()
     } else {
