@@ -334,7 +334,9 @@ impl Store for PgStore {
             attempt += 1;
             match self.try_commit(&batch).await {
                 Err(StoreError::Retry(reason)) if attempt < RETRIES => {
-                    tracing::debug!(%reason, attempt, "batch aborted by PostgreSQL; retrying");
+                    // Worth seeing: a deadlock costs the batch PostgreSQL's deadlock_timeout (1 s
+                    // by default), and frequent ones mean instances contend for the same calls.
+                    tracing::warn!(%reason, attempt, "batch aborted by PostgreSQL; retrying");
                 }
                 Err(StoreError::Retry(reason)) => return Err(StoreError::Database(reason)),
                 result => return result,
