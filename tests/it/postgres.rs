@@ -22,6 +22,23 @@ async fn stored_events(database: &str) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
+/// A server whose connections to the test's database go through a proxy the test can cut or
+/// freeze.
+async fn server_behind_proxy(db: &Db) -> (CutProxy, TestServer) {
+    let direct = url::Url::parse(&db.database().unwrap()).unwrap();
+    let proxy = CutProxy::start(format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    ))
+    .await;
+    let mut via_proxy = direct;
+    via_proxy.set_port(Some(proxy.port)).unwrap();
+    let mut settings = settings(db);
+    settings.database = Some(via_proxy.to_string());
+    (proxy, TestServer::start_with(settings, None).await)
+}
+
 async fn post(client: &reqwest::Client, base: &str, body: &str) -> (StatusCode, Value) {
     let response = client
         .post(format!("{base}/webhooks/alohub"))
@@ -117,18 +134,7 @@ async fn two_instances_share_one_database() {
 )]
 async fn database_outage_answers_503_and_loses_nothing() {
     let db = Db::postgres().await;
-    let direct = url::Url::parse(&db.database().unwrap()).unwrap();
-    let upstream = format!(
-        "{}:{}",
-        direct.host_str().unwrap(),
-        direct.port().unwrap_or(5432)
-    );
-    let proxy = CutProxy::start(upstream).await;
-    let mut via_proxy = direct.clone();
-    via_proxy.set_port(Some(proxy.port)).unwrap();
-    let mut settings = settings(&db);
-    settings.database = Some(via_proxy.to_string());
-    let server = TestServer::start_with(settings, None).await;
+    let (proxy, server) = server_behind_proxy(&db).await;
 
     let load = tokio::spawn(simulate(sim_args(
         &server.base,
@@ -300,18 +306,7 @@ async fn tls_modes_as_libpq_reads_them() {
 )]
 async fn a_database_that_stops_answering_is_given_up_on() {
     let db = Db::postgres().await;
-    let direct = url::Url::parse(&db.database().unwrap()).unwrap();
-    let proxy = CutProxy::start(format!(
-        "{}:{}",
-        direct.host_str().unwrap(),
-        direct.port().unwrap_or(5432)
-    ))
-    .await;
-    let mut via_proxy = direct.clone();
-    via_proxy.set_port(Some(proxy.port)).unwrap();
-    let mut settings = settings(&db);
-    settings.database = Some(via_proxy.to_string());
-    let server = TestServer::start_with(settings, None).await;
+    let (proxy, server) = server_behind_proxy(&db).await;
     let (status, _) = server.post(in_progress("before-freeze").to_string()).await;
     assert_eq!(status, StatusCode::OK);
 

@@ -90,10 +90,12 @@ fn take_tls_params(url: &str) -> Result<(String, Mode, Option<String>), String> 
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value)?;
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| format!("{value:?} is not UTF-8 once decoded"))?;
         match key {
             "sslmode" => {
-                mode = match value.as_str() {
+                mode = match value.as_ref() {
                     "disable" => Mode::Disable,
                     "prefer" => Mode::Prefer,
                     "require" => Mode::Require,
@@ -107,7 +109,7 @@ fn take_tls_params(url: &str) -> Result<(String, Mode, Option<String>), String> 
                     }
                 }
             }
-            "sslrootcert" => root_cert = Some(value),
+            "sslrootcert" => root_cert = Some(value.into_owned()),
             _ => kept.push(pair),
         }
     }
@@ -117,26 +119,6 @@ fn take_tls_params(url: &str) -> Result<(String, Mode, Option<String>), String> 
         format!("{base}?{}", kept.join("&"))
     };
     Ok((rest, mode, root_cert))
-}
-
-fn percent_decode(value: &str) -> Result<String, String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = value
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding in {value:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{value:?} is not UTF-8 once decoded"))
 }
 
 fn load_roots(path: &str) -> Result<RootCertStore, StoreError> {

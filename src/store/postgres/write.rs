@@ -140,17 +140,17 @@ impl ColumnArray {
     }
 }
 
-/// The call columns of `records`, one array per column, skipping the columns named in `skip`.
+/// The call columns of `records`, one array per column, leaving out the column `skip`.
 fn column_arrays<'r>(
     records: impl Iterator<Item = &'r CallRecord>,
     finals: &FinalStatuses,
-    skip: &str,
+    skip: Option<&str>,
 ) -> Vec<ColumnArray> {
     let mut arrays: Vec<ColumnArray> = Vec::new();
     for record in records {
         let row: Vec<Column> = call_columns(record, finals)
             .into_iter()
-            .filter(|(name, _)| *name != skip)
+            .filter(|(name, _)| Some(*name) != skip)
             .map(|(_, value)| value)
             .collect();
         if arrays.is_empty() {
@@ -373,7 +373,16 @@ struct Update<'a> {
     record: CallRecord,
 }
 
+/// A call's new events: (event id, fields, received at), oldest first.
+type NewEvents<'a> = [(i64, &'a EventFields, i64)];
 type CallEvents<'a> = BTreeMap<&'a str, Vec<(i64, &'a EventFields, i64)>>;
+
+/// Merges a call's new events into `record`.
+fn merge_new(record: &mut CallRecord, events: &NewEvents<'_>) {
+    for (event_id, fields, received_at) in events {
+        record.merge(fields, *event_id, *received_at);
+    }
+}
 
 async fn write_calls<'a>(
     tx: &Tx,
@@ -390,9 +399,7 @@ async fn write_calls<'a>(
             match cache.take(call_id) {
                 Some((seq, mut record)) => {
                     let expected_count = record.event_count;
-                    for (event_id, fields, at) in events {
-                        record.merge(fields, *event_id, *at);
-                    }
+                    merge_new(&mut record, events);
                     updates.push(Update {
                         call_id,
                         seq,
@@ -403,9 +410,7 @@ async fn write_calls<'a>(
                 None => {
                     let (first, rest) = events.split_first().expect("a call has events");
                     let mut record = CallRecord::from_event(call_id, first.1, first.0, first.2);
-                    for (event_id, fields, at) in rest {
-                        record.merge(fields, *event_id, *at);
-                    }
+                    merge_new(&mut record, rest);
                     inserts.push((call_id, record));
                 }
             }
@@ -452,9 +457,7 @@ async fn write_calls<'a>(
             )));
         };
         let expected_count = record.event_count;
-        for (event_id, fields, at) in events {
-            record.merge(fields, *event_id, *at);
-        }
+        merge_new(&mut record, events);
         merged.push(Update {
             call_id,
             seq,
@@ -486,7 +489,7 @@ async fn insert_calls(
     if inserts.is_empty() {
         return Ok(HashMap::new());
     }
-    let arrays = column_arrays(inserts.iter().map(|(_, r)| r), finals, "");
+    let arrays = column_arrays(inserts.iter().map(|(_, r)| r), finals, None);
     let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(ColumnArray::sql).collect();
     let rows = tx
         .query(&tx.prepare_cached(&sql.insert_calls).await?, &params)
@@ -506,7 +509,7 @@ async fn update_calls(
     }
     let seqs: Vec<i64> = updates.iter().map(|u| u.seq).collect();
     let expected: Vec<i64> = updates.iter().map(|u| u.expected_count).collect();
-    let arrays = column_arrays(updates.iter().map(|u| &u.record), finals, "call_id");
+    let arrays = column_arrays(updates.iter().map(|u| &u.record), finals, Some("call_id"));
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&seqs, &expected];
     params.extend(arrays.iter().map(ColumnArray::sql));
     let rows = tx
