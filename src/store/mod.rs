@@ -260,51 +260,6 @@ pub struct Statement {
     pub args: Vec<Column>,
 }
 
-/// Inserts a new call unless its id exists (`ON CONFLICT (call_id) DO NOTHING`).
-pub fn insert_call(record: &CallRecord, finals: &FinalStatuses) -> Statement {
-    let columns = call_columns(record, finals);
-    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-    Statement {
-        sql: format!(
-            "INSERT INTO calls ({}) VALUES ({}) ON CONFLICT (call_id) DO NOTHING",
-            names.join(", "),
-            vec!["?"; names.len()].join(", ")
-        ),
-        args: columns.into_iter().map(|(_, v)| v).collect(),
-    }
-}
-
-/// Merges an event into a stored call and returns the UPDATE of the columns that changed.
-/// Only those are written: a database rewrites the entries of every index holding a column named
-/// in SET, and untouched index pages are what keep a commit small.
-pub fn merge_into_call(
-    seq: i64,
-    record: &mut CallRecord,
-    event: &EventFields,
-    event_id: i64,
-    received_at: i64,
-    finals: &FinalStatuses,
-) -> Statement {
-    let before = call_columns(record, finals);
-    record.merge(event, event_id, received_at);
-    let changed: Vec<(&str, Column)> = before
-        .into_iter()
-        .zip(call_columns(record, finals))
-        .filter(|((_, old), (_, new))| old != new)
-        .map(|(_, new)| new)
-        .collect();
-    let assignments: Vec<String> = changed
-        .iter()
-        .map(|(name, _)| format!("{name} = ?"))
-        .collect();
-    let mut args: Vec<Column> = changed.into_iter().map(|(_, v)| v).collect();
-    args.push(Column::Integer(Some(seq)));
-    Statement {
-        sql: format!("UPDATE calls SET {} WHERE seq = ?", assignments.join(", ")),
-        args,
-    }
-}
-
 /// `rank:event_id` per merged field, comma-separated, empty for a field never filled.
 pub fn encode_sources(sources: &[Option<SourceKey>; MERGED_FIELDS]) -> String {
     let mut out = String::with_capacity(MERGED_FIELDS * 8);

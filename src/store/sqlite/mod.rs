@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     CALL_COLUMNS, CallCache, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming,
-    Outcome, REJECTED_QUERY, RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredEvent,
-    call_page, insert_call, list_calls_query, merge_into_call, read_call_row, read_event_row,
+    Outcome, REJECTED_QUERY, RejectedPage, RowColumns, Statement, Store, StoreError, StoredCall,
+    StoredEvent, call_columns, call_page, list_calls_query, read_call_row, read_event_row,
     read_rejected_row, rejected_page,
 };
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent};
@@ -380,6 +380,52 @@ fn merge_call(
         .execute(params_from_iter(update.args.into_iter().map(sql_value)))?;
     calls.put(call_id, seq, record);
     Ok(())
+}
+
+/// Inserts a new call unless its id exists (`ON CONFLICT (call_id) DO NOTHING`).
+fn insert_call(record: &CallRecord, finals: &FinalStatuses) -> Statement {
+    let columns = call_columns(record, finals);
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    Statement {
+        sql: format!(
+            "INSERT INTO calls ({}) VALUES ({}) ON CONFLICT (call_id) DO NOTHING",
+            names.join(", "),
+            vec!["?"; names.len()].join(", ")
+        ),
+        args: columns.into_iter().map(|(_, v)| v).collect(),
+    }
+}
+
+/// Merges an event into a stored call and returns the UPDATE of the columns that changed.
+/// Only those are written: SQLite rewrites the entries of every index holding a column named in
+/// SET, and untouched index pages are what keep a commit small. (PostgreSQL compares the values
+/// itself; its batches write whole rows, see `store/postgres/write.rs`.)
+fn merge_into_call(
+    seq: i64,
+    record: &mut CallRecord,
+    event: &EventFields,
+    event_id: i64,
+    received_at: i64,
+    finals: &FinalStatuses,
+) -> Statement {
+    let before = call_columns(record, finals);
+    record.merge(event, event_id, received_at);
+    let changed: Vec<(&str, Column)> = before
+        .into_iter()
+        .zip(call_columns(record, finals))
+        .filter(|((_, old), (_, new))| old != new)
+        .map(|(_, new)| new)
+        .collect();
+    let assignments: Vec<String> = changed
+        .iter()
+        .map(|(name, _)| format!("{name} = ?"))
+        .collect();
+    let mut args: Vec<Column> = changed.into_iter().map(|(_, v)| v).collect();
+    args.push(Column::Integer(Some(seq)));
+    Statement {
+        sql: format!("UPDATE calls SET {} WHERE seq = ?", assignments.join(", ")),
+        args,
+    }
 }
 
 fn sql_value(column: Column) -> SqlValue {
