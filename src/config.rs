@@ -315,6 +315,15 @@ struct CredentialsFile {
 }
 
 impl Config {
+    /// The settings stored call records depend on.
+    pub fn merge_settings(&self) -> crate::store::MergeSettings {
+        crate::store::MergeSettings {
+            finals: self.final_statuses.clone(),
+            timezone: self.timezone.clone(),
+            timezone_name: self.timezone_name.clone(),
+        }
+    }
+
     pub fn credentials_path(&self) -> PathBuf {
         self.data_dir.join(CREDENTIALS_FILE)
     }

@@ -33,11 +33,11 @@ pub enum ServerError {
 /// Opens the store named by `config.database` (the backend is chosen by the URL scheme).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
     let url = config.database.clone();
+    let settings = config.merge_settings();
     if url.starts_with("sqlite:") {
-        let finals = config.final_statuses.clone();
         let opened = tokio::task::spawn_blocking({
             let url = url.clone();
-            move || SqliteStore::open_url(&url, finals)
+            move || SqliteStore::open_url(&url, settings)
         })
         .await
         .map_err(|_| ServerError::Store {
@@ -50,7 +50,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> 
         })?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PgStore::open(&url, config.final_statuses.clone())
+        let store = PgStore::open(&url, settings)
             .await
             .map_err(|error| ServerError::Store {
                 url: redact_url(&url),

@@ -3,6 +3,7 @@
 //! Pure: no I/O, no HTTP, no database. Everything here is deterministic and unit-tested.
 
 pub mod event;
+pub mod json;
 pub mod merge;
 pub mod phone;
 pub mod time;

@@ -3,20 +3,29 @@
 
 use jiff::{Timestamp, civil, tz::TimeZone};
 
+/// Call times are accepted in these years (of the local date in the configured zone). Outside,
+/// a value is a placeholder such as `0001-01-01 00:00:00` or `1970-01-01 07:00:00`, not a call;
+/// and before 1906 many zones used local mean time, whose offset (`+07:06:30`) RFC 3339 cannot
+/// write.
+pub const ACCEPTED_YEARS: std::ops::RangeInclusive<i16> = 2000..=2099;
+
 /// Parses a call time: `YYYY-MM-DD HH:mm:ss` (or with `T`) as a local time in `tz`, or an
-/// ISO 8601 / RFC 3339 time with an offset. Returns Unix seconds.
+/// ISO 8601 / RFC 3339 time with an offset. Returns Unix seconds; `None` when unreadable or
+/// outside [`ACCEPTED_YEARS`].
 pub fn parse_call_time(text: &str, tz: &TimeZone) -> Option<i64> {
     let text = text.trim();
-    if let Ok(ts) = text.parse::<Timestamp>() {
-        return Some(ts.as_second());
-    }
-    let local = civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text)
-        .or_else(|_| text.parse::<civil::DateTime>())
-        .ok()?;
-    tz.to_ambiguous_zoned(local)
-        .compatible()
-        .ok()
-        .map(|z| z.timestamp().as_second())
+    let instant = match text.parse::<Timestamp>() {
+        Ok(ts) => ts,
+        Err(_) => {
+            let local = civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text)
+                .or_else(|_| text.parse::<civil::DateTime>())
+                .ok()?;
+            tz.to_ambiguous_zoned(local).compatible().ok()?.timestamp()
+        }
+    };
+    let zoned = instant.to_zoned(tz.clone());
+    let whole_minutes = zoned.offset().seconds() % 60 == 0;
+    (ACCEPTED_YEARS.contains(&zoned.year()) && whole_minutes).then(|| instant.as_second())
 }
 
 /// Unix seconds as RFC 3339 with the offset of `tz` at that instant: `2024-01-13T15:00:30+07:00`.
@@ -105,9 +114,23 @@ mod tests {
             "yesterday",
             "2024-13-45 99:00:00",
             "0000-00-00 00:00:00",
+            "0001-01-01 00:00:00",
+            "1900-01-01 00:00:00",
+            "1970-01-01 07:00:00",
+            "1999-12-31T16:59:59Z",
+            "-0001-01-01T00:00:00Z",
+            "2100-01-01 00:00:00",
         ] {
             assert_eq!(parse_call_time(bad, &hcm()), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_edges_of_the_accepted_years() {
+        let tz = hcm();
+        let first = parse_call_time("2000-01-01 00:00:00", &tz).unwrap();
+        assert_eq!(format_local(first, &tz), "2000-01-01T00:00:00+07:00");
+        assert!(parse_call_time("2099-12-31 23:59:59", &tz).is_some());
     }
 
     #[test]

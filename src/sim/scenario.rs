@@ -370,16 +370,17 @@ mod tests {
             for (i, event) in call.events.iter().enumerate() {
                 let parsed = parse_body(&event.body, &opts.timezone).unwrap();
                 assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+                let key = parsed.source_key(&finals);
                 match &mut record {
                     None => {
                         record = Some(CallRecord::from_event(
                             &call.call_id,
                             &parsed.fields,
+                            key,
                             i as i64,
-                            0,
                         ))
                     }
-                    Some(r) => r.merge(&parsed.fields, i as i64, 0),
+                    Some(r) => r.merge(&parsed.fields, key, i as i64),
                 }
             }
             let r = record.unwrap();

@@ -2,13 +2,97 @@
 //! (SQLite now, PostgreSQL later) implement it and nothing above this module sees SQL.
 
 use async_trait::async_trait;
+use jiff::tz::TimeZone;
+use sha2::{Digest, Sha256};
 
 use crate::model::merge::MERGED_FIELDS;
 use crate::model::phone::normalize_phone;
-use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, Phase, SourceKey};
+use crate::model::{
+    CallRecord, EventFields, FinalStatuses, ParsedEvent, Phase, SourceKey, parse_body,
+};
 
 pub mod postgres;
 pub mod sqlite;
+
+/// The settings a stored call record depends on: which statuses end a call (they rank an event
+/// and set the phase) and the zone Alohub's local times are read in. Records merged under other
+/// settings are recomputed from their events when a store opens (see [`MergeSettings::fingerprint`]).
+#[derive(Debug, Clone)]
+pub struct MergeSettings {
+    pub finals: FinalStatuses,
+    pub timezone: TimeZone,
+    pub timezone_name: String,
+}
+
+impl Default for MergeSettings {
+    fn default() -> Self {
+        MergeSettings {
+            finals: FinalStatuses::default(),
+            timezone: TimeZone::get(crate::config::DEFAULT_TIMEZONE)
+                .expect("the bundled time zone database has the default zone"),
+            timezone_name: crate::config::DEFAULT_TIMEZONE.to_string(),
+        }
+    }
+}
+
+/// Which version of the merge rule the stored records follow. Raised when the rule changes, so
+/// that every store recomputes its records once.
+const MERGE_RULE: u32 = 2;
+
+impl MergeSettings {
+    /// Everything a stored record depends on, as text: stores keep it beside the records and
+    /// recompute them when it changes.
+    pub fn fingerprint(&self) -> String {
+        let mut finals: Vec<&str> = self.finals.as_slice().iter().map(String::as_str).collect();
+        finals.sort_unstable();
+        finals.dedup();
+        format!(
+            "merge rule {MERGE_RULE}; final statuses {}; time zone {}",
+            finals.join(","),
+            self.timezone_name
+        )
+    }
+
+    /// The fingerprint's SHA-256 in hex, safe to write into SQL.
+    pub fn fingerprint_hash(&self) -> String {
+        Sha256::digest(self.fingerprint().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A call's record rebuilt from its stored events (body, receipt time), oldest first, under
+    /// these settings. Events that no longer parse are left out (with a warning); `None` when
+    /// none parses.
+    pub fn remerge(&self, call_id: &str, events: &[(String, i64)]) -> Option<CallRecord> {
+        let mut record: Option<CallRecord> = None;
+        for (body, received_at) in events {
+            let event = match parse_body(body.as_bytes(), &self.timezone) {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::warn!(call_id, %error, "a stored event no longer parses; left out of its call");
+                    continue;
+                }
+            };
+            let key = event.source_key(&self.finals);
+            match &mut record {
+                None => {
+                    record = Some(CallRecord::from_event(
+                        call_id,
+                        &event.fields,
+                        key,
+                        *received_at,
+                    ))
+                }
+                Some(r) => r.merge(&event.fields, key, *received_at),
+            }
+        }
+        record
+    }
+}
+
+/// Key of the row in `alohook_meta` that holds the [`MergeSettings::fingerprint`] of the records.
+pub const MERGE_SETTINGS_KEY: &str = "merge_settings";
 
 /// One accepted request, waiting to be committed.
 #[derive(Debug, Clone)]
@@ -199,8 +283,8 @@ impl CallCache {
     }
 }
 
-/// The sort key of a call: its first known start time, or the lowest value when it has none so
-/// that such calls list last.
+/// The sort key of a call: the start time of its first event, or the lowest value when it had
+/// none, so that such calls list last.
 pub fn sort_key(sort_time: Option<i64>) -> i64 {
     sort_time.unwrap_or(i64::MIN)
 }
@@ -225,6 +309,10 @@ pub fn call_columns(record: &CallRecord, finals: &FinalStatuses) -> Vec<(&'stati
             Text(Some(record.phase(finals).as_str().to_string())),
         ),
         ("call_status", Text(f.call_status.clone())),
+        (
+            "status_norm",
+            Text(f.call_status.as_deref().map(str::to_lowercase)),
+        ),
         ("direction", Text(f.direction.clone())),
         ("caller_number", Text(f.caller_number.clone())),
         (
@@ -254,21 +342,41 @@ pub fn call_columns(record: &CallRecord, finals: &FinalStatuses) -> Vec<(&'stati
     ]
 }
 
+/// `UPDATE calls SET <every column but call_id> = ? … WHERE seq = ?`, for rewriting a whole row.
+pub fn rewrite_call(seq: i64, record: &CallRecord, finals: &FinalStatuses) -> Statement {
+    let columns: Vec<(&str, Column)> = call_columns(record, finals)
+        .into_iter()
+        .filter(|(name, _)| *name != "call_id")
+        .collect();
+    let sets: Vec<String> = columns
+        .iter()
+        .map(|(name, _)| format!("{name} = ?"))
+        .collect();
+    let mut args: Vec<Column> = columns.into_iter().map(|(_, v)| v).collect();
+    args.push(Column::Integer(Some(seq)));
+    Statement {
+        sql: format!("UPDATE calls SET {} WHERE seq = ?", sets.join(", ")),
+        args,
+    }
+}
+
 /// A statement with `?` placeholders and its arguments in order.
 pub struct Statement {
     pub sql: String,
     pub args: Vec<Column>,
 }
 
-/// `rank:event_id` per merged field, comma-separated, empty for a field never filled.
+/// `rank.known.tiebreak` (the last in hex) per merged field, comma-separated, empty for a field
+/// never filled.
 pub fn encode_sources(sources: &[Option<SourceKey>; MERGED_FIELDS]) -> String {
-    let mut out = String::with_capacity(MERGED_FIELDS * 8);
+    use std::fmt::Write;
+    let mut out = String::with_capacity(MERGED_FIELDS * 20);
     for (i, s) in sources.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         if let Some(k) = s {
-            out.push_str(&format!("{}:{}", k.rank, k.event_id));
+            let _ = write!(out, "{}.{}.{:x}", k.rank, k.known, k.tiebreak);
         }
     }
     out
@@ -286,10 +394,28 @@ pub fn decode_sources(text: &str) -> Result<[Option<SourceKey>; MERGED_FIELDS], 
         if part.is_empty() {
             continue;
         }
-        let (rank, id) = part.split_once(':').ok_or_else(corrupt)?;
+        // `rank:event_id` is how records were written before merge rule 2. Such a row is
+        // recomputed when its store opens; until then (an older instance still writing during an
+        // upgrade) it reads as the weakest key of its rank.
+        if let Some((rank, id)) = part.split_once(':') {
+            id.parse::<i64>().map_err(|_| corrupt())?;
+            *slot = Some(SourceKey {
+                rank: rank.parse().map_err(|_| corrupt())?,
+                known: 0,
+                tiebreak: 0,
+            });
+            continue;
+        }
+        let mut pieces = part.split('.');
+        let (Some(rank), Some(known), Some(tiebreak), None) =
+            (pieces.next(), pieces.next(), pieces.next(), pieces.next())
+        else {
+            return Err(corrupt());
+        };
         *slot = Some(SourceKey {
             rank: rank.parse().map_err(|_| corrupt())?,
-            event_id: id.parse().map_err(|_| corrupt())?,
+            known: known.parse().map_err(|_| corrupt())?,
+            tiebreak: u64::from_str_radix(tiebreak, 16).map_err(|_| corrupt())?,
         });
     }
     Ok(sources)
@@ -433,7 +559,10 @@ fn call_filter_terms(
             args.push(Column::Text(Some(v)));
         }
     };
-    text("call_status = ?", filter.status.clone());
+    text(
+        "status_norm = ?",
+        filter.status.as_deref().map(str::to_lowercase),
+    );
     text(
         "direction = ?",
         filter.direction.as_ref().map(|d| d.to_lowercase()),
@@ -457,11 +586,10 @@ fn call_filter_terms(
             args.push(Column::Integer(Some(v)));
         }
     };
-    // Calls without a start time (sort key i64::MIN) match no time range.
-    let ranged = filter.from.is_some() || filter.to.is_some();
-    integer("sort_key > ?", ranged.then_some(i64::MIN));
-    integer("sort_key >= ?", filter.from);
-    integer("sort_key <= ?", filter.to);
+    // The start time as it is now: a call first seen without one lists last, but is found by a
+    // time range once an event brings its start time.
+    integer("start_time >= ?", filter.from);
+    integer("start_time <= ?", filter.to);
     if let Some(c) = cursor {
         terms.push("(sort_key, seq) < (?, ?)");
         args.push(Column::Integer(Some(c.sort_key)));
@@ -497,11 +625,13 @@ mod tests {
         let mut sources = [None; MERGED_FIELDS];
         sources[0] = Some(SourceKey {
             rank: 3,
-            event_id: 42,
+            known: 12,
+            tiebreak: 0xabcdef012345,
         });
         sources[14] = Some(SourceKey {
             rank: 0,
-            event_id: 7,
+            known: 1,
+            tiebreak: 0,
         });
         let text = encode_sources(&sources);
         assert_eq!(decode_sources(&text).unwrap(), sources);
@@ -509,7 +639,8 @@ mod tests {
             "",
             "3:1",
             &",".repeat(MERGED_FIELDS),
-            &text.replace("3:42", "x:42"),
+            &text.replace("3.12.", "x.12."),
+            &text.replace("3.12.abcdef012345", "3:4x"),
         ] {
             assert!(
                 matches!(decode_sources(bad), Err(StoreError::Corrupt(_))),
@@ -540,7 +671,7 @@ mod tests {
             "{}",
             query.sql
         );
-        assert!(query.sql.contains("call_status = ?"));
+        assert!(query.sql.contains("status_norm = ?"));
         assert!(
             query
                 .sql
@@ -552,7 +683,5 @@ mod tests {
                 .ends_with("ORDER BY sort_key DESC, seq DESC LIMIT ?")
         );
         assert_eq!(query.args.last(), Some(&Column::Integer(Some(51))));
-        // Calls without a start time match no time range.
-        assert!(query.args.contains(&Column::Integer(Some(i64::MIN))));
     }
 }

@@ -119,3 +119,91 @@ async fn other_event_types_are_kept_and_deduplicated_but_touch_no_call(db) {
     server.stop().await;
 }
 }
+
+crate::on_every_backend! {
+/// New events that an inexact identity took for resends, and lost.
+async fn near_identical_events_are_new_events(db) {
+    let server = TestServer::start(&db).await;
+    let with = |field: &str, value: serde_json::Value| {
+        let mut body = in_progress("c-near");
+        body[field] = value;
+        body
+    };
+    let pairs = [
+        // Beyond f64's precision: 20-digit numbers that differ in the last digit.
+        (r#"{"call_id":"c-near","call_status":"answered","objectId":20240113150030123456.0}"#.to_string(),
+         r#"{"call_id":"c-near","call_status":"answered","objectId":20240113150030123457.0}"#.to_string()),
+        (with("transactionID", json!("1.10")).to_string(), with("transactionID", json!("1.1")).to_string()),
+        (with("transactionID", json!("1e3")).to_string(), with("transactionID", json!("1000")).to_string()),
+        (with("transactionID", json!("1.50")).to_string(), with("transactionID", json!("1.5")).to_string()),
+    ];
+    for (a, b) in &pairs {
+        let (_, first) = server.post(a.clone()).await;
+        let (status, second) = server.post(b.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(second["duplicate"], false, "{b} after {a}");
+        assert_ne!(second["event_id"], first["event_id"]);
+    }
+    let (_, events) = server.get("/api/calls/c-near/events").await;
+    assert_eq!(events["items"].as_array().unwrap().len(), 8);
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
+/// `300.0`, `3e2` and `"300"` are one call id: one identity, one call record.
+async fn a_numeric_call_id_is_one_call_whatever_its_spelling(db) {
+    let server = TestServer::start(&db).await;
+    let first = server.send(&json!({"call_id": "300", "call_status": "answered"})).await;
+    for body in [
+        r#"{"call_id":300.0,"call_status":"answered"}"#,
+        r#"{"call_id":3e2,"call_status":"answered"}"#,
+    ] {
+        let (_, answer) = server.post(body).await;
+        assert_eq!(answer, json!({"ok": true, "event_id": first, "duplicate": true}), "{body}");
+    }
+    server.send(&json!({"call_id": 300.0, "call_status": "missed"})).await;
+    let call = server.call("300").await;
+    assert_eq!(call["event_count"], 2);
+    assert_eq!(call["call_status"], "missed");
+    let (status, _) = server.get("/api/calls/300.0").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
+/// Whitespace around string values is not part of an event: the same event padded is a resend.
+async fn surrounding_whitespace_is_not_a_new_event(db) {
+    let server = TestServer::start(&db).await;
+    let first = server.send(&in_progress("c-ws")).await;
+    let mut padded = in_progress("c-ws");
+    padded["call_status"] = json!(" answered ");
+    padded["userName"] = json!("adminxxx\n");
+    padded["hotline"] = json!("   ");
+    let (_, answer) = server.post(padded.to_string()).await;
+    assert_eq!(answer, json!({"ok": true, "event_id": first, "duplicate": true}));
+    assert_eq!(server.call("c-ws").await["event_count"], 1);
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
+/// Two values for one key: which one is meant is ambiguous. 422, kept in the quarantine.
+async fn a_repeated_key_is_422_and_quarantined(db) {
+    let server = TestServer::start(&db).await;
+    let body = r#"{"call_id":"c-rep-1","call_status":"answered","call_id":"c-rep-2"}"#;
+    let (status, answer) = server.post(body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"], "invalid_event");
+    assert!(answer["detail"].as_str().unwrap().contains("call_id"), "{answer}");
+    for id in ["c-rep-1", "c-rep-2"] {
+        let (status, _) = server.get(&format!("/api/calls/{id}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (_, rejected) = server.get("/api/rejected").await;
+    assert_eq!(rejected["items"][0]["body"], body);
+    assert_eq!(rejected["items"][0]["reason"], "invalid_event");
+    server.stop().await;
+}
+}

@@ -121,6 +121,28 @@ async fn loose_types_become_typed_fields_with_warnings(db) {
 }
 
 crate::on_every_backend! {
+/// Values that used to pass as good ones: a placeholder date, durations out of range.
+async fn bad_values_become_null_with_a_warning(db) {
+    let server = TestServer::start(&db).await;
+    let body = json!({"call_id": "c-bad", "call_status": "answered",
+        "starttime": "0001-01-01 00:00:00", "answertime": "1900-01-01 08:00:00",
+        "endtime": "2025-11-25 09:05:00", "total_duration": "0:99", "holding_duration": "00:-5"});
+    server.send(&body).await;
+    let call = server.call("c-bad").await;
+    for field in ["start_time", "answer_time", "total_duration", "holding_duration", "ring_seconds"] {
+        assert_eq!(call[field], Value::Null, "{field}: {call}");
+    }
+    assert_eq!(call["end_time"], "2025-11-25T09:05:00+07:00");
+    let (_, events) = server.get("/api/calls/c-bad/events").await;
+    let warnings = events["items"][0]["warnings"].to_string();
+    for field in ["starttime", "answertime", "total_duration", "holding_duration"] {
+        assert!(warnings.contains(field), "no warning for {field}: {warnings}");
+    }
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
 async fn the_configured_zone_reads_local_times(db) {
     let mut settings = settings(&db);
     settings.timezone = Some("UTC".into());
@@ -130,6 +152,40 @@ async fn the_configured_zone_reads_local_times(db) {
         server.call("c-utc").await["start_time"],
         "2024-01-13T15:00:30+00:00"
     );
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
+/// A `missed` event (a final status, no end time) and a `ringing` one, in both orders: the call
+/// is missed and ended either way, and stays in `status=missed`.
+async fn missed_and_ringing_in_both_orders(db) {
+    let server = TestServer::start(&db).await;
+    let body = |id: &str, status: &str| {
+        json!({"call_id": id, "call_status": status, "direction": "inbound",
+               "caller_number": "0389123456", "starttime": "2025-11-25 09:00:00",
+               "eventType": "call"})
+    };
+    for (id, order) in [("mr-1", ["missed", "ringing"]), ("mr-2", ["ringing", "missed"])] {
+        for status in order {
+            server.send(&body(id, status)).await;
+        }
+        let call = server.call(id).await;
+        assert_eq!(call["call_status"], "missed", "{id}: {call}");
+        assert_eq!(call["phase"], "ended", "{id}: {call}");
+    }
+    let (_, page) = server.get("/api/calls?status=missed").await;
+    let listed: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{page}");
+    // A resend of the ringing event after both changes nothing.
+    let (_, answer) = server.post(body("mr-1", "ringing").to_string()).await;
+    assert_eq!(answer["duplicate"], true);
+    assert_eq!(server.call("mr-1").await["call_status"], "missed");
     server.stop().await;
 }
 }

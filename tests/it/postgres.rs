@@ -201,7 +201,7 @@ async fn database_outage_answers_503_and_loses_nothing() {
     ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
 )]
 async fn tls_modes_as_libpq_reads_them() {
-    use alohook::model::FinalStatuses;
+    use alohook::store::MergeSettings;
     use alohook::store::Store;
     use alohook::store::postgres::PgStore;
 
@@ -238,7 +238,7 @@ async fn tls_modes_as_libpq_reads_them() {
         u.set_query(Some(params));
         u.to_string()
     };
-    let open = async |url: String| PgStore::open(&url, FinalStatuses::default()).await;
+    let open = async |url: String| PgStore::open(&url, MergeSettings::default()).await;
 
     for (app, params, tls) in [
         ("plain", "sslmode=disable".to_string(), false),

@@ -337,3 +337,43 @@ async fn rejected_listing_pages(db) {
     server.stop().await;
 }
 }
+
+crate::on_every_backend! {
+/// A call first seen without a start time lists last; when a later event brings one (newer than
+/// every other call), it must not jump ahead of a pager that is already past the top.
+async fn a_call_that_gets_its_start_time_late_keeps_its_place(db) {
+    let server = TestServer::start(&db).await;
+    for (i, id) in ["late-a", "late-b", "late-c"].iter().enumerate() {
+        server.send(&call_at(id, 60 + i as i64)).await;
+    }
+    server
+        .send(&event("late-x", json!({"call_status": "ringing"})))
+        .await;
+    let (_, first) = server.get("/api/calls?limit=2").await;
+    let mut seen: Vec<String> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["call_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, ["late-c", "late-b"]);
+    // Now the call's start time arrives, later than every other call's.
+    server
+        .send(&event("late-x", json!({"call_status": "answered", "starttime": "2024-03-01 23:00:00"})))
+        .await;
+    let mut cursor = first["next_cursor"].as_str().map(str::to_string);
+    while let Some(c) = cursor {
+        let (status, page) = server.get(&format!("/api/calls?limit=2&cursor={c}")).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for call in page["items"].as_array().unwrap() {
+            seen.push(call["call_id"].as_str().unwrap().to_string());
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_string);
+    }
+    assert_eq!(seen, ["late-c", "late-b", "late-a", "late-x"]);
+    // The time filters see the start time it has now.
+    assert_eq!(ids(&server, "from=2024-03-01T22:00:00%2B07:00").await, ["late-x"]);
+    assert_eq!(server.call("late-x").await["start_time"], "2024-03-01T23:00:00+07:00");
+    server.stop().await;
+}
+}

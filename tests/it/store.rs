@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use alohook::model::{CallRecord, FinalStatuses, ParsedEvent, parse_body};
+use alohook::store::MergeSettings;
 use alohook::store::postgres::PgStore;
 use alohook::store::sqlite::SqliteStore;
 use alohook::store::{Incoming, Outcome, RejectedBody, Store};
@@ -12,9 +13,9 @@ use crate::support::*;
 
 async fn open(db: &Db) -> Arc<dyn Store> {
     match db.database() {
-        Some(url) => Arc::new(PgStore::open(&url, FinalStatuses::default()).await.unwrap()),
+        Some(url) => Arc::new(PgStore::open(&url, MergeSettings::default()).await.unwrap()),
         None => Arc::new(
-            SqliteStore::open(&db.path().join("alohook.db"), FinalStatuses::default()).unwrap(),
+            SqliteStore::open(&db.path().join("alohook.db"), MergeSettings::default()).unwrap(),
         ),
     }
 }
@@ -42,10 +43,18 @@ fn ringing(call_id: &str) -> Value {
 
 /// What merging `events` (event id, body) in any order must give.
 fn reference(call_id: &str, events: &[(i64, &Value)], received_at: i64) -> CallRecord {
+    let finals = FinalStatuses::default();
     let (first, rest) = events.split_first().unwrap();
-    let mut record = CallRecord::from_event(call_id, &parse(first.1).fields, first.0, received_at);
-    for (id, body) in rest {
-        record.merge(&parse(body).fields, *id, received_at);
+    let first = parse(first.1);
+    let mut record = CallRecord::from_event(
+        call_id,
+        &first.fields,
+        first.source_key(&finals),
+        received_at,
+    );
+    for (_, body) in rest {
+        let event = parse(body);
+        record.merge(&event.fields, event.source_key(&finals), received_at);
     }
     record
 }
@@ -154,8 +163,8 @@ on_every_backend! {
 async fn instances_never_write_over_each_others_merges() {
     let db = Db::postgres().await;
     let url = db.database().unwrap();
-    let a = PgStore::open(&url, FinalStatuses::default()).await.unwrap();
-    let b = PgStore::open(&url, FinalStatuses::default()).await.unwrap();
+    let a = PgStore::open(&url, MergeSettings::default()).await.unwrap();
+    let b = PgStore::open(&url, MergeSettings::default()).await.unwrap();
     let bodies = [
         ringing("S1"),
         json!({"call_id": "S1", "call_status": "ringing", "destination_number": "101",

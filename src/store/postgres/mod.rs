@@ -16,25 +16,55 @@ use tokio_postgres::types::ToSql;
 
 use super::{
     CALL_COLUMNS, CallCache, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming,
-    Outcome, REJECTED_QUERY, RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredEvent,
-    call_page, list_calls_query, read_call_row, read_event_row, read_rejected_row, rejected_page,
+    MERGE_SETTINGS_KEY, MergeSettings, Outcome, REJECTED_QUERY, RejectedPage, RowColumns, Store,
+    StoreError, StoredCall, StoredEvent, call_page, list_calls_query, read_call_row,
+    read_event_row, read_rejected_row, rejected_page, rewrite_call,
 };
-use crate::model::FinalStatuses;
 
 mod tls;
 mod write;
 
-/// Starts a batch's transaction. Every batch statement finds its rows through a unique index
-/// (events by (scope, dedupe_key), calls by seq or call_id); planned once for arrays of unknown
-/// length, or while a table is still empty, PostgreSQL may instead hash-join a whole table,
-/// which made batches 5× slower. Ruling out scans and hash or merge joins leaves the index
-/// probes; with that, one generic plan per statement serves every batch without re-planning.
+/// Starts a batch's transaction.
+///
+/// - Every batch statement finds its rows through a unique index (events by (scope, dedupe_key),
+///   calls by seq or call_id); planned once for arrays of unknown length, or while a table is
+///   still empty, PostgreSQL may instead hash-join a whole table, which made batches 5× slower.
+///   Ruling out scans and hash or merge joins leaves the index probes; with that, one generic plan
+///   per statement serves every batch without re-planning.
+/// - `synchronous_commit = on` whatever the server, role or database says: a 200 promises the
+///   event is on disk, and with `off` COMMIT returns before it is.
+/// - The records must have been merged under this instance's settings: a `SHARE` lock on
+///   `alohook_meta` (which a recomputation takes exclusively, see [`recompute_if_stale`]) and a
+///   check of the fingerprint refuse the batch when another instance with other
+///   `--final-statuses` or `--timezone` recomputed them.
+///
 /// `SET LOCAL` lasts for the transaction, so it holds through a pooler too.
-const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
-    SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-    SET LOCAL enable_mergejoin = off";
+fn begin_batch(settings: &MergeSettings) -> String {
+    format!(
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+         SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+         SET LOCAL enable_mergejoin = off; SET LOCAL synchronous_commit = on; \
+         LOCK TABLE alohook_meta IN SHARE MODE; \
+         DO $check$ BEGIN IF (SELECT encode(sha256(convert_to(value, 'UTF8')), 'hex') \
+         FROM alohook_meta WHERE key = '{MERGE_SETTINGS_KEY}') IS DISTINCT FROM '{hash}' THEN \
+         RAISE EXCEPTION 'the call records in this database follow other merge settings than \
+         this instance''s ({fingerprint}): another alohook with other --final-statuses or \
+         --timezone started on this database; give every instance the same settings'; \
+         END IF; END $check$",
+        hash = settings.fingerprint_hash(),
+        // Only for the message: quotes doubled; dollar signs (the block's quote) and percent
+        // signs (RAISE's placeholders) dropped.
+        fingerprint = settings
+            .fingerprint()
+            .replace('\'', "''")
+            .replace(['$', '%'], ""),
+    )
+}
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_merge_lattice.sql"),
+];
 /// Key of the advisory lock that serialises migrations between instances starting together.
 const MIGRATION_LOCK: i64 = 0x616c_6f68_6f6f_6b01;
 /// Batches committed side by side, each on a connection of its own. Two keep one batch filling
@@ -57,11 +87,13 @@ pub struct PgStore {
     writes: Pool,
     /// The batch statements.
     sql: write::BatchSql,
+    /// What starts a batch's transaction (see [`begin_batch`]).
+    begin: String,
     /// The calls this instance wrote last (see [`CallCache`]).
     cache: Mutex<CallCache>,
     /// Connections for reads, on the request handlers' runtime.
     reads: Pool,
-    finals: FinalStatuses,
+    settings: MergeSettings,
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -199,17 +231,37 @@ fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
 }
 
 impl PgStore {
-    /// Connects and applies pending migrations.
-    pub async fn open(url: &str, finals: FinalStatuses) -> Result<Self, StoreError> {
+    /// Connects, applies pending migrations and recomputes the call records if they were
+    /// merged under other settings.
+    pub async fn open(url: &str, settings: MergeSettings) -> Result<Self, StoreError> {
         let store = PgStore {
             writes: pool(url, WRITE_CONNECTIONS)?,
-            sql: write::BatchSql::new(&finals),
+            sql: write::BatchSql::new(&settings.finals),
+            begin: begin_batch(&settings),
             cache: Mutex::new(CallCache::default()),
             reads: pool(url, 8)?,
-            finals,
+            settings,
         };
-        migrate(&store.reads).await?;
+        migrate(&store.reads, &store.settings).await?;
         Ok(store)
+    }
+
+    /// The value a batch transaction sees for `setting` (a `SHOW` inside [`begin_batch`]'s
+    /// transaction, rolled back): how tests check what a batch pins, whatever the server says.
+    pub async fn batch_setting(&self, setting: &str) -> Result<String, StoreError> {
+        let mut connection = Checkout::new(self.writes.get().await?);
+        let client = connection.client();
+        let value = within(BATCH_TIMEOUT, async {
+            client.batch_execute(&self.begin).await?;
+            let row = client
+                .query_one("SELECT current_setting($1)", &[&setting])
+                .await?;
+            client.batch_execute("ROLLBACK").await?;
+            Ok(row.get::<_, String>(0))
+        })
+        .await?;
+        connection.finished();
+        Ok(value)
     }
 
     /// Runs `work` on a reading connection, within [`READ_TIMEOUT`].
@@ -229,8 +281,8 @@ impl PgStore {
         let (outcomes, written) = within(BATCH_TIMEOUT, async {
             // BEGIN goes out with the batch's first statement, not a round trip ahead of it.
             let (_, done) = try_join(
-                client.batch_execute(BEGIN_BATCH).map_err(StoreError::from),
-                write::write_batch(client, &self.sql, &self.cache, &self.finals, batch),
+                client.batch_execute(&self.begin).map_err(StoreError::from),
+                write::write_batch(client, &self.sql, &self.cache, &self.settings, batch),
             )
             .await?;
             client.batch_execute("COMMIT").await?;
@@ -247,12 +299,15 @@ impl PgStore {
     }
 }
 
-async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+async fn migrate(pool: &Pool, settings: &MergeSettings) -> Result<(), StoreError> {
     let mut client = pool.get().await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let applied = apply_migrations(&mut client).await;
+    let applied = match apply_migrations(&mut client).await {
+        Ok(()) => recompute_if_stale(&mut client, settings).await,
+        failed => failed,
+    };
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
@@ -290,6 +345,93 @@ async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<(), 
         .await?;
         tx.commit().await?;
         tracing::info!(version = i + 1, "applied PostgreSQL migration");
+    }
+    Ok(())
+}
+
+/// Recomputes every call record from its events when the stored fingerprint of the merge
+/// settings is not this instance's (see the SQLite store's twin). The exclusive lock on
+/// `alohook_meta` waits for batches in flight and holds new ones until the records and the
+/// fingerprint are both rewritten; those batches then check the fingerprint (see [`begin_batch`]).
+async fn recompute_if_stale(
+    client: &mut deadpool_postgres::Client,
+    settings: &MergeSettings,
+) -> Result<(), StoreError> {
+    let wanted = settings.fingerprint();
+    let tx = client.transaction().await?;
+    tx.batch_execute("LOCK TABLE alohook_meta IN EXCLUSIVE MODE")
+        .await?;
+    let stored: Option<String> = tx
+        .query_opt(
+            "SELECT value FROM alohook_meta WHERE key = $1",
+            &[&MERGE_SETTINGS_KEY],
+        )
+        .await?
+        .map(|row| row.get(0));
+    if stored.as_deref() == Some(wanted.as_str()) {
+        tx.commit().await?;
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut recomputed = 0usize;
+    let mut after = i64::MIN;
+    loop {
+        let calls: Vec<(i64, String)> = tx
+            .query(
+                "SELECT seq, call_id FROM calls WHERE seq > $1 ORDER BY seq LIMIT 1000",
+                &[&after],
+            )
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let Some(&(last, _)) = calls.last() else {
+            break;
+        };
+        after = last;
+        let ids: Vec<&str> = calls.iter().map(|(_, id)| id.as_str()).collect();
+        let mut events: std::collections::HashMap<String, Vec<(String, i64)>> = Default::default();
+        for row in tx
+            .query(
+                "SELECT call_id, body, received_at FROM events \
+                 WHERE scope = ANY($1) AND call_id = scope ORDER BY scope, id",
+                &[&ids],
+            )
+            .await?
+        {
+            events
+                .entry(row.get(0))
+                .or_default()
+                .push((row.get(1), row.get(2)));
+        }
+        for (seq, call_id) in &calls {
+            let Some(record) = events
+                .get(call_id)
+                .and_then(|e| settings.remerge(call_id, e))
+            else {
+                continue;
+            };
+            let update = rewrite_call(*seq, &record, &settings.finals);
+            let params: Vec<&(dyn ToSql + Sync)> = update.args.iter().map(sql_param).collect();
+            tx.execute(&numbered(&update.sql), &params).await?;
+            recomputed += 1;
+        }
+    }
+    tx.execute(
+        "INSERT INTO alohook_meta (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[&MERGE_SETTINGS_KEY, &wanted],
+    )
+    .await?;
+    tx.commit().await?;
+    if stored.is_some() || recomputed > 0 {
+        tracing::info!(
+            calls = recomputed,
+            seconds = started.elapsed().as_secs_f64(),
+            was = stored.as_deref().unwrap_or("(before merge settings were recorded)"),
+            now = %wanted,
+            "recomputed the call records: the merge settings changed"
+        );
     }
     Ok(())
 }

@@ -27,10 +27,10 @@ use futures_util::future::{try_join, try_join_all};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
 
-use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent};
+use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, SourceKey};
 use crate::store::{
-    CALL_COLUMNS, CallCache, Column, Incoming, Outcome, RejectedBody, StoreError, call_columns,
-    read_call_row,
+    CALL_COLUMNS, CallCache, Column, Incoming, MergeSettings, Outcome, RejectedBody, StoreError,
+    call_columns, read_call_row,
 };
 
 /// The writer's connection, inside the batch's transaction.
@@ -65,7 +65,8 @@ const QUARANTINE: &str = "INSERT INTO rejected (body_hash, reason, detail, recei
 impl BatchSql {
     pub(super) fn new(finals: &FinalStatuses) -> Self {
         // Names and types of the call columns, read off any record.
-        let sample = CallRecord::from_event("", &EventFields::default(), 0, 0);
+        let key = SourceKey::new(&EventFields::default(), &[0; 32], finals);
+        let sample = CallRecord::from_event("", &EventFields::default(), key, 0);
         let columns: Vec<(&str, &str)> = call_columns(&sample, finals)
             .iter()
             .map(|(name, value)| (*name, array_type(value)))
@@ -190,9 +191,10 @@ pub(super) async fn write_batch(
     tx: &Tx,
     sql: &BatchSql,
     cache: &Mutex<CallCache>,
-    finals: &FinalStatuses,
+    settings: &MergeSettings,
     batch: &[Incoming],
 ) -> Result<(Vec<Outcome>, Written), StoreError> {
+    let finals = &settings.finals;
     let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
 
     // Quarantined bodies are rare: a statement each, pipelined with the events.
@@ -208,21 +210,24 @@ pub(super) async fn write_batch(
         outcomes[i] = Some(outcome);
     }
 
-    // The new events of each call, oldest first.
-    let mut calls: BTreeMap<&str, Vec<(i64, &EventFields, i64)>> = BTreeMap::new();
+    // The new events of each call, oldest first. (The merge is a join, so the record does not
+    // depend on their order; a new call's listing position is its first event's.)
+    let mut calls: CallEvents = BTreeMap::new();
     for (i, event_id) in stored {
         if let Incoming::Event { event, received_at } = &batch[i]
             && let Some(call_id) = event.merged_call_id()
         {
-            calls
-                .entry(call_id)
-                .or_default()
-                .push((event_id, &event.fields, *received_at));
+            calls.entry(call_id).or_default().push(NewEvent {
+                event_id,
+                fields: &event.fields,
+                key: event.source_key(finals),
+                received_at: *received_at,
+            });
         }
     }
-    // RETURNING gives no order: merge each call's events by id, which is arrival order.
+    // RETURNING gives no order.
     for events in calls.values_mut() {
-        events.sort_unstable_by_key(|(event_id, _, _)| *event_id);
+        events.sort_unstable_by_key(|e| e.event_id);
     }
     let written = if calls.is_empty() {
         Vec::new()
@@ -373,14 +378,20 @@ struct Update<'a> {
     record: CallRecord,
 }
 
-/// A call's new events: (event id, fields, received at), oldest first.
-type NewEvents<'a> = [(i64, &'a EventFields, i64)];
-type CallEvents<'a> = BTreeMap<&'a str, Vec<(i64, &'a EventFields, i64)>>;
+/// An event of this batch to merge into its call.
+struct NewEvent<'a> {
+    event_id: i64,
+    fields: &'a EventFields,
+    key: SourceKey,
+    received_at: i64,
+}
+
+type CallEvents<'a> = BTreeMap<&'a str, Vec<NewEvent<'a>>>;
 
 /// Merges a call's new events into `record`.
-fn merge_new(record: &mut CallRecord, events: &NewEvents<'_>) {
-    for (event_id, fields, received_at) in events {
-        record.merge(fields, *event_id, *received_at);
+fn merge_new(record: &mut CallRecord, events: &[NewEvent<'_>]) {
+    for e in events {
+        record.merge(e.fields, e.key, e.received_at);
     }
 }
 
@@ -409,7 +420,8 @@ async fn write_calls<'a>(
                 }
                 None => {
                     let (first, rest) = events.split_first().expect("a call has events");
-                    let mut record = CallRecord::from_event(call_id, first.1, first.0, first.2);
+                    let mut record =
+                        CallRecord::from_event(call_id, first.fields, first.key, first.received_at);
                     merge_new(&mut record, rest);
                     inserts.push((call_id, record));
                 }

@@ -14,13 +14,20 @@ use sha2::{Digest, Sha256};
 
 use super::{
     CALL_COLUMNS, CallCache, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming,
-    Outcome, REJECTED_QUERY, RejectedPage, RowColumns, Statement, Store, StoreError, StoredCall,
-    StoredEvent, call_columns, call_page, list_calls_query, read_call_row, read_event_row,
-    read_rejected_row, rejected_page,
+    MERGE_SETTINGS_KEY, MergeSettings, Outcome, REJECTED_QUERY, RejectedPage, RowColumns,
+    Statement, Store, StoreError, StoredCall, StoredEvent, call_columns, call_page,
+    list_calls_query, read_call_row, read_event_row, read_rejected_row, rejected_page,
+    rewrite_call,
 };
-use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent};
+use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, SourceKey};
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_merge_lattice.sql"),
+];
+/// Below this much free space on the database's file system, the store says it is not ready:
+/// a batch of large events, the WAL's growth and a checkpoint need room.
+pub const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_IDLE_READERS: usize = 8;
 
 /// The SQLite implementation of [`Store`].
@@ -32,7 +39,7 @@ struct Inner {
     path: PathBuf,
     writer: Arc<Mutex<Writer>>,
     readers: Mutex<Vec<Connection>>,
-    finals: FinalStatuses,
+    settings: MergeSettings,
     /// Dropping it stops the checkpointer.
     _checkpointer: std::sync::mpsc::Sender<()>,
     /// Held while the store is open: one alohook per database file (see `lock_database`).
@@ -51,11 +58,7 @@ fn lock_database(path: &Path) -> Result<std::fs::File, StoreError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
+    let file = private_file(&lock_path)
         .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", lock_path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -71,6 +74,34 @@ fn lock_database(path: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
+/// Opens (creating it readable by the owner only) a file: the database holds customers' phone
+/// numbers. SQLite gives its `-wal` and `-shm` files the database file's permissions.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// Creates `dir` (and its parents) readable by the owner only, when it does not exist.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Database(e.to_string())
@@ -78,13 +109,18 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
-    pub fn open(path: &Path, finals: FinalStatuses) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database at `path`, applies pending migrations and
+    /// recomputes the call records if they were merged under other settings.
+    pub fn open(path: &Path, settings: MergeSettings) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            create_private_dir(dir).map_err(|e| {
                 StoreError::Database(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        // The lock first: a second alohook must not touch the schema under a running one.
+        let lock = lock_database(path)?;
+        private_file(path)
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
         let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
@@ -95,7 +131,7 @@ impl SqliteStore {
         // One UPDATE statement per set of changed columns: keep the common ones prepared.
         writer.set_prepared_statement_cache_capacity(128);
         migrate(&mut writer)?;
-        let lock = lock_database(path)?;
+        recompute_if_stale(&mut writer, &settings)?;
         let writer = Arc::new(Mutex::new(Writer {
             conn: writer,
             calls: CallCache::default(),
@@ -106,7 +142,7 @@ impl SqliteStore {
                 path: path.to_path_buf(),
                 writer,
                 readers: Mutex::new(Vec::new()),
-                finals,
+                settings,
                 _checkpointer: checkpointer,
                 _lock: lock,
             }),
@@ -114,12 +150,12 @@ impl SqliteStore {
     }
 
     /// Opens from a `sqlite://path` URL.
-    pub fn open_url(url: &str, finals: FinalStatuses) -> Result<Self, StoreError> {
+    pub fn open_url(url: &str, settings: MergeSettings) -> Result<Self, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .ok_or_else(|| StoreError::Database(format!("not a sqlite URL: {url}")))?;
-        Self::open(Path::new(path), finals)
+        Self::open(Path::new(path), settings)
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -220,6 +256,70 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Recomputes every call record from its events when the stored fingerprint of the merge
+/// settings is not the running one (another `--final-statuses` or `--timezone`, or a newer merge
+/// rule), so that no record, and no phase, follows settings that are no longer in force.
+fn recompute_if_stale(conn: &mut Connection, settings: &MergeSettings) -> Result<(), StoreError> {
+    let wanted = settings.fingerprint();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT value FROM alohook_meta WHERE key = ?1",
+            [MERGE_SETTINGS_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if stored.as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut recomputed = 0usize;
+    let mut after = i64::MIN;
+    loop {
+        let chunk: Vec<(i64, String)> = query_rows(
+            &tx,
+            "SELECT seq, call_id FROM calls WHERE seq > ?1 ORDER BY seq LIMIT 1000",
+            [after],
+            |row| Ok((row.required_integer(0)?, row.required_text(1)?)),
+        )?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        after = last;
+        for (seq, call_id) in chunk {
+            let events: Vec<(String, i64)> = query_rows(
+                &tx,
+                "SELECT body, received_at FROM events WHERE scope = ?1 AND call_id = ?1 ORDER BY id",
+                [&call_id],
+                |row| Ok((row.required_text(0)?, row.required_integer(1)?)),
+            )?;
+            let Some(record) = settings.remerge(&call_id, &events) else {
+                continue;
+            };
+            let update = rewrite_call(seq, &record, &settings.finals);
+            tx.prepare_cached(&update.sql)?
+                .execute(params_from_iter(update.args.into_iter().map(sql_value)))?;
+            recomputed += 1;
+        }
+    }
+    tx.execute(
+        "INSERT INTO alohook_meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![MERGE_SETTINGS_KEY, wanted],
+    )?;
+    tx.commit()?;
+    if stored.is_some() || recomputed > 0 {
+        tracing::info!(
+            calls = recomputed,
+            seconds = started.elapsed().as_secs_f64(),
+            was = stored.as_deref().unwrap_or("(before merge settings were recorded)"),
+            now = %wanted,
+            "recomputed the call records: the merge settings changed"
+        );
+    }
+    Ok(())
+}
+
 impl Inner {
     fn with_reader<T>(
         &self,
@@ -249,7 +349,7 @@ impl Inner {
     fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
         let mut writer = self.writer.lock().map_err(|_| StoreError::Closed)?;
         let Writer { conn, calls } = &mut *writer;
-        let result = commit_batch(conn, calls, batch, &self.finals);
+        let result = commit_batch(conn, calls, batch, &self.settings.finals);
         if result.is_err() {
             // Rolled back: what the cache learnt in this transaction never happened.
             calls.clear();
@@ -332,12 +432,13 @@ fn store_event(
     }
     let event_id = conn.last_insert_rowid();
     if let Some(call_id) = call_id {
+        let key = event.source_key(finals);
         merge_call(
             conn,
             calls,
             call_id,
             &event.fields,
-            event_id,
+            key,
             received_at,
             finals,
         )?;
@@ -350,7 +451,7 @@ fn merge_call(
     calls: &mut CallCache,
     call_id: &str,
     fields: &EventFields,
-    event_id: i64,
+    key: SourceKey,
     received_at: i64,
     finals: &FinalStatuses,
 ) -> Result<(), StoreError> {
@@ -358,7 +459,7 @@ fn merge_call(
         Some(cached) => cached,
         None => {
             // Most calls are new: insert, and read the row only if the call existed after all.
-            let record = CallRecord::from_event(call_id, fields, event_id, received_at);
+            let record = CallRecord::from_event(call_id, fields, key, received_at);
             let insert = insert_call(&record, finals);
             let inserted = conn
                 .prepare_cached(&insert.sql)?
@@ -375,7 +476,7 @@ fn merge_call(
             (seq, stored?.record)
         }
     };
-    let update = merge_into_call(seq, &mut record, fields, event_id, received_at, finals);
+    let update = merge_into_call(seq, &mut record, fields, key, received_at, finals);
     conn.prepare_cached(&update.sql)?
         .execute(params_from_iter(update.args.into_iter().map(sql_value)))?;
     calls.put(call_id, seq, record);
@@ -404,12 +505,12 @@ fn merge_into_call(
     seq: i64,
     record: &mut CallRecord,
     event: &EventFields,
-    event_id: i64,
+    key: SourceKey,
     received_at: i64,
     finals: &FinalStatuses,
 ) -> Statement {
     let before = call_columns(record, finals);
-    record.merge(event, event_id, received_at);
+    record.merge(event, key, received_at);
     let changed: Vec<(&str, Column)> = before
         .into_iter()
         .zip(call_columns(record, finals))
@@ -578,11 +679,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// Room on the disk and a database that answers, checked without the writer's lock: the
+    /// checkpointer may hold that for a while, and readiness must not flap with it. Whether
+    /// commits succeed is the writer's to say (see `ingest`).
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.blocking(|inner| {
-            let writer = inner.writer.lock().map_err(|_| StoreError::Closed)?;
-            writer.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
-            Ok(())
+            let dir = match inner.path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let stat = rustix::fs::statvfs(&dir).map_err(|e| {
+                StoreError::Database(format!("cannot read the free space of {}: {e}", dir.display()))
+            })?;
+            let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+            if free < MIN_FREE_BYTES {
+                return Err(StoreError::Database(format!(
+                    "only {free} bytes free on the file system of {}; alohook needs {MIN_FREE_BYTES}",
+                    dir.display()
+                )));
+            }
+            inner.with_reader(|conn| {
+                conn.query_row("SELECT count(*) FROM alohook_meta", [], |_| Ok(()))?;
+                Ok(())
+            })
         })
         .await
     }

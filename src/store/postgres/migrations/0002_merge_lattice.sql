@@ -1,0 +1,15 @@
+-- The same change as the SQLite schema's 0002: settings the stored call records were merged
+-- under (see store::MergeSettings), recomputed from their events when they differ at start.
+CREATE TABLE alohook_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- The status filter matches case-insensitively, on the lower-cased status.
+ALTER TABLE calls ADD COLUMN status_norm TEXT;
+DROP INDEX calls_by_status;
+CREATE INDEX calls_by_status ON calls (status_norm, sort_key, seq);
+
+-- The from/to filters compare the call's start time as it is now (the listing order keeps the
+-- first one, see sort_key).
+CREATE INDEX calls_by_start_time ON calls (start_time);
