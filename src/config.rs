@@ -1,22 +1,25 @@
 //! Settings: defaults < TOML file (`--config`) < environment (`ALOHOOK_*`) < flags.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 
+use crate::ingest::REQUEST_OVERHEAD;
 use crate::model::FinalStatuses;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_DATA_DIR: &str = "./alohook-data";
 pub const DEFAULT_TIMEZONE: &str = "Asia/Ho_Chi_Minh";
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+pub const DEFAULT_MAX_INFLIGHT: usize = 32 * 1024 * 1024;
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const CREDENTIALS_FILE: &str = "credentials.toml";
 
 /// Every environment variable alohook reads; others with the `ALOHOOK_` prefix are warned about.
+/// (`PORT`, the platform convention, is read too when `ALOHOOK_LISTEN` is not set.)
 pub const KNOWN_ENV: &[&str] = &[
     "ALOHOOK_CONFIG",
     "ALOHOOK_LISTEN",
@@ -26,78 +29,291 @@ pub const KNOWN_ENV: &[&str] = &[
     "ALOHOOK_API_TOKEN",
     "ALOHOOK_TIMEZONE",
     "ALOHOOK_MAX_BODY",
+    "ALOHOOK_MAX_INFLIGHT",
     "ALOHOOK_CLIENT_TIMEOUT",
     "ALOHOOK_FINAL_STATUSES",
     "ALOHOOK_LOG",
+    "ALOHOOK_LOG_FORMAT",
 ];
 
-/// The settings of `alohook serve`, as flags and environment variables.
-#[derive(clap::Args, Clone, Default)]
+/// Every setting, as given by flags and environment variables (`None` or empty: not given).
+/// [`Settings::resolve`] layers them over the config file and the defaults.
+/// Not `Debug`: it holds secrets.
+#[derive(Clone, Default)]
 pub struct Settings {
-    /// TOML file with settings; flags and environment variables override it.
-    /// `alohook config` prints a commented example.
-    #[arg(long, env = "ALOHOOK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on; port 0 picks a free port [default: 0.0.0.0:8080]
-    #[arg(long, env = "ALOHOOK_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Directory for the SQLite database and generated credentials [default: ./alohook-data]
-    #[arg(long, env = "ALOHOOK_DATA_DIR", value_name = "DIR")]
+    pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
-    /// Database URL [default: sqlite://<data-dir>/alohook.db]
-    #[arg(long, env = "ALOHOOK_DATABASE_URL", value_name = "URL")]
     pub database: Option<String>,
-    /// Key Alohub sends in `Authorization`. Repeat (or comma-separate) to accept several at once
-    /// while rotating. Generated on first start when none is given.
-    #[arg(
-        long = "webhook-key",
-        env = "ALOHOOK_WEBHOOK_KEYS",
-        value_name = "KEY",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
     pub webhook_keys: Vec<String>,
-    /// Bearer token of the read API. Generated on first start when none is given.
-    #[arg(
-        long,
-        env = "ALOHOOK_API_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
     pub api_token: Option<String>,
-    /// IANA zone of Alohub's local timestamps [default: Asia/Ho_Chi_Minh]
-    #[arg(long, env = "ALOHOOK_TIMEZONE", value_name = "ZONE")]
     pub timezone: Option<String>,
-    /// Largest accepted webhook body: bytes, or with a unit (64KiB, 1MiB) [default: 64KiB]
-    #[arg(long, env = "ALOHOOK_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: Option<usize>,
-    /// Seconds a client has to send a whole request once it started, and that a connection may
-    /// stay silent, before it is closed [default: 60]
-    #[arg(long, env = "ALOHOOK_CLIENT_TIMEOUT", value_name = "SECONDS",
-          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_inflight: Option<usize>,
     pub client_timeout: Option<u64>,
-    /// Statuses that end a call without an end time, comma-separated
-    /// [default: missed,busy,failed,no_answer,noanswer,no-answer,cancelled,canceled,rejected,ended,completed]
-    #[arg(
-        long,
-        env = "ALOHOOK_FINAL_STATUSES",
-        value_name = "LIST",
-        value_delimiter = ','
-    )]
     pub final_statuses: Vec<String>,
+}
+
+/// The command-line groups of settings. Each command takes only the groups it uses, so its
+/// `--help` lists only what matters to it.
+pub mod args {
+    use std::path::PathBuf;
+
+    use super::{Settings, parse_size};
+
+    #[derive(clap::Args, Clone, Default)]
+    pub struct ConfigFile {
+        /// TOML file with settings; flags and environment variables override it.
+        /// `alohook config` prints a commented example.
+        #[arg(long, env = "ALOHOOK_CONFIG", value_name = "FILE")]
+        pub config: Option<PathBuf>,
+    }
+
+    #[derive(clap::Args, Clone, Default)]
+    pub struct DataDir {
+        /// Directory for the SQLite database and generated credentials [default: ./alohook-data]
+        #[arg(long, env = "ALOHOOK_DATA_DIR", value_name = "DIR")]
+        pub data_dir: Option<PathBuf>,
+    }
+
+    #[derive(clap::Args, Clone, Default)]
+    pub struct Listen {
+        /// Address to listen on: `0.0.0.0:8080`, `localhost:8080`, `:8080` or `8080` (all
+        /// interfaces); port 0 picks a free port. Without it, `PORT` (the platform convention)
+        /// gives the port [default: 0.0.0.0:8080]
+        #[arg(long, env = "ALOHOOK_LISTEN", value_name = "ADDR")]
+        pub listen: Option<String>,
+    }
+
+    #[derive(clap::Args, Clone, Default)]
+    pub struct Database {
+        /// Database URL: sqlite://<path> or postgres://user:password@host:5432/db
+        /// [default: sqlite://<data-dir>/alohook.db]
+        #[arg(long, env = "ALOHOOK_DATABASE_URL", value_name = "URL")]
+        pub database: Option<String>,
+        /// IANA zone of Alohub's local timestamps [default: Asia/Ho_Chi_Minh]
+        #[arg(long, env = "ALOHOOK_TIMEZONE", value_name = "ZONE")]
+        pub timezone: Option<String>,
+        /// Statuses that end a call without an end time, comma-separated. Changing the list
+        /// recomputes the stored calls at the next start
+        /// [default: missed,busy,failed,no_answer,noanswer,no-answer,cancelled,canceled,rejected,ended,completed]
+        #[arg(
+            long,
+            env = "ALOHOOK_FINAL_STATUSES",
+            value_name = "LIST",
+            value_delimiter = ','
+        )]
+        pub final_statuses: Vec<String>,
+    }
+
+    #[derive(clap::Args, Clone, Default)]
+    pub struct Credentials {
+        /// Key Alohub sends in `Authorization`. Repeat (or comma-separate) to accept several at
+        /// once while rotating. Generated on first start when none is given.
+        #[arg(
+            long = "webhook-key",
+            env = "ALOHOOK_WEBHOOK_KEYS",
+            value_name = "KEY",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        pub webhook_keys: Vec<String>,
+        /// Bearer token of the read API. Generated on first start when none is given.
+        #[arg(
+            long,
+            env = "ALOHOOK_API_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        pub api_token: Option<String>,
+    }
+
+    #[derive(clap::Args, Clone, Default)]
+    pub struct Limits {
+        /// Largest accepted webhook body: bytes, or with a unit (64KiB, 1MiB) [default: 64KiB]
+        #[arg(long, env = "ALOHOOK_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
+        pub max_body: Option<usize>,
+        /// Webhook bodies held in memory at once (being read, queued or committed); past it,
+        /// requests get 503 with Retry-After and the sender resends [default: 32MiB]
+        #[arg(long, env = "ALOHOOK_MAX_INFLIGHT", value_name = "SIZE", value_parser = parse_size)]
+        pub max_inflight: Option<usize>,
+        /// Seconds a client has to send a whole request once it started, that a connection may
+        /// stay silent, and that an answer may wait for the client to read it, before the
+        /// connection is closed [default: 60]
+        #[arg(long, env = "ALOHOOK_CLIENT_TIMEOUT", value_name = "SECONDS",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        pub client_timeout: Option<u64>,
+    }
+
+    /// `alohook serve`.
+    #[derive(clap::Args, Clone, Default)]
+    pub struct Serve {
+        #[command(flatten)]
+        pub config: ConfigFile,
+        #[command(flatten)]
+        pub listen: Listen,
+        #[command(flatten)]
+        pub data_dir: DataDir,
+        #[command(flatten)]
+        pub database: Database,
+        #[command(flatten)]
+        pub credentials: Credentials,
+        #[command(flatten)]
+        pub limits: Limits,
+    }
+
+    /// `alohook migrate`.
+    #[derive(clap::Args, Clone, Default)]
+    pub struct Migrate {
+        #[command(flatten)]
+        pub config: ConfigFile,
+        #[command(flatten)]
+        pub data_dir: DataDir,
+        #[command(flatten)]
+        pub database: Database,
+    }
+
+    /// `alohook keys show`.
+    #[derive(clap::Args, Clone, Default)]
+    pub struct KeysShow {
+        #[command(flatten)]
+        pub config: ConfigFile,
+        #[command(flatten)]
+        pub data_dir: DataDir,
+        #[command(flatten)]
+        pub credentials: Credentials,
+        #[command(flatten)]
+        pub listen: Listen,
+    }
+
+    /// `alohook keys generate`.
+    #[derive(clap::Args, Clone, Default)]
+    pub struct KeysGenerate {
+        #[command(flatten)]
+        pub config: ConfigFile,
+        #[command(flatten)]
+        pub data_dir: DataDir,
+    }
+
+    /// `alohook healthcheck`: where the server listens, to ask it.
+    #[derive(clap::Args, Clone, Default)]
+    pub struct Health {
+        #[command(flatten)]
+        pub config: ConfigFile,
+        #[command(flatten)]
+        pub listen: Listen,
+    }
+
+    /// `PORT` stands in for the address when none was given (ALOHOOK_LISTEN or --listen).
+    fn listen_or_port(listen: Listen) -> Option<String> {
+        listen.listen.or_else(|| {
+            std::env::var("PORT")
+                .ok()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| format!("0.0.0.0:{}", p.trim()))
+        })
+    }
+
+    impl From<Serve> for Settings {
+        fn from(a: Serve) -> Self {
+            Settings {
+                config: a.config.config,
+                listen: listen_or_port(a.listen),
+                data_dir: a.data_dir.data_dir,
+                database: a.database.database,
+                webhook_keys: a.credentials.webhook_keys,
+                api_token: a.credentials.api_token,
+                timezone: a.database.timezone,
+                max_body: a.limits.max_body,
+                max_inflight: a.limits.max_inflight,
+                client_timeout: a.limits.client_timeout,
+                final_statuses: a.database.final_statuses,
+            }
+        }
+    }
+
+    impl From<Migrate> for Settings {
+        fn from(a: Migrate) -> Self {
+            Settings {
+                config: a.config.config,
+                data_dir: a.data_dir.data_dir,
+                database: a.database.database,
+                timezone: a.database.timezone,
+                final_statuses: a.database.final_statuses,
+                ..Settings::default()
+            }
+        }
+    }
+
+    impl From<KeysShow> for Settings {
+        fn from(a: KeysShow) -> Self {
+            Settings {
+                config: a.config.config,
+                listen: listen_or_port(a.listen),
+                data_dir: a.data_dir.data_dir,
+                webhook_keys: a.credentials.webhook_keys,
+                api_token: a.credentials.api_token,
+                ..Settings::default()
+            }
+        }
+    }
+
+    impl From<KeysGenerate> for Settings {
+        fn from(a: KeysGenerate) -> Self {
+            Settings {
+                config: a.config.config,
+                data_dir: a.data_dir.data_dir,
+                ..Settings::default()
+            }
+        }
+    }
+
+    impl From<Health> for Settings {
+        fn from(a: Health) -> Self {
+            Settings {
+                config: a.config.config,
+                listen: listen_or_port(a.listen),
+                ..Settings::default()
+            }
+        }
+    }
+}
+
+/// An address to listen on: `host:port` (names are resolved, IPv4 first), `:port` or `port`
+/// (every interface).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = || ConfigError::Listen(text.to_string());
+    let t = text.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return format!("0.0.0.0:{t}").parse().map_err(|_| bad());
+    }
+    if let Some(port) = t.strip_prefix(':') {
+        return format!("0.0.0.0:{port}").parse().map_err(|_| bad());
+    }
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let resolved: Vec<SocketAddr> = t.to_socket_addrs().map_err(|_| bad())?.collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| resolved.first())
+        .copied()
+        .ok_or_else(bad)
 }
 
 /// The settings file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     data_dir: Option<PathBuf>,
     database: Option<String>,
     webhook_keys: Option<Vec<String>>,
     api_token: Option<String>,
     timezone: Option<String>,
     max_body: Option<toml::Value>,
+    max_inflight: Option<toml::Value>,
     client_timeout: Option<u64>,
     final_statuses: Option<Vec<String>>,
 }
@@ -113,6 +329,8 @@ pub struct Config {
     pub timezone: TimeZone,
     pub timezone_name: String,
     pub max_body: usize,
+    /// See `--max-inflight`.
+    pub max_inflight: usize,
     /// See `--client-timeout`.
     pub client_timeout: Duration,
     pub final_statuses: FinalStatuses,
@@ -131,6 +349,7 @@ impl std::fmt::Debug for Config {
             .field("api_token", &self.api_token.as_ref().map(|_| "redacted"))
             .field("timezone", &self.timezone_name)
             .field("max_body", &self.max_body)
+            .field("max_inflight", &self.max_inflight)
             .field("client_timeout", &self.client_timeout)
             .field("final_statuses", &self.final_statuses.as_slice())
             .finish()
@@ -150,6 +369,12 @@ pub enum ConfigError {
     TimeZone(String),
     #[error("max_body: {0}")]
     MaxBody(String),
+    #[error("max_inflight: {0}")]
+    MaxInflight(String),
+    #[error(
+        "cannot listen on {0:?}: give host:port (0.0.0.0:8080, localhost:8080), :port or a port"
+    )]
+    Listen(String),
     #[error("client_timeout must be at least 1 second")]
     ClientTimeout,
     #[error("cannot keep credentials in {path}: {source}")]
@@ -182,19 +407,16 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_TIMEZONE.to_string());
         let timezone = TimeZone::get(&timezone_name)
             .map_err(|_| ConfigError::TimeZone(timezone_name.clone()))?;
-        let max_body = match (self.max_body, file.max_body) {
-            (Some(n), _) => n,
-            (None, Some(toml::Value::Integer(n))) => {
-                usize::try_from(n).map_err(|_| ConfigError::MaxBody(format!("{n} is negative")))?
-            }
-            (None, Some(toml::Value::String(s))) => parse_size(&s).map_err(ConfigError::MaxBody)?,
-            (None, Some(other)) => {
-                return Err(ConfigError::MaxBody(format!(
-                    "expected a size, got {other}"
-                )));
-            }
-            (None, None) => DEFAULT_MAX_BODY,
-        };
+        let max_body = size_setting(self.max_body, file.max_body, DEFAULT_MAX_BODY)
+            .map_err(ConfigError::MaxBody)?;
+        let max_inflight = size_setting(self.max_inflight, file.max_inflight, DEFAULT_MAX_INFLIGHT)
+            .map_err(ConfigError::MaxInflight)?;
+        if max_inflight < max_body + REQUEST_OVERHEAD {
+            return Err(ConfigError::MaxInflight(format!(
+                "{max_inflight} bytes cannot hold one body of max_body ({max_body} bytes) \
+                 and its {REQUEST_OVERHEAD} bytes of overhead"
+            )));
+        }
         let client_timeout = match self.client_timeout.or(file.client_timeout) {
             Some(0) => return Err(ConfigError::ClientTimeout),
             Some(seconds) => Duration::from_secs(seconds),
@@ -217,10 +439,12 @@ impl Settings {
             FinalStatuses::default()
         };
         Ok(Config {
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses")),
+            listen: parse_listen(
+                self.listen
+                    .as_deref()
+                    .or(file.listen.as_deref())
+                    .unwrap_or(DEFAULT_LISTEN),
+            )?,
             data_dir,
             database,
             webhook_keys,
@@ -232,9 +456,27 @@ impl Settings {
             timezone,
             timezone_name,
             max_body,
+            max_inflight,
             client_timeout,
             final_statuses,
         })
+    }
+}
+
+/// A size from a flag, else from the file (an integer or `"64KiB"`), else `default`.
+fn size_setting(
+    flag: Option<usize>,
+    file: Option<toml::Value>,
+    default: usize,
+) -> Result<usize, String> {
+    match (flag, file) {
+        (Some(n), _) => Ok(n),
+        (None, Some(toml::Value::Integer(n))) => {
+            usize::try_from(n).map_err(|_| format!("{n} is negative"))
+        }
+        (None, Some(toml::Value::String(s))) => parse_size(&s),
+        (None, Some(other)) => Err(format!("expected a size, got {other}")),
+        (None, None) => Ok(default),
     }
 }
 
@@ -328,6 +570,26 @@ impl Config {
         self.data_dir.join(CREDENTIALS_FILE)
     }
 
+    /// Fills a missing webhook key or API token from the data dir's credentials file, when it
+    /// has them; never creates anything. Returns which were filled.
+    pub fn load_credentials(&mut self) -> Result<Generated, ConfigError> {
+        let stored = self.stored_credentials()?;
+        let mut loaded = Generated::default();
+        if self.webhook_keys.is_empty()
+            && let Some(key) = stored.webhook_key
+        {
+            self.webhook_keys = vec![key.clone()];
+            loaded.webhook_key = Some(key);
+        }
+        if self.api_token.is_none()
+            && let Some(token) = stored.api_token
+        {
+            self.api_token = Some(token.clone());
+            loaded.api_token = Some(token);
+        }
+        Ok(loaded)
+    }
+
     /// Fills a missing webhook key or API token from the data dir, generating and keeping
     /// (mode 0600) any that was never made. Returns what was generated now.
     pub fn ensure_credentials(&mut self) -> Result<Generated, ConfigError> {
@@ -391,7 +653,7 @@ fn random_secret(prefix: &str) -> String {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::store::sqlite::create_private_dir(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
@@ -411,7 +673,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub const EXAMPLE_CONFIG: &str = r#"# alohook configuration. Every setting is optional; shown are the defaults.
 # Precedence: flags > environment (ALOHOOK_*) > this file > defaults.
 
-# Address to listen on. Port 0 picks a free port.
+# Address to listen on: "0.0.0.0:8080", "localhost:8080", ":8080" or "8080". Port 0 picks a free
+# port. The PORT environment variable, when set, overrides this (ALOHOOK_LISTEN overrides both).
 listen = "0.0.0.0:8080"
 
 # Where the SQLite database and generated credentials live.
@@ -434,11 +697,17 @@ timezone = "Asia/Ho_Chi_Minh"
 # Largest webhook body accepted; larger ones are answered 413.
 max_body = "64KiB"
 
-# Seconds a client has to send a whole request once it started, and that an open connection may
-# stay silent, before it is closed (clients that trickle bytes or hold sockets open).
+# Webhook bodies held in memory at once (being read, queued or committed). Past it, requests are
+# answered 503 with Retry-After (Alohub resends) instead of queueing without bound.
+max_inflight = "32MiB"
+
+# Seconds a client has to send a whole request once it started, that an open connection may stay
+# silent, and that an answer may wait for the client to read it, before the connection is closed
+# (clients that trickle bytes, hold sockets open or stop reading).
 client_timeout = 60
 
-# Statuses that end a call even without an end time.
+# Statuses that end a call even without an end time. Changing the list recomputes the stored
+# calls at the next start.
 final_statuses = ["missed", "busy", "failed", "no_answer", "noanswer", "no-answer", "cancelled", "canceled", "rejected", "ended", "completed"]
 "#;
 
@@ -470,7 +739,7 @@ mod tests {
             ..Settings::default()
         };
         let config = settings.resolve().unwrap();
-        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(config.timezone_name, "Asia/Bangkok");
         assert_eq!(config.max_body, 1024);
         assert_eq!(config.webhook_keys, ["a", "b"]);
@@ -478,9 +747,54 @@ mod tests {
     }
 
     #[test]
+    fn listen_forms() {
+        let addr = |t: &str| parse_listen(t).map(|a| a.to_string());
+        assert_eq!(addr(":8080").unwrap(), "0.0.0.0:8080");
+        assert_eq!(addr("8080").unwrap(), "0.0.0.0:8080");
+        assert_eq!(addr("127.0.0.1:9000").unwrap(), "127.0.0.1:9000");
+        assert_eq!(addr("[::1]:9000").unwrap(), "[::1]:9000");
+        assert_eq!(addr("localhost:8080").unwrap(), "127.0.0.1:8080");
+        for bad in ["", "localhost", "host:port", "99999", ":x"] {
+            assert!(
+                matches!(parse_listen(bad), Err(ConfigError::Listen(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_in_flight_budget_holds_at_least_one_body() {
+        let settings = Settings {
+            max_body: Some(1 << 20),
+            max_inflight: Some(1 << 20),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            settings.resolve(),
+            Err(ConfigError::MaxInflight(_))
+        ));
+        let settings = Settings {
+            max_inflight: Some(1 << 20),
+            ..Settings::default()
+        };
+        assert_eq!(settings.resolve().unwrap().max_inflight, 1 << 20);
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let parsed: FileSettings = toml::from_str(EXAMPLE_CONFIG).unwrap();
         assert_eq!(parsed.timezone.as_deref(), Some(DEFAULT_TIMEZONE));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alohook.toml");
+        std::fs::write(&path, EXAMPLE_CONFIG).unwrap();
+        let config = Settings {
+            config: Some(path),
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(config.max_inflight, DEFAULT_MAX_INFLIGHT);
+        assert_eq!(config.max_body, DEFAULT_MAX_BODY);
     }
 
     #[test]

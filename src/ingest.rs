@@ -7,8 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use jiff::tz::TimeZone;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::model::{BodyError, parse_body, time::now_micros};
@@ -16,8 +18,12 @@ use crate::store::{Incoming, Outcome, RejectedBody, Store};
 
 /// Largest number of requests committed in one transaction.
 const MAX_BATCH: usize = 1024;
-/// Requests that may wait for the writer before new ones wait to queue.
+/// Requests that may wait for the writer. The byte budget (see [`Ingest::reserve`]) is what
+/// normally bounds them; this only caps the count of tiny ones.
 const QUEUE_DEPTH: usize = 16 * 1024;
+/// What a request costs the in-flight budget beyond its body: the parsed event, its job and
+/// its reply.
+pub const REQUEST_OVERHEAD: usize = 2 * 1024;
 /// How long a request waits for its commit before it is answered 503 (the sender resends; if
 /// the commit did land, the resend is recognised as a duplicate).
 const COMMIT_WAIT: Duration = Duration::from_secs(10);
@@ -58,14 +64,33 @@ pub struct Ingest {
     queue: mpsc::Sender<Job>,
     tz: TimeZone,
     metrics: Arc<Metrics>,
+    /// Bytes of request bodies in flight (read, queued or being committed), at most `--max-inflight`.
+    budget: Arc<Semaphore>,
+    /// Whether the last commit failed (and none has succeeded since).
+    failing: Arc<AtomicBool>,
+    store: Arc<dyn Store>,
+}
+
+/// A share of the in-flight budget, held while a request's body is in memory.
+pub struct Reservation {
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Ingest {
     /// Starts the writer. It stops once every `Ingest` clone is dropped and the queue is drained.
-    pub fn start(store: Arc<dyn Store>, tz: TimeZone, metrics: Arc<Metrics>) -> (Ingest, Writer) {
+    /// At most `max_inflight` bytes of request bodies are held at once.
+    pub fn start(
+        store: Arc<dyn Store>,
+        tz: TimeZone,
+        metrics: Arc<Metrics>,
+        max_inflight: usize,
+    ) -> (Ingest, Writer) {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let (done, finished) = oneshot::channel();
         let writer_metrics = metrics.clone();
+        let failing = Arc::new(AtomicBool::new(false));
+        let writer_store = store.clone();
+        let writer_failing = failing.clone();
         // The writer gets a thread of its own, with a runtime of its own: a commit blocks it
         // (that is SQLite's nature) without holding up a request handler, and no thread hop
         // separates two batches.
@@ -76,7 +101,12 @@ impl Ingest {
                     .enable_all()
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(run_writer(store, rx, writer_metrics)),
+                    Ok(runtime) => runtime.block_on(run_writer(
+                        writer_store,
+                        rx,
+                        writer_metrics,
+                        writer_failing,
+                    )),
                     Err(error) => tracing::error!(%error, "cannot start the writer's runtime"),
                 }
                 let _ = done.send(());
@@ -85,7 +115,51 @@ impl Ingest {
             tracing::error!(%error, "cannot start the writer thread; every event will get 503");
         }
         let writer = Writer { finished };
-        (Ingest { queue, tz, metrics }, writer)
+        let budget = Arc::new(Semaphore::new(max_inflight.min(Semaphore::MAX_PERMITS)));
+        let ingest = Ingest {
+            queue,
+            tz,
+            metrics,
+            budget,
+            failing,
+            store,
+        };
+        (ingest, writer)
+    }
+
+    /// Reserves room for a body of up to `body_bytes`, or `None` when the in-flight budget is
+    /// used up: the request is then answered 503 with `Retry-After` at once, rather than
+    /// queueing without bound.
+    pub fn reserve(&self, body_bytes: usize) -> Option<Reservation> {
+        let cost = body_bytes.saturating_add(REQUEST_OVERHEAD);
+        let permits = u32::try_from(cost).ok()?;
+        match self.budget.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => Some(Reservation { _permit: permit }),
+            Err(_) => {
+                self.metrics.overloaded.inc();
+                None
+            }
+        }
+    }
+
+    /// Whether commits succeed: `false` after a failed commit, until one succeeds. When it is
+    /// `false`, an empty commit is tried now (nothing is written), so that an instance taken
+    /// out of rotation, and sent no events, still finds out that the store is back.
+    pub async fn commits_succeed(&self) -> bool {
+        if !self.failing.load(Ordering::Acquire) {
+            return true;
+        }
+        let store = self.store.clone();
+        let handle = tokio::runtime::Handle::current();
+        // A store may block the thread it commits on (SQLite does).
+        let probe = tokio::task::spawn_blocking(move || handle.block_on(store.commit(Vec::new())));
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(Ok(_))) => {
+                self.failing.store(false, Ordering::Release);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Validates `body`, stores it durably (as an event or in the quarantine) and says what to
@@ -93,29 +167,47 @@ impl Ingest {
     pub async fn receive(&self, body: &[u8]) -> Result<Receipt, Unavailable> {
         let received_at = now_micros();
         match parse_body(body, &self.tz) {
-            Ok(event) => match self
-                .submit(Incoming::Event {
-                    event: Box::new(event),
-                    received_at,
+            Ok(event) => {
+                // Only what the debug line needs, and only when it is wanted.
+                let described = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+                    (
+                        event.fields.call_id.clone(),
+                        event.fields.call_status.clone(),
+                        event.event_type.clone(),
+                    )
+                });
+                let outcome = self
+                    .submit(Incoming::Event {
+                        event: Box::new(event),
+                        received_at,
+                    })
+                    .await?;
+                let (event_id, duplicate) = match outcome {
+                    Outcome::Stored { event_id } => {
+                        self.metrics.events_accepted.inc();
+                        (event_id, false)
+                    }
+                    Outcome::Duplicate { event_id } => {
+                        self.metrics.duplicates.inc();
+                        (event_id, true)
+                    }
+                    Outcome::Quarantined { .. } => return Err(Unavailable),
+                };
+                if let Some((call_id, call_status, event_type)) = described {
+                    tracing::debug!(
+                        call_id = call_id.as_deref().unwrap_or(""),
+                        call_status = call_status.as_deref().unwrap_or(""),
+                        event_type,
+                        event_id,
+                        duplicate,
+                        "event accepted"
+                    );
+                }
+                Ok(Receipt::Accepted {
+                    event_id,
+                    duplicate,
                 })
-                .await?
-            {
-                Outcome::Stored { event_id } => {
-                    self.metrics.events_accepted.inc();
-                    Ok(Receipt::Accepted {
-                        event_id,
-                        duplicate: false,
-                    })
-                }
-                Outcome::Duplicate { event_id } => {
-                    self.metrics.duplicates.inc();
-                    Ok(Receipt::Accepted {
-                        event_id,
-                        duplicate: true,
-                    })
-                }
-                Outcome::Quarantined { .. } => Err(Unavailable),
-            },
+            }
             Err(error) => {
                 let rejected = RejectedBody {
                     reason: error.reason(),
@@ -145,7 +237,12 @@ impl Ingest {
     }
 }
 
-async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
+async fn run_writer(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Job>,
+    metrics: Arc<Metrics>,
+    failing: Arc<AtomicBool>,
+) {
     // A batch starts as soon as a commit slot is free, with whatever queued meanwhile: with one
     // slot (SQLite) batches follow each other; PostgreSQL commits several side by side.
     let slots = store.concurrent_commits().max(1);
@@ -158,9 +255,10 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, metrics:
         if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             break;
         }
-        let (store, metrics) = (store.clone(), metrics.clone());
+        let (store, metrics, failing) = (store.clone(), metrics.clone(), failing.clone());
         tokio::spawn(async move {
-            commit_batch(store.as_ref(), jobs, &metrics).await;
+            let committed = commit_batch(store.as_ref(), jobs, &metrics).await;
+            failing.store(!committed, Ordering::Release);
             drop(slot);
         });
     }
@@ -168,7 +266,8 @@ async fn run_writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, metrics:
     let _ = free.acquire_many(slots as u32).await;
 }
 
-async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics) {
+/// Commits one batch and answers its requests; `false` when the commit failed.
+async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics) -> bool {
     let (items, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
     metrics.commit_batch_size.observe(items.len() as f64);
     let started = Instant::now();
@@ -180,6 +279,7 @@ async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics) {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
+            true
         }
         Err(error) => {
             metrics.commit_failures.inc();
@@ -187,6 +287,7 @@ async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics) {
             for reply in replies {
                 let _ = reply.send(Err(Unavailable));
             }
+            false
         }
     }
 }

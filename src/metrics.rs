@@ -26,6 +26,8 @@ pub struct Metrics {
     pub unauthorized: Counter,
     /// Batches that could not be committed (each request in one was answered 503).
     pub commit_failures: Counter,
+    /// Webhook requests answered 503 because the in-flight byte budget was used up.
+    pub overloaded: Counter,
     /// Requests per committed batch.
     pub commit_batch_size: Histogram,
     /// Time of one batch commit.
@@ -42,6 +44,7 @@ impl Metrics {
         let rejected = Family::<ReasonLabels, Counter>::default();
         let unauthorized = Counter::default();
         let commit_failures = Counter::default();
+        let overloaded = Counter::default();
         let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let ack_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -71,6 +74,11 @@ impl Metrics {
             commit_failures.clone(),
         );
         registry.register(
+            "overloaded",
+            "Webhook requests answered 503 because --max-inflight bytes were already held",
+            overloaded.clone(),
+        );
+        registry.register(
             "commit_batch_size",
             "Requests per committed batch",
             commit_batch_size.clone(),
@@ -92,6 +100,7 @@ impl Metrics {
             rejected,
             unauthorized,
             commit_failures,
+            overloaded,
             commit_batch_size,
             commit_seconds,
             ack_latency,

@@ -85,7 +85,12 @@ pub async fn run_with_store(
     }
     let api_token = config.api_token.clone().ok_or(ServerError::NoApiToken)?;
     let metrics = Arc::new(Metrics::new());
-    let (ingest, writer) = Ingest::start(store.clone(), config.timezone.clone(), metrics.clone());
+    let (ingest, writer) = Ingest::start(
+        store.clone(),
+        config.timezone.clone(),
+        metrics.clone(),
+        config.max_inflight,
+    );
     let state = AppState {
         ingest,
         store,
@@ -94,10 +99,12 @@ pub async fn run_with_store(
         tz: config.timezone.clone(),
         max_body: config.max_body,
         metrics,
+        api_reads: Arc::new(tokio::sync::Semaphore::new(api::API_READS_AT_ONCE)),
     };
     tracing::info!(?config, "alohook started");
     let listener = api::conn::GuardedListener::new(listener, config.client_timeout);
-    let served = axum::serve(listener, api::app(state))
+    let app = api::app(state).into_make_service_with_connect_info::<api::conn::Peer>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     // Every request (and with it every handle on the writer) is gone: the writer drains what is

@@ -1,13 +1,15 @@
 //! Keys and tokens, checked in constant time.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::conn::{OnEnd, Peer};
 use super::error::ApiError;
 
 /// A set of secrets any of which is valid (several webhook keys allow rotation with no downtime).
@@ -51,14 +53,48 @@ fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
         .then(|| value[prefix.len()..].trim_ascii())
 }
 
+/// How a request presented the webhook key: what the logs may say of it (never the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyForm {
+    /// No `Authorization` header.
+    Missing,
+    /// A header that holds no configured key, sent as-is or as `Bearer <key>`.
+    Wrong { bearer: bool },
+    /// A configured key.
+    Valid,
+}
+
+impl KeyForm {
+    pub fn describe(self) -> &'static str {
+        match self {
+            KeyForm::Missing => "missing",
+            KeyForm::Wrong { bearer: false } => "a key sent as-is, not one configured",
+            KeyForm::Wrong { bearer: true } => "a Bearer key, not one configured",
+            KeyForm::Valid => "a configured key",
+        }
+    }
+}
+
 /// The webhook key: the `Authorization` header as-is (as Alohub sends it) or as `Bearer <key>`.
-pub fn webhook_authorized(keys: &KeySet, headers: &HeaderMap) -> bool {
+pub fn webhook_key_form(keys: &KeySet, headers: &HeaderMap) -> KeyForm {
     let Some(value) = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) else {
-        return false;
+        return KeyForm::Missing;
     };
     let as_is = keys.contains(value.trim_ascii());
-    let bearer = strip_bearer(value).is_some_and(|k| keys.contains(k));
-    as_is | bearer
+    let stripped = strip_bearer(value);
+    let bearer = stripped.is_some_and(|k| keys.contains(k));
+    if as_is | bearer {
+        KeyForm::Valid
+    } else {
+        KeyForm::Wrong {
+            bearer: stripped.is_some(),
+        }
+    }
+}
+
+/// Whether the request carries a webhook key.
+pub fn webhook_authorized(keys: &KeySet, headers: &HeaderMap) -> bool {
+    webhook_key_form(keys, headers) == KeyForm::Valid
 }
 
 /// The read API token: `Authorization: Bearer <token>`.
@@ -69,18 +105,45 @@ pub fn api_authorized(tokens: &KeySet, headers: &HeaderMap) -> bool {
         .is_some_and(|t| tokens.contains(t))
 }
 
-/// Middleware in front of every `/api/…` path.
+/// Middleware in front of every `/api/…` path: the token, then a place among the reads that may
+/// run at once (held until the answer has been sent, so that answers waiting on slow clients
+/// count too).
 pub async fn require_api_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if api_authorized(&state.api_tokens, request.headers()) {
-        next.run(request).await
-    } else {
-        ApiError::Unauthorized.into_response()
+    if !api_authorized(&state.api_tokens, request.headers()) {
+        let peer = request.extensions().get::<ConnectInfo<Peer>>();
+        tracing::warn!(
+            source = %super::webhook::source(peer, request.headers()),
+            path = request.uri().path(),
+            authorization = if request.headers().contains_key(header::AUTHORIZATION) {
+                "not the API token"
+            } else {
+                "missing"
+            },
+            "API request refused (401)"
+        );
+        let mut response = ApiError::Unauthorized.into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"alohook\""),
+        );
+        return response;
     }
+    let Ok(Ok(place)) =
+        tokio::time::timeout(API_QUEUE_WAIT, state.api_reads.clone().acquire_owned()).await
+    else {
+        return ApiError::Unavailable.into_response();
+    };
+    next.run(request)
+        .await
+        .map(|body| Body::new(OnEnd::new(body, place)))
 }
+
+/// How long an API request waits for a place before it is answered 503.
+const API_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,7 @@
 //! The read API: calls, their events, and the quarantine.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -111,15 +111,17 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Items<T> {
-    pub items: Vec<T>,
+/// The call id of the path; a path that is not UTF-8 once decoded (`%FF`) is a JSON 400 too.
+fn call_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id)
+        .map_err(|e| ApiError::parameter("call_id", e.body_text()))
 }
 
 pub async fn get_call(
     State(state): State<AppState>,
-    Path(call_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CallView>, ApiError> {
+    let call_id = call_id(path)?;
     let call = state
         .store
         .call(&call_id)
@@ -128,20 +130,32 @@ pub async fn get_call(
     Ok(Json(CallView::new(call, &state.tz)))
 }
 
+/// Events per page when `limit` is not given.
+const DEFAULT_EVENTS_LIMIT: usize = 100;
+
 pub async fn call_events(
     State(state): State<AppState>,
-    Path(call_id): Path<String>,
-) -> Result<Json<Items<EventView>>, ApiError> {
-    let events = state
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<EventView>>, ApiError> {
+    let call_id = call_id(path)?;
+    let params = Params::new(query, &["limit", "cursor"])?;
+    let limit = params.limit_or(DEFAULT_EVENTS_LIMIT)?;
+    let after = params.id_cursor()?;
+    let page = state
         .store
-        .call_events(&call_id)
+        .call_events(&call_id, after, limit)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let items = events
+    let items = page
+        .items
         .into_iter()
         .map(EventView::new)
         .collect::<Result<_, _>>()?;
-    Ok(Json(Items { items }))
+    Ok(Json(Page {
+        items,
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
 }
 
 /// Query parameters as given, with checks for unknown and repeated names.
@@ -181,8 +195,12 @@ impl Params {
     }
 
     fn limit(&self) -> Result<usize, ApiError> {
+        self.limit_or(DEFAULT_LIMIT)
+    }
+
+    fn limit_or(&self, default: usize) -> Result<usize, ApiError> {
         match self.get("limit") {
-            None => Ok(DEFAULT_LIMIT),
+            None => Ok(default),
             Some(v) => v
                 .parse::<usize>()
                 .ok()
@@ -194,6 +212,18 @@ impl Params {
                     )
                 }),
         }
+    }
+}
+
+impl Params {
+    /// A `cursor` that is an id this API returned.
+    fn id_cursor(&self) -> Result<Option<i64>, ApiError> {
+        self.get("cursor")
+            .map(|c| {
+                c.parse::<i64>()
+                    .map_err(|_| ApiError::parameter("cursor", "not a cursor this API returned"))
+            })
+            .transpose()
     }
 }
 
@@ -226,20 +256,36 @@ pub async fn list_calls(
             })
         })
         .transpose()?;
+    let direction = params
+        .get("direction")
+        .map(|d| {
+            let d = d.to_lowercase();
+            match d.as_str() {
+                "inbound" | "outbound" => Ok(d),
+                _ => Err(ApiError::parameter(
+                    "direction",
+                    "must be one of inbound, outbound",
+                )),
+            }
+        })
+        .transpose()?;
     let bound = |name: &str, end_of_day: bool| {
         params
             .get(name)
             .map(|v| {
-                parse_range_bound(v, &state.tz, end_of_day).ok_or_else(|| {
-                    ApiError::parameter(name, "must be an RFC 3339 time or a date YYYY-MM-DD")
-                })
+                // An unencoded `+` in an offset (…T08:55:00+07:00) arrives as a space.
+                parse_range_bound(v, &state.tz, end_of_day)
+                    .or_else(|| parse_range_bound(&v.replace(' ', "+"), &state.tz, end_of_day))
+                    .ok_or_else(|| {
+                        ApiError::parameter(name, "must be an RFC 3339 time or a date YYYY-MM-DD")
+                    })
             })
             .transpose()
     };
     let filter = CallFilter {
         status: params.text("status"),
         phase,
-        direction: params.text("direction"),
+        direction,
         hotline: params.text("hotline"),
         user_name: params.text("user_name"),
         destination_number: params.text("destination_number"),
@@ -304,13 +350,7 @@ pub async fn list_rejected(
 ) -> Result<Json<Page<RejectionView>>, ApiError> {
     let params = Params::new(query, &["limit", "cursor"])?;
     let limit = params.limit()?;
-    let before = params
-        .get("cursor")
-        .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| ApiError::parameter("cursor", "not a cursor this API returned"))
-        })
-        .transpose()?;
+    let before = params.id_cursor()?;
     let page = state.store.rejected(limit, before).await?;
     let items = page
         .items

@@ -29,6 +29,10 @@ use error::ApiError;
 /// Requests that take longer are answered 408.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `/api` requests answered at once; more wait their turn (see `auth::require_api_token`).
+/// With each answer capped at a few MiB, this is what bounds the memory reads can hold.
+pub const API_READS_AT_ONCE: usize = 16;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -39,6 +43,8 @@ pub struct AppState {
     pub tz: TimeZone,
     pub max_body: usize,
     pub metrics: Arc<Metrics>,
+    /// Places for `/api` requests being answered (see [`API_READS_AT_ONCE`]).
+    pub api_reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The whole HTTP application.
@@ -49,24 +55,24 @@ pub fn app(state: AppState) -> Router {
         .route("/calls/{call_id}/events", get(calls::call_events))
         .route("/rejected", get(calls::list_rejected))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_token,
         ));
     Router::new()
-        .route(
-            "/webhooks/alohub",
-            post(webhook::receive).fallback(webhook::method_not_allowed),
-        )
+        .route("/webhooks/alohub", post(webhook::receive))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/api", api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::from_fn(conn::mark_request_read))
         .with_state(state)
 }
 
@@ -74,22 +80,35 @@ async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
+/// 405 in the JSON of every other error (axum adds the `Allow` header).
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
+/// Ready when the store has room and answers (checked without waiting on the writer, so that
+/// readiness does not flap with lock contention) and commits succeed (after a failed commit, an
+/// empty one is tried until one succeeds).
 async fn readyz(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), state.store.check_writable()).await {
-        Ok(Ok(())) => axum::Json(json!({"status": "ready"})).into_response(),
+        Ok(Ok(())) => {}
         Ok(Err(error)) => {
-            tracing::warn!(%error, "not ready: the store does not accept writes");
-            ApiError::Unavailable.into_response()
+            tracing::warn!(%error, "not ready: the store cannot take writes");
+            return ApiError::Unavailable.into_response();
         }
         Err(_) => {
             tracing::warn!("not ready: the store did not answer within 2 s");
-            ApiError::Unavailable.into_response()
+            return ApiError::Unavailable.into_response();
         }
     }
+    if !state.ingest.commits_succeed().await {
+        tracing::warn!("not ready: commits are failing");
+        return ApiError::Unavailable.into_response();
+    }
+    axum::Json(json!({"status": "ready"})).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -1,17 +1,19 @@
-//! `POST /webhooks/alohub`: key, size, then the body decides.
+//! `POST /webhooks/alohub`: key, size, room, then the body decides.
 
 use std::time::Instant;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 
 use super::AppState;
-use super::auth::webhook_authorized;
+use super::auth::{KeyForm, webhook_key_form};
+use super::conn::Peer;
 use super::error::ApiError;
 use crate::ingest::Receipt;
 use crate::model::BodyError;
@@ -24,24 +26,65 @@ struct Ack {
     duplicate: bool,
 }
 
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+/// The client's address for the logs, with what a proxy in front says it forwarded for.
+pub(crate) fn source(peer: Option<&ConnectInfo<Peer>>, headers: &HeaderMap) -> String {
+    let addr = peer.map_or_else(|| "unknown".to_string(), |p| p.0.addr.to_string());
+    match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(forwarded) => format!("{addr} (forwarded for {})", forwarded.trim()),
+        None => addr,
+    }
+}
+
+pub async fn receive(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<Peer>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
-    if !webhook_authorized(&state.webhook_keys, &headers) {
+    let peer = peer.map(|Extension(p)| p);
+    let form = webhook_key_form(&state.webhook_keys, &headers);
+    if let KeyForm::Missing | KeyForm::Wrong { .. } = form {
         state.metrics.unauthorized.inc();
+        tracing::warn!(
+            source = %source(peer.as_ref(), &headers),
+            authorization = form.describe(),
+            "webhook request refused (401): the Authorization header holds no configured key"
+        );
         return ApiError::Unauthorized.into_response();
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.max_body as u64) {
+    if let Some(len) = declared.filter(|len| *len > state.max_body as u64) {
         state.metrics.reject("payload_too_large");
+        tracing::warn!(
+            source = %source(peer.as_ref(), &headers),
+            size = len,
+            max_body = state.max_body,
+            "webhook body refused (413): larger than --max-body"
+        );
         return ApiError::PayloadTooLarge.into_response();
     }
+    // Room for the body before reading it: past the in-flight budget, 503 at once.
+    let room = declared.map_or(state.max_body, |len| len as usize);
+    let Some(_reservation) = state.ingest.reserve(room) else {
+        tracing::warn!(
+            source = %source(peer.as_ref(), &headers),
+            "webhook request refused (503): --max-inflight bytes are already held; the sender will resend"
+        );
+        return ApiError::Unavailable.into_response();
+    };
     let bytes = match Limited::new(body, state.max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<LengthLimitError>() => {
             state.metrics.reject("payload_too_large");
+            tracing::warn!(
+                source = %source(peer.as_ref(), &headers),
+                max_body = state.max_body,
+                "webhook body refused (413): larger than --max-body"
+            );
             return ApiError::PayloadTooLarge.into_response();
         }
         Err(error) => {
@@ -64,18 +107,21 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
             })
             .into_response()
         }
-        Ok(Receipt::Rejected(error @ (BodyError::NotUtf8 { .. } | BodyError::InvalidJson(_)))) => {
-            ApiError::InvalidJson(error.to_string()).into_response()
+        Ok(Receipt::Rejected(error)) => {
+            tracing::warn!(
+                source = %source(peer.as_ref(), &headers),
+                reason = error.reason(),
+                size = bytes.len(),
+                detail = %error,
+                "webhook body rejected and kept in the quarantine (GET /api/rejected)"
+            );
+            match error {
+                BodyError::NotUtf8 { .. } | BodyError::InvalidJson(_) => {
+                    ApiError::InvalidJson(error.to_string()).into_response()
+                }
+                other => ApiError::InvalidEvent(other.to_string()).into_response(),
+            }
         }
-        Ok(Receipt::Rejected(error)) => ApiError::InvalidEvent(error.to_string()).into_response(),
         Err(_) => ApiError::Unavailable.into_response(),
     }
-}
-
-pub async fn method_not_allowed() -> Response {
-    let mut response = ApiError::MethodNotAllowed.into_response();
-    response
-        .headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-    response
 }

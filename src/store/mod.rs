@@ -196,6 +196,62 @@ pub struct RejectedPage {
     pub next: Option<i64>,
 }
 
+/// A page of a call's events, oldest first.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub items: Vec<StoredEvent>,
+    /// The id to continue after.
+    pub next: Option<i64>,
+}
+
+/// Most bytes of stored bodies one page of events or of the quarantine holds (a single larger
+/// body still makes a page of one). With at most `--max-body` per body and a few pages built
+/// at once, this is what bounds the memory a read can take.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Fills a page from rows read in order: up to `limit` items and [`PAGE_BYTES`] of bodies.
+pub struct Pager<T> {
+    items: Vec<T>,
+    bytes: usize,
+    limit: usize,
+    more: bool,
+}
+
+impl<T> Pager<T> {
+    pub fn new(limit: usize) -> Self {
+        Pager {
+            items: Vec::new(),
+            bytes: 0,
+            limit,
+            more: false,
+        }
+    }
+
+    /// Takes the next row, of `size` bytes; `false` (and the row is left for the next page)
+    /// once the page is full.
+    pub fn push(&mut self, item: T, size: usize) -> bool {
+        let full = self.items.len() >= self.limit
+            || (!self.items.is_empty() && self.bytes + size > PAGE_BYTES);
+        if full {
+            self.more = true;
+            return false;
+        }
+        self.bytes += size;
+        self.items.push(item);
+        true
+    }
+
+    /// The page, and the position to continue from when rows were left.
+    pub fn finish(self, position: impl Fn(&T) -> i64) -> (Vec<T>, Option<i64>) {
+        let next = if self.more {
+            self.items.last().map(position)
+        } else {
+            None
+        };
+        (self.items, next)
+    }
+}
+
 /// A store failure. The details go to the log; clients only learn the store is unavailable.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -237,10 +293,17 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<CallCursor>,
     ) -> Result<CallPage, StoreError>;
 
-    /// The events of one call in the order received; `None` when the call is unknown.
-    async fn call_events(&self, call_id: &str) -> Result<Option<Vec<StoredEvent>>, StoreError>;
+    /// The events of one call in the order received, with ids above `after`: at most `limit`
+    /// and [`PAGE_BYTES`] of bodies. `None` when the call is unknown.
+    async fn call_events(
+        &self,
+        call_id: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Option<EventPage>, StoreError>;
 
-    /// Quarantined bodies, newest first, with ids below `before`.
+    /// Quarantined bodies, newest first, with ids below `before`: at most `limit` and
+    /// [`PAGE_BYTES`] of bodies.
     async fn rejected(&self, limit: usize, before: Option<i64>)
     -> Result<RejectedPage, StoreError>;
 
@@ -448,6 +511,11 @@ pub trait RowColumns {
 /// reads them.
 pub const EVENT_COLUMNS: &str = "id, received_at, deliveries, warnings, body";
 
+/// The query of a call's events: the call id (twice), ids above the third argument, as many
+/// rows as the fourth.
+pub const CALL_EVENTS_QUERY: &str = "SELECT id, received_at, deliveries, warnings, body \
+    FROM events WHERE scope = ? AND call_id = ? AND id > ? ORDER BY id LIMIT ?";
+
 pub fn read_event_row(row: &impl RowColumns) -> Result<StoredEvent, StoreError> {
     Ok(StoredEvent {
         event_id: row.required_integer(0)?,
@@ -474,17 +542,6 @@ pub fn read_rejected_row(row: &impl RowColumns) -> Result<StoredRejection, Store
         deliveries: row.required_integer(4)?,
         body: row.bytes(5)?.unwrap_or_default(),
     })
-}
-
-/// Up to `limit + 1` quarantined bodies, newest first, as a page and the cursor after it.
-pub fn rejected_page(mut items: Vec<StoredRejection>, limit: usize) -> RejectedPage {
-    let next = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|r| r.id)
-    } else {
-        None
-    };
-    RejectedPage { items, next }
 }
 
 /// A call selected with [`CALL_COLUMNS`]: its `seq` and the call.

@@ -116,9 +116,10 @@ on_every_backend! {
                 Outcome::Duplicate { event_id: ids[0] },
             ]
         );
-        let events = store.call_events("B1").await.unwrap().unwrap();
+        let events = store.call_events("B1", None, 100).await.unwrap().unwrap();
+        assert_eq!(events.next, None);
         let deliveries: Vec<(i64, i64)> =
-            events.iter().map(|e| (e.event_id, e.deliveries)).collect();
+            events.items.iter().map(|e| (e.event_id, e.deliveries)).collect();
         assert_eq!(deliveries[..3], [(ids[0], 3), (ids[1], 1), (ids[2], 3)]);
         assert_eq!(store.call("B1").await.unwrap().unwrap().record.event_count, 3);
     }
@@ -186,6 +187,241 @@ async fn instances_never_write_over_each_others_merges() {
         assert_eq!(call.record.sources, expected.sources, "after event {i}");
         assert_eq!(call.record.event_count, i as i64 + 1);
     }
+    drop((a, b));
+    db.cleanup().await;
+}
+
+async fn open_with(db: &Db, settings: MergeSettings) -> Result<Arc<dyn Store>, String> {
+    match db.database() {
+        Some(url) => PgStore::open(&url, settings)
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| e.to_string()),
+        None => SqliteStore::open(&db.path().join("alohook.db"), settings)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Runs SQL on the test's database, outside alohook: `sqlite` on SQLite, `postgres` on PostgreSQL.
+pub async fn execute(db: &Db, sqlite: &str, postgres: &str) {
+    match db.database() {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let task = tokio::spawn(connection);
+            client.batch_execute(postgres).await.unwrap();
+            drop(client);
+            let _ = task.await;
+        }
+        None => {
+            let conn = rusqlite::Connection::open(db.path().join("alohook.db")).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            conn.execute_batch(sqlite).unwrap();
+        }
+    }
+}
+
+/// A trigger that fails the insert of the call `poison`: a real failure inside the store's
+/// transaction, after the batch's events were written.
+pub const POISON_SQLITE: &str = "CREATE TRIGGER poison BEFORE INSERT ON calls \
+    WHEN NEW.call_id = 'poison' BEGIN SELECT RAISE(ABORT, 'injected failure'); END;";
+pub const POISON_POSTGRES: &str = "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+    IF NEW.call_id = 'poison' THEN RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; \
+    END $$ LANGUAGE plpgsql; CREATE TRIGGER poison BEFORE INSERT ON calls FOR EACH ROW \
+    EXECUTE FUNCTION poison();";
+
+fn with_finals(statuses: &[&str]) -> MergeSettings {
+    MergeSettings {
+        finals: FinalStatuses::new(statuses),
+        ..MergeSettings::default()
+    }
+}
+
+on_every_backend! {
+    /// The phase (and which event wins) follows `--final-statuses`: records merged under another
+    /// list are recomputed when the store opens.
+    async fn records_follow_a_changed_final_status_list(db) {
+        use alohook::model::Phase;
+        use alohook::store::CallFilter;
+        let store = open_with(&db, MergeSettings::default()).await.unwrap();
+        let voicemail = json!({"call_id": "V1", "call_status": "voicemail",
+            "starttime": "2025-11-25 09:00:00", "eventType": "call"});
+        let late_ringing = json!({"call_id": "V1", "call_status": "ringing",
+            "starttime": "2025-11-25 09:00:00", "hotline": "1900", "eventType": "call"});
+        let missed = json!({"call_id": "M1", "call_status": "missed",
+            "starttime": "2025-11-25 09:01:00", "eventType": "call"});
+        store
+            .commit(vec![event(&voicemail, 1), event(&late_ringing, 2), event(&missed, 3)])
+            .await
+            .unwrap();
+        let v1 = store.call("V1").await.unwrap().unwrap();
+        assert_eq!(v1.phase, Phase::Ringing);
+        // Equal ranks: the event that knows more (the hotline) wins.
+        assert_eq!(v1.record.fields.call_status.as_deref(), Some("ringing"));
+        assert_eq!(store.call("M1").await.unwrap().unwrap().phase, Phase::Ended);
+        drop(store);
+
+        let store = open_with(&db, with_finals(&["voicemail"])).await.unwrap();
+        let v1 = store.call("V1").await.unwrap().unwrap();
+        assert_eq!(v1.phase, Phase::Ended);
+        assert_eq!(v1.record.fields.call_status.as_deref(), Some("voicemail"));
+        assert_eq!(v1.record.fields.hotline.as_deref(), Some("1900"));
+        assert_eq!(v1.record.event_count, 2);
+        assert_eq!(store.call("M1").await.unwrap().unwrap().phase, Phase::Ringing);
+        let ended = store
+            .calls(&CallFilter { phase: Some(Phase::Ended), ..CallFilter::default() }, 10, None)
+            .await
+            .unwrap();
+        let ids: Vec<_> = ended.items.iter().map(|c| c.record.fields.call_id.clone().unwrap()).collect();
+        assert_eq!(ids, ["V1"]);
+        drop(store);
+
+        // And back.
+        let store = open_with(&db, MergeSettings::default()).await.unwrap();
+        assert_eq!(store.call("V1").await.unwrap().unwrap().phase, Phase::Ringing);
+        assert_eq!(store.call("M1").await.unwrap().unwrap().phase, Phase::Ended);
+    }
+
+    /// A database at a schema version this alohook does not know is refused, not used.
+    async fn a_schema_newer_than_the_binary_is_refused(db) {
+        drop(open_with(&db, MergeSettings::default()).await.unwrap());
+        execute(
+            &db,
+            "PRAGMA user_version = 99",
+            "INSERT INTO alohook_schema (version) VALUES (99)",
+        )
+        .await;
+        let error = open_with(&db, MergeSettings::default()).await.err().expect("refused");
+        assert!(error.contains("schema version 99") && error.contains("newer"), "{error}");
+    }
+
+    /// A failure inside the store's transaction, after some of the batch was written, keeps
+    /// nothing of the batch.
+    async fn a_failure_in_the_middle_of_a_batch_keeps_nothing(db) {
+        let store = open(&db).await;
+        execute(&db, POISON_SQLITE, POISON_POSTGRES).await;
+        let good = ended("G1");
+        let poison = ended("poison");
+        let bad_body = Incoming::Rejected(RejectedBody {
+            reason: "invalid_json",
+            detail: "not JSON".into(),
+            body: b"{".to_vec(),
+            received_at: 1,
+        });
+        let result = store
+            .commit(vec![event(&good, 1), bad_body, event(&poison, 2)])
+            .await;
+        let error = result.expect_err("the batch fails").to_string();
+        assert!(error.contains("injected failure"), "{error}");
+        assert!(store.call("G1").await.unwrap().is_none());
+        assert!(store.rejected(10, None).await.unwrap().items.is_empty());
+        // Nothing half-kept: the same event is new afterwards, and its call is whole.
+        let outcomes = store.commit(vec![event(&good, 3)]).await.unwrap();
+        stored_id(&outcomes[0]);
+        assert_eq!(store.call("G1").await.unwrap().unwrap().record.event_count, 1);
+    }
+}
+
+/// The lock comes first: a second alohook on a running one's SQLite file changes nothing, not
+/// even the schema (here an older one, as a running older binary would have).
+#[tokio::test]
+async fn a_second_sqlite_store_is_refused_before_it_touches_the_schema() {
+    let db = Db::sqlite();
+    let path = db.path().join("alohook.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(include_str!(
+        "../../src/store/sqlite/migrations/0001_init.sql"
+    ))
+    .unwrap();
+    conn.pragma_update(None, "user_version", 1).unwrap();
+    drop(conn);
+    // The running alohook's lock.
+    let held = std::fs::File::create(db.path().join("alohook.db.lock")).unwrap();
+    held.try_lock().unwrap();
+
+    let Err(error) = SqliteStore::open(&path, MergeSettings::default()) else {
+        panic!("a second store opened a locked database");
+    };
+    assert!(error.to_string().contains("another alohook"), "{error}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        version, 1,
+        "the schema was migrated under the running alohook"
+    );
+    drop(held);
+    drop(SqliteStore::open(&path, MergeSettings::default()).unwrap());
+}
+
+/// A batch is durable on commit whatever the server, role or database says about
+/// `synchronous_commit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+)]
+async fn batches_commit_durably_whatever_the_database_says() {
+    let db = Db::postgres().await;
+    let url = db.database().unwrap();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    execute(
+        &db,
+        "",
+        &format!("ALTER DATABASE {name} SET synchronous_commit = off"),
+    )
+    .await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let plain: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, "off", "the database's own setting");
+    let store = PgStore::open(&url, MergeSettings::default()).await.unwrap();
+    assert_eq!(
+        store.batch_setting("synchronous_commit").await.unwrap(),
+        "on"
+    );
+    drop((client, store));
+    db.cleanup().await;
+}
+
+/// Two instances with different final-status lists: the records follow the one that opened
+/// last, and the other refuses to write (its batches would merge under another list) rather than
+/// mixing the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+)]
+async fn instances_with_different_final_statuses_do_not_mix() {
+    let db = Db::postgres().await;
+    let url = db.database().unwrap();
+    let a = PgStore::open(&url, MergeSettings::default()).await.unwrap();
+    a.commit(vec![event(&ringing("D1"), 1)]).await.unwrap();
+    let b = PgStore::open(&url, with_finals(&["ringing"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.call("D1").await.unwrap().unwrap().phase,
+        alohook::model::Phase::Ended
+    );
+    let error = a
+        .commit(vec![event(&ringing("D2"), 2)])
+        .await
+        .expect_err("the instance with the old list refuses to write")
+        .to_string();
+    assert!(error.contains("other merge settings"), "{error}");
+    assert!(b.call("D2").await.unwrap().is_none());
+    b.commit(vec![event(&ringing("D2"), 3)]).await.unwrap();
     drop((a, b));
     db.cleanup().await;
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use alohook::config::Settings;
 use alohook::server::{self, ServerError};
 use alohook::store::{
-    CallCursor, CallFilter, CallPage, Incoming, Outcome, RejectedPage, Store, StoreError,
-    StoredCall, StoredEvent,
+    CallCursor, CallFilter, CallPage, EventPage, Incoming, Outcome, RejectedPage, Store,
+    StoreError, StoredCall,
 };
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -316,8 +316,13 @@ impl Store for FlakyStore {
     ) -> Result<CallPage, StoreError> {
         self.inner.calls(filter, limit, cursor).await
     }
-    async fn call_events(&self, call_id: &str) -> Result<Option<Vec<StoredEvent>>, StoreError> {
-        self.inner.call_events(call_id).await
+    async fn call_events(
+        &self,
+        call_id: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Option<EventPage>, StoreError> {
+        self.inner.call_events(call_id, after, limit).await
     }
     async fn rejected(
         &self,

@@ -15,10 +15,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{
-    CALL_COLUMNS, CallCache, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming,
-    MERGE_SETTINGS_KEY, MergeSettings, Outcome, REJECTED_QUERY, RejectedPage, RowColumns, Store,
-    StoreError, StoredCall, StoredEvent, call_page, list_calls_query, read_call_row,
-    read_event_row, read_rejected_row, rejected_page, rewrite_call,
+    CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, Column,
+    EventPage, Incoming, MERGE_SETTINGS_KEY, MergeSettings, Outcome, Pager, REJECTED_QUERY,
+    RejectedPage, RowColumns, Store, StoreError, StoredCall, call_page, list_calls_query,
+    read_call_row, read_event_row, read_rejected_row, rewrite_call,
 };
 
 mod tls;
@@ -458,6 +458,26 @@ fn numbered(sql: &str) -> String {
     out
 }
 
+/// Reads rows as they arrive into `pager`, and no further than it holds: the rest of the result
+/// is dropped as it comes, never gathered.
+async fn fill<T>(
+    rows: tokio_postgres::RowStream,
+    pager: &mut Pager<T>,
+    read: impl Fn(&Row) -> Result<T, StoreError>,
+    size: impl Fn(&T) -> usize,
+) -> Result<(), StoreError> {
+    use futures_util::TryStreamExt;
+    let mut rows = std::pin::pin!(rows);
+    while let Some(row) = rows.try_next().await? {
+        let item = read(&row)?;
+        let bytes = size(&item);
+        if !pager.push(item, bytes) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn retryable(error: &tokio_postgres::Error) -> bool {
     error.code().is_some_and(|code| {
         *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
@@ -516,10 +536,14 @@ impl Store for PgStore {
         .await
     }
 
-    async fn call_events(&self, call_id: &str) -> Result<Option<Vec<StoredEvent>>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE scope = $1 AND call_id = $1 ORDER BY id"
-        );
+    async fn call_events(
+        &self,
+        call_id: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Option<EventPage>, StoreError> {
+        let sql = numbered(CALL_EVENTS_QUERY);
+        let (after, rows_wanted) = (after.unwrap_or(i64::MIN), limit as i64 + 1);
         self.read(async |client| {
             let known = client
                 .query_opt("SELECT 1 FROM calls WHERE call_id = $1", &[&call_id])
@@ -528,12 +552,12 @@ impl Store for PgStore {
             if !known {
                 return Ok(None);
             }
-            let rows = client.query(&sql, &[&call_id]).await?;
-            let events = rows
-                .iter()
-                .map(read_event_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Some(events))
+            let params: [&(dyn ToSql + Sync); 4] = [&call_id, &call_id, &after, &rows_wanted];
+            let rows = client.query_raw(&sql, params).await?;
+            let mut pager = Pager::new(limit);
+            fill(rows, &mut pager, read_event_row, |e| e.payload.len()).await?;
+            let (items, next) = pager.finish(|e| e.event_id);
+            Ok(Some(EventPage { items, next }))
         })
         .await
     }
@@ -546,12 +570,12 @@ impl Store for PgStore {
         let sql = numbered(REJECTED_QUERY);
         let (before, rows_wanted) = (before.unwrap_or(i64::MAX), limit as i64 + 1);
         self.read(async |client| {
-            let rows = client.query(&sql, &[&before, &rows_wanted]).await?;
-            let items = rows
-                .iter()
-                .map(read_rejected_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rejected_page(items, limit))
+            let params: [&(dyn ToSql + Sync); 2] = [&before, &rows_wanted];
+            let rows = client.query_raw(&sql, params).await?;
+            let mut pager = Pager::new(limit);
+            fill(rows, &mut pager, read_rejected_row, |r| r.body.len()).await?;
+            let (items, next) = pager.finish(|r| r.id);
+            Ok(RejectedPage { items, next })
         })
         .await
     }

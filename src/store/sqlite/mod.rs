@@ -13,11 +13,10 @@ use rusqlite::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    CALL_COLUMNS, CallCache, CallCursor, CallFilter, CallPage, Column, EVENT_COLUMNS, Incoming,
-    MERGE_SETTINGS_KEY, MergeSettings, Outcome, REJECTED_QUERY, RejectedPage, RowColumns,
-    Statement, Store, StoreError, StoredCall, StoredEvent, call_columns, call_page,
-    list_calls_query, read_call_row, read_event_row, read_rejected_row, rejected_page,
-    rewrite_call,
+    CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, Column,
+    EventPage, Incoming, MERGE_SETTINGS_KEY, MergeSettings, Outcome, Pager, REJECTED_QUERY,
+    RejectedPage, RowColumns, Statement, Store, StoreError, StoredCall, call_columns, call_page,
+    list_calls_query, read_call_row, read_event_row, read_rejected_row, rewrite_call,
 };
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, SourceKey};
 
@@ -634,7 +633,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn call_events(&self, call_id: &str) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+    async fn call_events(
+        &self,
+        call_id: &str,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Option<EventPage>, StoreError> {
         let call_id = call_id.to_string();
         self.blocking(move |inner| {
             inner.with_reader(|conn| {
@@ -645,16 +649,24 @@ impl Store for SqliteStore {
                 if !known {
                     return Ok(None);
                 }
-                let events = query_rows(
-                    &tx,
-                    &format!(
-                        "SELECT {EVENT_COLUMNS} FROM events \
-                         WHERE scope = ?1 AND call_id = ?1 ORDER BY id"
-                    ),
-                    [&call_id],
-                    |row| read_event_row(row),
-                )?;
-                Ok(Some(events))
+                // Rows are read one at a time, and no further than the page holds.
+                let mut pager = Pager::new(limit);
+                let mut stmt = tx.prepare_cached(CALL_EVENTS_QUERY)?;
+                let mut rows = stmt.query(params![
+                    call_id,
+                    call_id,
+                    after.unwrap_or(i64::MIN),
+                    limit as i64 + 1
+                ])?;
+                while let Some(row) = rows.next()? {
+                    let event = read_event_row(row)?;
+                    let size = event.payload.len();
+                    if !pager.push(event, size) {
+                        break;
+                    }
+                }
+                let (items, next) = pager.finish(|e| e.event_id);
+                Ok(Some(EventPage { items, next }))
             })
         })
         .await
@@ -667,13 +679,18 @@ impl Store for SqliteStore {
     ) -> Result<RejectedPage, StoreError> {
         self.blocking(move |inner| {
             inner.with_reader(|conn| {
-                let items = query_rows(
-                    conn,
-                    REJECTED_QUERY,
-                    params![before.unwrap_or(i64::MAX), limit as i64 + 1],
-                    |row| read_rejected_row(row),
-                )?;
-                Ok(rejected_page(items, limit))
+                let mut pager = Pager::new(limit);
+                let mut stmt = conn.prepare_cached(REJECTED_QUERY)?;
+                let mut rows = stmt.query(params![before.unwrap_or(i64::MAX), limit as i64 + 1])?;
+                while let Some(row) = rows.next()? {
+                    let rejection = read_rejected_row(row)?;
+                    let size = rejection.body.len();
+                    if !pager.push(rejection, size) {
+                        break;
+                    }
+                }
+                let (items, next) = pager.finish(|r| r.id);
+                Ok(RejectedPage { items, next })
             })
         })
         .await
