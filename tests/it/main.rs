@@ -12,6 +12,8 @@ mod merge;
 mod postgres;
 /// The read API: call object, events, filters, cursor paging, quarantine listing, auth.
 mod read_api;
+/// `/readyz`: a full disk (a real tmpfs), a write lock held by someone else.
+mod readiness;
 /// The simulator end to end: verify, its failure modes, and the SIGKILL crash test.
 mod sim;
 /// The Store contract straight, below HTTP: batches of every shape, and two PostgreSQL writers

@@ -63,6 +63,8 @@ async fn filters(db) {
     let cases: &[(&str, &[&str])] = &[
         ("", &["c3", "c2", "c1", "c4"]),
         ("status=missed", &["c2"]),
+        ("status=MISSED", &["c2"]),
+        ("status=Answered", &["c3", "c1"]),
         ("status=answered", &["c3", "c1"]),
         ("phase=ended", &["c2", "c1"]),
         ("phase=in_progress", &["c3"]),
@@ -85,6 +87,9 @@ async fn filters(db) {
         ("to=2024-01-11T09:00:00%2B07:00", &["c2", "c1"]),
         ("to=2024-01-11T01:59:59Z", &["c1"]),
         ("from=2024-01-11T02:00:00Z", &["c3", "c2"]),
+        // An unencoded `+` arrives as a space; it is read as the `+` it was.
+        ("from=2024-01-11T09:00:00+07:00", &["c3", "c2"]),
+        ("to=2024-01-11T09:00:00+07:00", &["c2", "c1"]),
         ("user_name=agent01&hotline=19005678", &["c3"]),
         ("status=missed&direction=inbound", &[]),
         ("status=", &["c3", "c2", "c1", "c4"]),
@@ -161,10 +166,12 @@ async fn bad_parameters_are_named(db) {
         ("cursor=garbage", "cursor"),
         ("colour=red", "colour"),
         ("status=a&status=b", "status"),
+        ("direction=sideways", "direction"),
     ] {
         let (status, body) = server.get(&format!("/api/calls?{query}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
         assert_eq!(body["error"], "invalid_parameter", "{query}");
+        assert_eq!(body["parameter"], name, "{query}: {body}");
         assert!(
             body["detail"].as_str().unwrap().contains(name),
             "{query}: {body}"
@@ -173,6 +180,19 @@ async fn bad_parameters_are_named(db) {
     let (status, body) = server.get("/api/rejected?cursor=x").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["detail"].as_str().unwrap().contains("cursor"));
+    // A path that is not UTF-8 once decoded: JSON like every other error.
+    let response = server
+        .client
+        .get(server.url("/api/calls/%FF"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_parameter");
+    assert_eq!(body["parameter"], "call_id");
     assert_eq!(ids(&server, "limit=1000").await.len(), 0);
     server.stop().await;
 }
@@ -197,8 +217,18 @@ async fn api_token_and_webhook_key_are_separate(db) {
             Some(TOKEN),
             Some("Bearer nope"),
         ] {
-            let (status, body) = server.get_with_auth(path, auth).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} with {auth:?}");
+            let mut request = server.client.get(server.url(path));
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path} with {auth:?}");
+            assert_eq!(
+                response.headers()["www-authenticate"],
+                "Bearer realm=\"alohook\"",
+                "{path}"
+            );
+            let body: Value = response.json().await.unwrap();
             assert_eq!(body, json!({"error": "unauthorized"}));
         }
     }
@@ -374,6 +404,86 @@ async fn a_call_that_gets_its_start_time_late_keeps_its_place(db) {
     // The time filters see the start time it has now.
     assert_eq!(ids(&server, "from=2024-03-01T22:00:00%2B07:00").await, ["late-x"]);
     assert_eq!(server.call("late-x").await["start_time"], "2024-03-01T23:00:00+07:00");
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
+/// A call's events come in pages: every event once, oldest first.
+async fn a_calls_events_are_paged(db) {
+    let server = TestServer::start(&db).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(
+            server
+                .send(&event("c-pages", json!({"call_status": format!("step-{i}")})))
+                .await,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/calls/c-pages/events?limit=2&cursor={c}"),
+            None => "/api/calls/c-pages/events?limit=2".to_string(),
+        };
+        let (status, page) = server.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["event_id"].as_i64().unwrap());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, sent);
+    assert_eq!(pages, 3);
+    let (_, all) = server.get("/api/calls/c-pages/events").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 5);
+    assert_eq!(all["next_cursor"], Value::Null);
+    for bad in ["limit=0", "limit=1001", "cursor=x", "colour=red"] {
+        let (status, body) = server.get(&format!("/api/calls/c-pages/events?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
+/// A page of the quarantine stops at a few MiB of bodies however large `limit` is; the rest
+/// follows on the next pages.
+async fn quarantine_pages_are_bounded_in_bytes(db) {
+    let server = TestServer::start(&db).await;
+    const BODIES: usize = 80;
+    for i in 0..BODIES {
+        // Not JSON, 60 KB each, all different: 4.8 MB in all.
+        let body = format!("{i:03}{}", "z".repeat(60_000));
+        let (status, _) = server.post(body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/rejected?limit=1000&cursor={c}"),
+            None => "/api/rejected?limit=1000".to_string(),
+        };
+        let response = server.client.get(server.url(&path)).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let text = response.text().await.unwrap();
+        assert!(text.len() < 6 * 1024 * 1024, "a page of {} bytes", text.len());
+        let page: Value = serde_json::from_str(&text).unwrap();
+        pages.push(page["items"].as_array().unwrap().len());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert!(pages.len() >= 2, "{pages:?}");
+    assert_eq!(pages.iter().sum::<usize>(), BODIES, "{pages:?}");
     server.stop().await;
 }
 }

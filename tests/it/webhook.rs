@@ -247,7 +247,156 @@ async fn other_methods_are_405_before_the_key(db) {
             StatusCode::METHOD_NOT_ALLOWED,
             "{method}"
         );
+        assert_eq!(response.headers()["allow"], "POST");
+        assert_eq!(
+            response.json::<serde_json::Value>().await.unwrap(),
+            json!({"error": "method_not_allowed"})
+        );
     }
+    // Every path answers a wrong method in the same JSON.
+    for (method, path) in [
+        (reqwest::Method::POST, "/healthz"),
+        (reqwest::Method::DELETE, "/readyz"),
+        (reqwest::Method::PUT, "/metrics"),
+        (reqwest::Method::DELETE, "/api/calls"),
+        (reqwest::Method::POST, "/api/calls/c1"),
+        (reqwest::Method::PUT, "/api/rejected"),
+    ] {
+        let response = server
+            .client
+            .request(method.clone(), server.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{method} {path}"
+        );
+        assert_eq!(
+            response.json::<serde_json::Value>().await.unwrap(),
+            json!({"error": "method_not_allowed"}),
+            "{method} {path}"
+        );
+    }
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
+/// A commit slower than the client timeout is the server's delay, not a slow client: the client
+/// gets its answer, not a reset connection.
+async fn a_slow_commit_is_answered_whatever_the_client_timeout(db) {
+    let mut settings = settings(&db);
+    settings.client_timeout = Some(1);
+    let store = Arc::new(SlowStore {
+        inner: open_store(&settings).await,
+        delay: std::time::Duration::from_millis(3000),
+    });
+    let server = TestServer::start_with(settings, Some(store as Arc<dyn Store>)).await;
+    let (status, answer) = server.post(in_progress("c-slow").to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["duplicate"], false);
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
+/// Past --max-inflight bytes of bodies, a request is answered 503 with Retry-After at once, and
+/// nothing is lost: what got 200 is stored, what got 503 is not, and is taken when resent.
+async fn backpressure_at_the_byte_bound(db) {
+    let mut settings = settings(&db);
+    settings.max_body = Some(16 * 1024);
+    settings.max_inflight = Some(40 * 1024);
+    let store = Arc::new(SlowStore {
+        inner: open_store(&settings).await,
+        delay: std::time::Duration::from_millis(1500),
+    });
+    let server = TestServer::start_with(settings, Some(store as Arc<dyn Store>)).await;
+    let body = |i: usize| {
+        let mut e = in_progress(&format!("c-bp-{i}"));
+        e["padding"] = json!("x".repeat(10 * 1024));
+        e.to_string()
+    };
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let client = server.client.clone();
+        let url = server.url("/webhooks/alohub");
+        let body = body(i);
+        tasks.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let response = client
+                .post(url)
+                .header("authorization", KEY)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (
+                i,
+                response.status(),
+                response.headers().get("retry-after").cloned(),
+                started.elapsed(),
+            )
+        }));
+    }
+    let mut taken = Vec::new();
+    let mut refused = Vec::new();
+    for task in tasks {
+        let (i, status, retry_after, took) = task.await.unwrap();
+        match status {
+            StatusCode::OK => taken.push(i),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(retry_after.is_some(), "503 without Retry-After");
+                assert!(took < std::time::Duration::from_millis(1000), "refused at once: {took:?}");
+                refused.push(i);
+            }
+            other => panic!("request {i}: {other}"),
+        }
+    }
+    // 40 KiB hold three 10 KiB bodies and their overhead.
+    assert_eq!(taken.len(), 3, "taken {taken:?}, refused {refused:?}");
+    for i in &taken {
+        assert_eq!(server.call(&format!("c-bp-{i}")).await["event_count"], 1);
+    }
+    for i in &refused {
+        let (status, _) = server.get(&format!("/api/calls/c-bp-{i}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "a refused body was kept");
+        let (status, answer) = server.post(body(*i)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer["duplicate"], false);
+    }
+    assert!(server.metrics().await.contains("alohook_overloaded_total 5"));
+    server.stop().await;
+}
+}
+
+crate::on_every_backend! {
+/// A real failure inside the store (a trigger that aborts the call's insert, after the event's
+/// row was written) is a 503 that keeps nothing, as a full disk would be.
+async fn a_store_failure_inside_the_transaction_is_503_and_keeps_nothing(db) {
+    let server = TestServer::start(&db).await;
+    crate::store::execute(&db, crate::store::POISON_SQLITE, crate::store::POISON_POSTGRES).await;
+    let body = ended("poison").to_string();
+    let response = server
+        .client
+        .post(server.url("/webhooks/alohub"))
+        .header("authorization", KEY)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    // Other events still go through.
+    server.send(&ended("healthy")).await;
+    crate::store::execute(&db, "DROP TRIGGER poison", "DROP TRIGGER poison ON calls").await;
+    let (status, answer) = server.post(body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["duplicate"], false, "the failed delivery kept its event");
+    assert_eq!(server.call("poison").await["event_count"], 1);
     server.stop().await;
 }
 }
@@ -400,5 +549,80 @@ async fn slow_and_silent_clients_are_disconnected() {
         assert_eq!(response.status(), StatusCode::OK);
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     }
+    server.stop().await;
+}
+
+/// A client that pipelines 100 reads of a large call and then stops reading is cut off once its
+/// answers have waited the client timeout, instead of holding its socket and the queued answers
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = Db::sqlite();
+    let mut settings = settings(&db);
+    settings.client_timeout = Some(1);
+    let server = TestServer::start_with(settings, None).await;
+    // A call of 300 events of about 1 KiB: some 350 KB per page of its events.
+    let mut sends = Vec::new();
+    for i in 0..300 {
+        let mut event = in_progress("c-big");
+        event["padding"] = json!(format!("{i:04}{}", "x".repeat(1000)));
+        let (client, url) = (server.client.clone(), server.url("/webhooks/alohub"));
+        sends.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("authorization", KEY)
+                .body(event.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    let page = server
+        .client
+        .get(server.url("/api/calls/c-big/events?limit=1000"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    assert!(page > 300_000, "{page}");
+
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /api/calls/c-big/events?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    stalled
+        .write_all(request.repeat(100).as_bytes())
+        .await
+        .unwrap();
+    // Read nothing for a while: the server's writes stall.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection was still open after 24 s");
+    assert!(
+        received < 50 * page,
+        "{received} bytes of {} were still delivered: the stalled connection was kept",
+        100 * page
+    );
     server.stop().await;
 }
