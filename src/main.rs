@@ -140,12 +140,13 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let store = alohook::server::open_store(&config).await?;
+        let shutdown = shutdown_signal()?;
         // Only now can events be taken: scripts wait for this line.
         if generated.webhook_key.is_some() || generated.api_token.is_some() {
             print_first_run(&config, addr);
         }
         println!("alohook listening on http://{addr}");
-        alohook::server::run_with_store(listener, config, store, shutdown_signal()).await?;
+        alohook::server::run_with_store(listener, config, store, shutdown).await?;
         Ok(())
     })
 }
@@ -334,32 +335,31 @@ fn simulate(options: alohook::sim::SimOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed now, not when the future is first
+/// polled: a SIGTERM sent as soon as the listening line appears must stop alohook gracefully,
+/// not kill it.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }
 
 #[cfg(test)]

@@ -101,6 +101,9 @@ pub struct SimReport {
     pub failures: u64,
     /// All requests answered 200.
     pub requests_ok: u64,
+    /// Every attempt's outcome: an HTTP status (`"200"`, `"503"`…) or what went wrong on the
+    /// way (`"timeout"`, `"connection failed"`, `"request failed"`).
+    pub outcomes: std::collections::BTreeMap<String, u64>,
     pub elapsed_seconds: f64,
     /// Requests answered 200 per second.
     pub events_per_second: f64,
@@ -136,6 +139,12 @@ impl SimReport {
         );
         println!("resends              {}", self.resends);
         println!("failed attempts      {}", self.failures);
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(what, n)| format!("{what}: {n}"))
+            .collect();
+        println!("answers              {}", outcomes.join(", "));
         println!("elapsed              {:.2} s", self.elapsed_seconds);
         println!("events/s             {:.0}", self.events_per_second);
         println!(
@@ -159,6 +168,16 @@ pub enum SimError {
     Options(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error(
+        "the webhook answered 401 Unauthorized: --key is not one of alohook's webhook keys \
+         (`alohook keys show` prints them); stopped after {attempts} attempts"
+    )]
+    WebhookUnauthorized { attempts: u64 },
+    #[error(
+        "the read API answered 401 Unauthorized to --verify: --api-token is not alohook's API \
+         token (`alohook keys show` prints it); {events} events were sent and acknowledged"
+    )]
+    ApiUnauthorized { events: u64 },
     #[error("cannot write the report {path}: {source}")]
     Report {
         path: PathBuf,
@@ -208,6 +227,9 @@ struct Sender {
     pacer: Option<Pacer>,
     counters: Counters,
     latency: std::sync::Mutex<Histogram<u64>>,
+    outcomes: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Set on a 401: every worker stops, there is no point resending with a wrong key.
+    unauthorized: AtomicBool,
     progress: ProgressBar,
 }
 
@@ -221,6 +243,9 @@ impl Sender {
     /// Sends `body` until it is answered 200 or the resends are used up.
     async fn deliver(&self, body: &bytes::Bytes) -> Delivery {
         for attempt in 0..=self.max_retries {
+            if self.unauthorized.load(Ordering::Relaxed) {
+                break;
+            }
             if attempt > 0 {
                 self.counters.resends.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(self.backoff(attempt)).await;
@@ -237,7 +262,21 @@ impl Sender {
                 .body(body.clone())
                 .send()
                 .await;
+            let outcome = match &sent {
+                Ok(response) => response.status().as_u16().to_string(),
+                Err(e) if e.is_timeout() => "timeout".to_string(),
+                Err(e) if e.is_connect() => "connection failed".to_string(),
+                Err(_) => "request failed".to_string(),
+            };
+            if let Ok(mut outcomes) = self.outcomes.lock() {
+                *outcomes.entry(outcome).or_default() += 1;
+            }
             match sent {
+                Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    self.unauthorized.store(true, Ordering::Relaxed);
+                    break;
+                }
                 Ok(response) if response.status() == reqwest::StatusCode::OK => {
                     let answer = response.bytes().await;
                     let elapsed = started.elapsed();
@@ -330,6 +369,8 @@ pub async fn run(options: SimOptions) -> Result<SimReport, SimError> {
             next: std::sync::Mutex::new(Instant::now()),
         }),
         counters: Counters::default(),
+        outcomes: Default::default(),
+        unauthorized: AtomicBool::new(false),
         latency: std::sync::Mutex::new(
             Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
         ),
@@ -359,6 +400,11 @@ pub async fn run(options: SimOptions) -> Result<SimReport, SimError> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
+    if sender.unauthorized.load(Ordering::Relaxed) {
+        return Err(SimError::WebhookUnauthorized {
+            attempts: sender.outcomes.lock().map_or(0, |o| o.values().sum()),
+        });
+    }
 
     let c = &sender.counters;
     let h = sender.latency.lock().map(|h| h.clone()).ok();
@@ -378,6 +424,11 @@ pub async fn run(options: SimOptions) -> Result<SimReport, SimError> {
         resends: c.resends.load(Ordering::Relaxed),
         failures: c.failures.load(Ordering::Relaxed),
         requests_ok: c.requests_ok.load(Ordering::Relaxed),
+        outcomes: sender
+            .outcomes
+            .lock()
+            .map(|o| o.clone())
+            .unwrap_or_default(),
         elapsed_seconds: elapsed,
         events_per_second: c.requests_ok.load(Ordering::Relaxed) as f64 / elapsed.max(1e-9),
         latency_ms: Latency {
@@ -394,6 +445,20 @@ pub async fn run(options: SimOptions) -> Result<SimReport, SimError> {
             .clone()
             .unwrap_or_else(|| origin(&options.urls[0]));
         let token = options.api_token.clone().unwrap_or_default();
+        // A wrong token would make every call a "mismatch": say what it is instead.
+        let probe = client
+            .get(format!(
+                "{}/api/calls?limit=1",
+                api_url.trim_end_matches('/')
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        if probe.is_ok_and(|r| r.status() == reqwest::StatusCode::UNAUTHORIZED) {
+            return Err(SimError::ApiUnauthorized {
+                events: report.acknowledged,
+            });
+        }
         // A worker finishes every call it takes, so the calls started are the calls sent whole.
         let sent: Vec<SimCall> = calls.iter().take(calls_started).cloned().collect();
         report.verify = Some(
@@ -456,6 +521,9 @@ impl Work {
 
 async fn worker(work: Arc<Work>, sender: Arc<Sender>) {
     loop {
+        if sender.unauthorized.load(Ordering::Relaxed) {
+            return;
+        }
         let duplicate = work.resends.lock().await.pop_front();
         if let Some(body) = duplicate {
             let c = &sender.counters;

@@ -140,6 +140,60 @@ async fn unreachable_server_means_unacknowledged_and_failure() {
         report["resends"],
         report["events_sent"].as_u64().unwrap() * 2
     );
+    assert_eq!(
+        report["outcomes"]["connection failed"],
+        report["events_sent"].as_u64().unwrap() * 3,
+        "{report:#}"
+    );
+}
+
+/// A wrong key or API token is named as such, and the run stops at once rather than resending
+/// into a 401 or counting every call as a mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_named() {
+    let db = Db::sqlite();
+    let server = TestServer::start(&db).await;
+    let run = |args: Vec<String>| async move {
+        let started = std::time::Instant::now();
+        let output = tokio::process::Command::new(BIN)
+            .arg("simulate")
+            .args(&args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        (output, started.elapsed())
+    };
+    let mut wrong_key = sim_args(&server.base, 500, &["--max-retries", "5"]);
+    wrong_key[3] = "not-the-key".into();
+    let (output, took) = run(wrong_key).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("--key"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    let mut wrong_token = sim_args(&server.base, 5, &["--verify"]);
+    wrong_token[5] = "not-the-token".into();
+    let (output, _) = run(wrong_token).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("--api-token"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("mismatch"), "{stderr}");
+
+    // A good run shows its answers by status.
+    let (ok, report) = simulate(sim_args(&server.base, 5, &[])).await;
+    assert!(ok);
+    assert_eq!(
+        report["outcomes"]["200"], report["requests_ok"],
+        "{report:#}"
+    );
+    server.stop().await;
 }
 
 crate::on_every_backend! {
