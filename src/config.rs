@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 
-use crate::ingest::REQUEST_OVERHEAD;
+use crate::ingest::request_cost;
 use crate::model::FinalStatuses;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -411,10 +411,11 @@ impl Settings {
             .map_err(ConfigError::MaxBody)?;
         let max_inflight = size_setting(self.max_inflight, file.max_inflight, DEFAULT_MAX_INFLIGHT)
             .map_err(ConfigError::MaxInflight)?;
-        if max_inflight < max_body + REQUEST_OVERHEAD {
+        if max_inflight < request_cost(max_body) {
             return Err(ConfigError::MaxInflight(format!(
-                "{max_inflight} bytes cannot hold one body of max_body ({max_body} bytes) \
-                 and its {REQUEST_OVERHEAD} bytes of overhead"
+                "{max_inflight} bytes cannot hold one request with a body of max_body \
+                 ({max_body} bytes), which takes {} bytes",
+                request_cost(max_body)
             )));
         }
         let client_timeout = match self.client_timeout.or(file.client_timeout) {
@@ -766,7 +767,7 @@ mod tests {
     fn the_in_flight_budget_holds_at_least_one_body() {
         let settings = Settings {
             max_body: Some(1 << 20),
-            max_inflight: Some(1 << 20),
+            max_inflight: Some(2 << 20),
             ..Settings::default()
         };
         assert!(matches!(

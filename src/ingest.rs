@@ -21,9 +21,13 @@ const MAX_BATCH: usize = 1024;
 /// Requests that may wait for the writer. The byte budget (see [`Ingest::reserve`]) is what
 /// normally bounds them; this only caps the count of tiny ones.
 const QUEUE_DEPTH: usize = 16 * 1024;
-/// What a request costs the in-flight budget beyond its body: the parsed event, its job and
-/// its reply.
-pub const REQUEST_OVERHEAD: usize = 2 * 1024;
+/// What a request with a body of `body_bytes` costs the in-flight budget: the body is held about
+/// three times over while it waits for its commit (as read, as the stored text, and parsed), plus
+/// the request's own state (its connection's buffers, its task, its job and reply). Measured with
+/// `bench/memory`.
+pub fn request_cost(body_bytes: usize) -> usize {
+    body_bytes.saturating_mul(3).saturating_add(16 * 1024)
+}
 /// How long a request waits for its commit before it is answered 503 (the sender resends; if
 /// the commit did land, the resend is recognised as a duplicate).
 const COMMIT_WAIT: Duration = Duration::from_secs(10);
@@ -131,7 +135,7 @@ impl Ingest {
     /// used up: the request is then answered 503 with `Retry-After` at once, rather than
     /// queueing without bound.
     pub fn reserve(&self, body_bytes: usize) -> Option<Reservation> {
-        let cost = body_bytes.saturating_add(REQUEST_OVERHEAD);
+        let cost = request_cost(body_bytes);
         let permits = u32::try_from(cost).ok()?;
         match self.budget.clone().try_acquire_many_owned(permits) {
             Ok(permit) => Some(Reservation { _permit: permit }),

@@ -126,6 +126,9 @@ fn init_logging(format: LogFormat) {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        // SQLite's reads run on blocking threads, at most 8 at once (see api::API_READS_AT_ONCE);
+        // a few more than that is plenty, and each idle thread keeps a heap of its own.
+        .max_blocking_threads(32)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

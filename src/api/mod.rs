@@ -31,7 +31,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `/api` requests answered at once; more wait their turn (see `auth::require_api_token`).
 /// With each answer capped at a few MiB, this is what bounds the memory reads can hold.
-pub const API_READS_AT_ONCE: usize = 16;
+pub const API_READS_AT_ONCE: usize = 8;
 
 /// What every handler can reach.
 #[derive(Clone)]

@@ -74,6 +74,10 @@ pub async fn receive(
             source = %source(peer.as_ref(), &headers),
             "webhook request refused (503): --max-inflight bytes are already held; the sender will resend"
         );
+        // Read the body and drop it as it comes (nothing is held): a client still sending when
+        // the answer goes out would meet a reset connection instead of the 503.
+        let mut body = Limited::new(body, state.max_body);
+        while let Some(Ok(_)) = body.frame().await {}
         return ApiError::Unavailable.into_response();
     };
     let bytes = match Limited::new(body, state.max_body).collect().await {

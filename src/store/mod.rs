@@ -207,7 +207,7 @@ pub struct EventPage {
 /// Most bytes of stored bodies one page of events or of the quarantine holds (a single larger
 /// body still makes a page of one). With at most `--max-body` per body and a few pages built
 /// at once, this is what bounds the memory a read can take.
-pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+pub const PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Fills a page from rows read in order: up to `limit` items and [`PAGE_BYTES`] of bodies.
 pub struct Pager<T> {

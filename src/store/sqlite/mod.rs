@@ -333,6 +333,9 @@ impl Inner {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.pragma_update(None, "busy_timeout", 5000)?;
+                // 1 MiB of page cache per reader: the readers are many, their pages shared by
+                // the OS's cache anyway.
+                c.pragma_update(None, "cache_size", -1024)?;
                 c
             }
         };
