@@ -49,6 +49,9 @@ pub struct Unavailable;
 struct Job {
     item: Incoming,
     reply: oneshot::Sender<Result<Outcome, Unavailable>>,
+    /// The body's share of the in-flight budget, held until the job is committed (or dropped),
+    /// even when the request has stopped waiting for it.
+    _reservation: Reservation,
 }
 
 /// Completes when the writer has committed everything queued and stopped.
@@ -72,6 +75,8 @@ pub struct Ingest {
     budget: Arc<Semaphore>,
     /// Whether the last commit failed (and none has succeeded since).
     failing: Arc<AtomicBool>,
+    /// When the last probe of a failing store ran: one at a time, at most once a second.
+    last_probe: Arc<tokio::sync::Mutex<Option<Instant>>>,
     store: Arc<dyn Store>,
 }
 
@@ -126,6 +131,7 @@ impl Ingest {
             metrics,
             budget,
             failing,
+            last_probe: Arc::default(),
             store,
         };
         (ingest, writer)
@@ -146,13 +152,22 @@ impl Ingest {
         }
     }
 
-    /// Whether commits succeed: `false` after a failed commit, until one succeeds. When it is
-    /// `false`, an empty commit is tried now (nothing is written), so that an instance taken
-    /// out of rotation, and sent no events, still finds out that the store is back.
+    /// Whether commits succeed: `false` after a failed commit, until one succeeds. While it is
+    /// `false`, an empty commit (which writes a heartbeat row: a real write) is tried, one at a
+    /// time and at most once a second, so that an instance taken out of rotation, and sent no
+    /// events, still finds out that the store is back.
     pub async fn commits_succeed(&self) -> bool {
         if !self.failing.load(Ordering::Acquire) {
             return true;
         }
+        let mut last = self.last_probe.lock().await;
+        if !self.failing.load(Ordering::Acquire) {
+            return true;
+        }
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        *last = Some(Instant::now());
         let store = self.store.clone();
         let handle = tokio::runtime::Handle::current();
         // A store may block the thread it commits on (SQLite does).
@@ -168,7 +183,11 @@ impl Ingest {
 
     /// Validates `body`, stores it durably (as an event or in the quarantine) and says what to
     /// answer.
-    pub async fn receive(&self, body: &[u8]) -> Result<Receipt, Unavailable> {
+    pub async fn receive(
+        &self,
+        body: &[u8],
+        reservation: Reservation,
+    ) -> Result<Receipt, Unavailable> {
         let received_at = now_micros();
         match parse_body(body, &self.tz) {
             Ok(event) => {
@@ -181,10 +200,13 @@ impl Ingest {
                     )
                 });
                 let outcome = self
-                    .submit(Incoming::Event {
-                        event: Box::new(event),
-                        received_at,
-                    })
+                    .submit(
+                        Incoming::Event {
+                            event: Box::new(event),
+                            received_at,
+                        },
+                        reservation,
+                    )
                     .await?;
                 let (event_id, duplicate) = match outcome {
                     Outcome::Stored { event_id } => {
@@ -219,18 +241,27 @@ impl Ingest {
                     body: body.to_vec(),
                     received_at,
                 };
-                self.submit(Incoming::Rejected(rejected)).await?;
+                self.submit(Incoming::Rejected(rejected), reservation)
+                    .await?;
                 self.metrics.reject(error.reason());
                 Ok(Receipt::Rejected(error))
             }
         }
     }
 
-    async fn submit(&self, item: Incoming) -> Result<Outcome, Unavailable> {
+    async fn submit(
+        &self,
+        item: Incoming,
+        reservation: Reservation,
+    ) -> Result<Outcome, Unavailable> {
         let (reply, answer) = oneshot::channel();
         let wait = async {
             self.queue
-                .send(Job { item, reply })
+                .send(Job {
+                    item,
+                    reply,
+                    _reservation: reservation,
+                })
                 .await
                 .map_err(|_| Unavailable)?;
             answer.await.map_err(|_| Unavailable)?
@@ -272,7 +303,15 @@ async fn run_writer(
 
 /// Commits one batch and answers its requests; `false` when the commit failed.
 async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics) -> bool {
-    let (items, replies): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
+    let mut items = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    // Held until the batch is answered: its bodies are in memory until then.
+    let mut _reservations = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        items.push(job.item);
+        replies.push(job.reply);
+        _reservations.push(job._reservation);
+    }
     metrics.commit_batch_size.observe(items.len() as f64);
     let started = Instant::now();
     match store.commit(items).await {

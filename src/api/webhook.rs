@@ -69,7 +69,7 @@ pub async fn receive(
     }
     // Room for the body before reading it: past the in-flight budget, 503 at once.
     let room = declared.map_or(state.max_body, |len| len as usize);
-    let Some(_reservation) = state.ingest.reserve(room) else {
+    let Some(reservation) = state.ingest.reserve(room) else {
         tracing::warn!(
             source = %source(peer.as_ref(), &headers),
             "webhook request refused (503): --max-inflight bytes are already held; the sender will resend"
@@ -98,7 +98,7 @@ pub async fn receive(
                 .into_response();
         }
     };
-    match state.ingest.receive(&bytes).await {
+    match state.ingest.receive(&bytes, reservation).await {
         Ok(Receipt::Accepted {
             event_id,
             duplicate,

@@ -28,9 +28,10 @@ pub enum BodyError {
     InvalidJson(String),
     #[error("body is JSON but not an object")]
     NotObject,
-    /// An object repeats a key: which value is meant is ambiguous.
+    /// JSON that cannot be taken as one event: an object repeats a key, so which value is meant
+    /// is ambiguous.
     #[error("{0}")]
-    RepeatedKey(String),
+    Refused(String),
     #[error("a call event needs a non-empty {0}")]
     MissingField(&'static str),
     #[error("{field} must be a string, not {found}")]
@@ -175,7 +176,7 @@ pub fn parse_body(body: &[u8], tz: &TimeZone) -> Result<ParsedEvent, BodyError> 
     })?;
     let value = from_str_strict(text).map_err(|e| match e {
         JsonError::Syntax(detail) => BodyError::InvalidJson(detail),
-        JsonError::RepeatedKey(detail) => BodyError::RepeatedKey(detail),
+        JsonError::Refused(detail) => BodyError::Refused(detail),
     })?;
     let Value::Object(object) = value else {
         return Err(BodyError::NotObject);

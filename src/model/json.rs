@@ -19,8 +19,8 @@ const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 pub enum JsonError {
     /// Not JSON at all.
     Syntax(String),
-    /// JSON, but an object repeats a key.
-    RepeatedKey(String),
+    /// JSON, but not acceptable: an object repeats a key (which value is meant is ambiguous).
+    Refused(String),
 }
 
 /// Parses `text` as one JSON value; an object that repeats a key is an error.
@@ -30,7 +30,7 @@ pub fn from_str_strict(text: &str) -> Result<Value, JsonError> {
         .deserialize(&mut deserializer)
         .and_then(|v| deserializer.end().map(|()| v));
     value.map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => JsonError::RepeatedKey(e.to_string()),
+        serde_json::error::Category::Data => JsonError::Refused(e.to_string()),
         _ => JsonError::Syntax(e.to_string()),
     })
 }
@@ -145,7 +145,7 @@ mod tests {
     fn repeated_keys_at_any_depth_are_refused() {
         for text in [r#"{"a":1,"a":1}"#, r#"{"x":[{"b":1,"c":2,"b":3}]}"#] {
             assert!(
-                matches!(from_str_strict(text), Err(JsonError::RepeatedKey(_))),
+                matches!(from_str_strict(text), Err(JsonError::Refused(_))),
                 "{text}"
             );
         }

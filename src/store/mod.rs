@@ -94,6 +94,10 @@ impl MergeSettings {
 /// Key of the row in `alohook_meta` that holds the [`MergeSettings::fingerprint`] of the records.
 pub const MERGE_SETTINGS_KEY: &str = "merge_settings";
 
+/// What an empty batch writes (`?`: the time, Unix microseconds).
+pub const HEARTBEAT: &str = "INSERT INTO alohook_meta (key, value) VALUES ('heartbeat', ?) \
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
 /// One accepted request, waiting to be committed.
 #[derive(Debug, Clone)]
 pub enum Incoming {
@@ -204,9 +208,9 @@ pub struct EventPage {
     pub next: Option<i64>,
 }
 
-/// Most bytes of stored bodies one page of events or of the quarantine holds (a single larger
-/// body still makes a page of one). With at most `--max-body` per body and a few pages built
-/// at once, this is what bounds the memory a read can take.
+/// Most bytes one page of calls, events or quarantined bodies holds (a single larger item still
+/// makes a page of one). With a few pages built at once, this is what bounds the memory a read
+/// can take, whatever its `limit`.
 pub const PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Fills a page from rows read in order: up to `limit` items and [`PAGE_BYTES`] of bodies.
@@ -241,8 +245,8 @@ impl<T> Pager<T> {
         true
     }
 
-    /// The page, and the position to continue from when rows were left.
-    pub fn finish(self, position: impl Fn(&T) -> i64) -> (Vec<T>, Option<i64>) {
+    /// The page, and the position to continue from (that of its last item) when rows were left.
+    pub fn finish<P>(self, position: impl Fn(&T) -> P) -> (Vec<T>, Option<P>) {
         let next = if self.more {
             self.items.last().map(position)
         } else {
@@ -272,6 +276,8 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Commits a batch in one durable transaction: stores new events, counts resends, merges
     /// call events into their calls, quarantines bad bodies. Either all of it commits or none.
+    /// An empty batch writes a heartbeat row instead: a real write, proof that the store takes
+    /// writes now.
     /// It may block the calling thread (SQLite does): call it from a thread that may block, as
     /// alohook's writer thread is.
     async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError>;
@@ -655,21 +661,36 @@ fn call_filter_terms(
     (terms, args)
 }
 
-/// Turns up to `limit + 1` rows, newest first, into a page and the cursor after it.
-pub fn call_page(rows: Vec<(i64, StoredCall)>, limit: usize) -> CallPage {
-    let more = rows.len() > limit;
-    let mut items = Vec::with_capacity(limit.min(rows.len()));
-    let mut next = None;
-    for (seq, call) in rows.into_iter().take(limit) {
-        next = Some(CallCursor {
-            sort_key: sort_key(call.record.sort_time),
-            seq,
-        });
-        items.push(call);
-    }
+/// About how many bytes a call takes in memory and in its JSON: what a listing page counts.
+pub fn call_size(call: &StoredCall) -> usize {
+    let f = &call.record.fields;
+    [
+        &f.call_id,
+        &f.call_status,
+        &f.direction,
+        &f.caller_number,
+        &f.destination_number,
+        &f.hotline,
+        &f.user_name,
+        &f.transaction_id,
+        &f.hangup_by,
+        &f.recording_url,
+    ]
+    .iter()
+    .map(|v| v.as_ref().map_or(0, String::len))
+    .sum::<usize>()
+        + 400
+}
+
+/// A listing page from a filled pager of `(seq, call)` rows, newest first.
+pub fn call_page(pager: Pager<(i64, StoredCall)>) -> CallPage {
+    let (rows, next) = pager.finish(|(seq, call)| CallCursor {
+        sort_key: sort_key(call.record.sort_time),
+        seq: *seq,
+    });
     CallPage {
-        items,
-        next: if more { next } else { None },
+        items: rows.into_iter().map(|(_, call)| call).collect(),
+        next,
     }
 }
 

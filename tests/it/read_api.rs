@@ -487,3 +487,25 @@ async fn quarantine_pages_are_bounded_in_bytes(db) {
     server.stop().await;
 }
 }
+
+crate::on_every_backend! {
+/// A page of calls stops at about 2 MiB too, however large its `limit` and its calls' fields.
+async fn call_pages_are_bounded_in_bytes(db) {
+    let server = TestServer::start(&db).await;
+    for i in 0..45 {
+        let url = format!("https://media.example.invalid/{i:02}/{}", "r".repeat(60_000));
+        server
+            .send(&event(&format!("big-{i:02}"), json!({"recording_url": url})))
+            .await;
+    }
+    let (status, first) = server.get("/api/calls?limit=1000").await;
+    assert_eq!(status, StatusCode::OK);
+    let first_len = first["items"].as_array().unwrap().len();
+    assert!((30..45).contains(&first_len), "{first_len} calls in the first page");
+    let cursor = first["next_cursor"].as_str().expect("a next page").to_string();
+    let (_, rest) = server.get(&format!("/api/calls?limit=1000&cursor={cursor}")).await;
+    assert_eq!(first_len + rest["items"].as_array().unwrap().len(), 45);
+    assert_eq!(rest["next_cursor"], Value::Null);
+    server.stop().await;
+}
+}

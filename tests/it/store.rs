@@ -425,3 +425,101 @@ async fn instances_with_different_final_statuses_do_not_mix() {
     drop((a, b));
     db.cleanup().await;
 }
+
+/// A JSON event of call `call_id`, drawn from small domains so that sets of them tie on rank,
+/// disagree on values, and hold final statuses without end times.
+fn any_body(call_id: String) -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let status = prop::sample::select(vec!["ringing", "answered", "missed", "busy", "talking"]);
+    let time = |base: &'static str| {
+        prop::option::of(prop::sample::select(vec![
+            format!("2025-11-25 09:{base}:00"),
+            format!("2025-11-25 09:{base}:07"),
+        ]))
+    };
+    (
+        status,
+        time("00"),
+        time("01"),
+        time("05"),
+        prop::option::of(prop::sample::select(vec!["101", "102"])),
+        prop::option::of(prop::sample::select(vec!["agent", "customer"])),
+    )
+        .prop_map(move |(status, start, answer, end, destination, hangup)| {
+            json!({"call_id": call_id, "call_status": status, "starttime": start,
+                   "answertime": answer, "endtime": end, "destination_number": destination,
+                   "hangup_by": hangup, "eventType": "call"})
+        })
+}
+
+on_every_backend! {
+    /// Random sets of one call's events stored through the real store, in a random order, cut
+    /// into random batches, with resends (some in the same batch as their first delivery): the
+    /// stored record is the merge of the distinct events, whatever the order and the batching.
+    async fn any_order_and_batching_stores_one_record(db) {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let store = open(&db).await;
+        let handle = tokio::runtime::Handle::current();
+        let mut runner = TestRunner::new(Config { cases: 48, ..Config::default() });
+        let case = std::sync::atomic::AtomicUsize::new(0);
+        let strategy = (0..1_000_000u32)
+            .prop_flat_map(|n| {
+                prop::collection::vec(any_body(format!("P{n}")), 1..6)
+                    .prop_shuffle()
+                    .prop_flat_map(|events| {
+                        let len = events.len();
+                        (
+                            Just(events),
+                            prop::collection::vec(0..len, 0..4),
+                            prop::collection::vec(any::<bool>(), len + 4),
+                        )
+                    })
+            });
+        runner
+            .run(&strategy, |(events, resends, cuts)| {
+                let i = case.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let call_id = format!("P{i}");
+                let events: Vec<Value> = events
+                    .into_iter()
+                    .map(|mut e| {
+                        e["call_id"] = json!(call_id);
+                        e
+                    })
+                    .collect();
+                let mut arrivals: Vec<&Value> = events.iter().collect();
+                for &r in &resends {
+                    arrivals.push(&events[r]);
+                }
+                tokio::task::block_in_place(|| {
+                    handle.block_on(async {
+                        let mut batch = Vec::new();
+                        for (n, body) in arrivals.iter().enumerate() {
+                            batch.push(event(body, n as i64));
+                            if cuts[n] {
+                                store.commit(std::mem::take(&mut batch)).await.unwrap();
+                            }
+                        }
+                        if !batch.is_empty() {
+                            store.commit(batch).await.unwrap();
+                        }
+                    })
+                });
+                let stored = tokio::task::block_in_place(|| handle.block_on(store.call(&call_id)))
+                    .unwrap()
+                    .unwrap();
+                let mut distinct: Vec<(i64, &Value)> = Vec::new();
+                for e in &events {
+                    if !distinct.iter().any(|(_, d)| parse(d).dedupe_key == parse(e).dedupe_key) {
+                        distinct.push((0, e));
+                    }
+                }
+                let expected = reference(&call_id, &distinct, 0);
+                prop_assert_eq!(&stored.record.fields, &expected.fields);
+                prop_assert_eq!(stored.record.sources, expected.sources);
+                prop_assert_eq!(stored.record.event_count, distinct.len() as i64);
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -629,3 +629,50 @@ async fn a_client_that_stops_reading_is_cut_off() {
     );
     server.stop().await;
 }
+
+/// A request that stopped waiting for its commit (503 after 10 s) still holds its body's share of
+/// the in-flight budget until the commit is done: otherwise a stuck store would let the queue
+/// fill with bodies whose requests are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_holds_until_the_commit_not_the_request() {
+    let db = Db::sqlite();
+    let mut settings = settings(&db);
+    settings.max_body = Some(16 * 1024);
+    // Room for one request of up to --max-body: two of these 11 KB ones do not fit.
+    settings.max_inflight = Some(alohook::ingest::request_cost(16 * 1024));
+    let store = Arc::new(SlowStore {
+        inner: open_store(&settings).await,
+        delay: std::time::Duration::from_secs(12),
+    });
+    let server = TestServer::start_with(settings, Some(store as Arc<dyn Store>)).await;
+    let body = |id: &str| {
+        let mut e = in_progress(id);
+        e["padding"] = json!("x".repeat(10 * 1024));
+        e.to_string()
+    };
+    let (status, _) = server.post(body("c-gone")).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the request gave up after 10 s"
+    );
+    let started = std::time::Instant::now();
+    let (status, _) = server.post(body("c-next")).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the budget was free again"
+    );
+    let took = started.elapsed();
+    let metrics = server.metrics().await;
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "{took:?} {metrics}"
+    );
+    assert!(metrics.contains("alohook_overloaded_total 1"), "{metrics}");
+    // The slow commit did land: the first event was kept after all (its resend will be
+    // answered as a duplicate).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(server.call("c-gone").await["event_count"], 1);
+    server.stop().await;
+}

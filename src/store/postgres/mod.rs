@@ -17,8 +17,8 @@ use tokio_postgres::types::ToSql;
 use super::{
     CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, Column,
     EventPage, Incoming, MERGE_SETTINGS_KEY, MergeSettings, Outcome, Pager, REJECTED_QUERY,
-    RejectedPage, RowColumns, Store, StoreError, StoredCall, call_page, list_calls_query,
-    read_call_row, read_event_row, read_rejected_row, rewrite_call,
+    RejectedPage, RowColumns, Store, StoreError, StoredCall, call_page, call_size,
+    list_calls_query, read_call_row, read_event_row, read_rejected_row, rewrite_call,
 };
 
 mod tls;
@@ -35,8 +35,9 @@ mod write;
 ///   event is on disk, and with `off` COMMIT returns before it is.
 /// - The records must have been merged under this instance's settings: a `SHARE` lock on
 ///   `alohook_meta` (which a recomputation takes exclusively, see [`recompute_if_stale`]) and a
-///   check of the fingerprint refuse the batch when another instance with other
-///   `--final-statuses` or `--timezone` recomputed them.
+///   check of the fingerprint's hash (a function of migration 0002, planned once per
+///   connection) refuse the batch when another instance with other `--final-statuses` or
+///   `--timezone` recomputed them.
 ///
 /// `SET LOCAL` lasts for the transaction, so it holds through a pooler too.
 fn begin_batch(settings: &MergeSettings) -> String {
@@ -45,19 +46,9 @@ fn begin_batch(settings: &MergeSettings) -> String {
          SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
          SET LOCAL enable_mergejoin = off; SET LOCAL synchronous_commit = on; \
          LOCK TABLE alohook_meta IN SHARE MODE; \
-         DO $check$ BEGIN IF (SELECT encode(sha256(convert_to(value, 'UTF8')), 'hex') \
-         FROM alohook_meta WHERE key = '{MERGE_SETTINGS_KEY}') IS DISTINCT FROM '{hash}' THEN \
-         RAISE EXCEPTION 'the call records in this database follow other merge settings than \
-         this instance''s ({fingerprint}): another alohook with other --final-statuses or \
-         --timezone started on this database; give every instance the same settings'; \
-         END IF; END $check$",
-        hash = settings.fingerprint_hash(),
-        // Only for the message: quotes doubled; dollar signs (the block's quote) and percent
-        // signs (RAISE's placeholders) dropped.
-        fingerprint = settings
-            .fingerprint()
-            .replace('\'', "''")
-            .replace(['$', '%'], ""),
+         SELECT alohook_check_merge_settings('{}')",
+        // Hex digits only: safe to write into SQL.
+        settings.fingerprint_hash()
     )
 }
 
@@ -417,10 +408,11 @@ async fn recompute_if_stale(
             recomputed += 1;
         }
     }
+    let hash = settings.fingerprint_hash();
     tx.execute(
-        "INSERT INTO alohook_meta (key, value) VALUES ($1, $2) \
+        "INSERT INTO alohook_meta (key, value) VALUES ($1, $2), ('merge_settings_sha256', $3) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        &[&MERGE_SETTINGS_KEY, &wanted],
+        &[&MERGE_SETTINGS_KEY, &wanted, &hash],
     )
     .await?;
     tx.commit().await?;
@@ -526,12 +518,10 @@ impl Store for PgStore {
         let sql = numbered(&query.sql);
         self.read(async |client| {
             let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
-            let rows = client.query(&sql, &params).await?;
-            let rows = rows
-                .iter()
-                .map(read_call_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(call_page(rows, limit))
+            let rows = client.query_raw(&sql, params).await?;
+            let mut pager = Pager::new(limit);
+            fill(rows, &mut pager, read_call_row, |(_, call)| call_size(call)).await?;
+            Ok(call_page(pager))
         })
         .await
     }

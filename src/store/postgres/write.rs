@@ -195,6 +195,12 @@ pub(super) async fn write_batch(
     batch: &[Incoming],
 ) -> Result<(Vec<Outcome>, Written), StoreError> {
     let finals = &settings.finals;
+    if batch.is_empty() {
+        let now = crate::model::time::now_micros().to_string();
+        tx.execute(&super::numbered(crate::store::HEARTBEAT), &[&now])
+            .await?;
+        return Ok((Vec::new(), Vec::new()));
+    }
     let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
 
     // Quarantined bodies are rare: a statement each, pipelined with the events.

@@ -14,9 +14,10 @@ use sha2::{Digest, Sha256};
 
 use super::{
     CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, Column,
-    EventPage, Incoming, MERGE_SETTINGS_KEY, MergeSettings, Outcome, Pager, REJECTED_QUERY,
-    RejectedPage, RowColumns, Statement, Store, StoreError, StoredCall, call_columns, call_page,
-    list_calls_query, read_call_row, read_event_row, read_rejected_row, rewrite_call,
+    EventPage, HEARTBEAT, Incoming, MERGE_SETTINGS_KEY, MergeSettings, Outcome, Pager,
+    REJECTED_QUERY, RejectedPage, RowColumns, Statement, Store, StoreError, StoredCall,
+    call_columns, call_page, call_size, list_calls_query, read_call_row, read_event_row,
+    read_rejected_row, rewrite_call,
 };
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, SourceKey};
 
@@ -86,6 +87,41 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
+/// A database made by an older alohook (or copied in) may be readable by others: make it, and
+/// its WAL files, the owner's only, and warn about a data dir that others can read.
+fn tighten_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm", ".lock"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for file in files {
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 != 0 {
+                match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                    Ok(()) => {
+                        tracing::info!(file = %file.display(), "made readable by its owner only (mode 0600): it holds customers' phone numbers")
+                    }
+                    Err(error) => {
+                        tracing::warn!(file = %file.display(), %error, "others can read this file, and its mode cannot be changed")
+                    }
+                }
+            }
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+        {
+            tracing::warn!(dir = %dir.display(), "others can list the data dir; `chmod 700` it");
+        }
+    }
+}
+
 /// Creates `dir` (and its parents) readable by the owner only, when it does not exist.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.exists() {
@@ -120,6 +156,7 @@ impl SqliteStore {
         let lock = lock_database(path)?;
         private_file(path)
             .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        tighten_permissions(path);
         let mut writer = Connection::open(path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         configure(&writer)?;
@@ -367,6 +404,10 @@ fn commit_batch(
     finals: &FinalStatuses,
 ) -> Result<Vec<Outcome>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if batch.is_empty() {
+        tx.prepare_cached(HEARTBEAT)?
+            .execute([crate::model::time::now_micros().to_string()])?;
+    }
     let mut outcomes = Vec::with_capacity(batch.len());
     for item in batch {
         let outcome = match item {
@@ -587,16 +628,17 @@ fn list_calls(
 ) -> Result<CallPage, StoreError> {
     let query = list_calls_query(filter, cursor, limit);
     let args = query.args.into_iter().map(sql_value);
-    let sql = query.sql;
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt
-        .query_map(params_from_iter(args), read_call)?
-        .map(|row| {
-            let (seq, call) = row?;
-            Ok((seq, call?))
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(call_page(rows, limit))
+    let mut stmt = conn.prepare_cached(&query.sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut pager = Pager::new(limit);
+    while let Some(row) = rows.next()? {
+        let (seq, call) = read_call_row(row)?;
+        let size = call_size(&call);
+        if !pager.push((seq, call), size) {
+            break;
+        }
+    }
+    Ok(call_page(pager))
 }
 
 #[async_trait]
