@@ -435,45 +435,60 @@ pub struct Statement {
     pub args: Vec<Column>,
 }
 
-/// `rank.known.tiebreak` (the last in hex) per merged field, comma-separated, empty for a field
-/// never filled.
+/// Which event filled each merged field, compactly: the distinct source keys once each
+/// (`rank.known.tiebreak`, the last in hex, `;`-separated), then `|`, then per field the index of
+/// its key (empty for a field never filled), comma-separated. A call's fields mostly come from
+/// one to three events, so this is a third of the size of one key per field, and every byte of
+/// it is written with every merge.
 pub fn encode_sources(sources: &[Option<SourceKey>; MERGED_FIELDS]) -> String {
     use std::fmt::Write;
-    let mut out = String::with_capacity(MERGED_FIELDS * 20);
-    for (i, s) in sources.iter().enumerate() {
+    let mut keys: Vec<SourceKey> = Vec::with_capacity(4);
+    let mut indexes = [None; MERGED_FIELDS];
+    for (slot, source) in indexes.iter_mut().zip(sources) {
+        if let Some(key) = source {
+            let at = match keys.iter().position(|k| k == key) {
+                Some(at) => at,
+                None => {
+                    keys.push(*key);
+                    keys.len() - 1
+                }
+            };
+            *slot = Some(at);
+        }
+    }
+    let mut out = String::with_capacity(keys.len() * 20 + MERGED_FIELDS * 2 + 1);
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        let _ = write!(out, "{}.{}.{:x}", k.rank, k.known, k.tiebreak);
+    }
+    out.push('|');
+    for (i, at) in indexes.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        if let Some(k) = s {
-            let _ = write!(out, "{}.{}.{:x}", k.rank, k.known, k.tiebreak);
+        if let Some(at) = at {
+            let _ = write!(out, "{at}");
         }
     }
     out
 }
 
-/// The inverse of [`encode_sources`].
+/// The inverse of [`encode_sources`]; also reads the one-key-per-field forms written before it.
 pub fn decode_sources(text: &str) -> Result<[Option<SourceKey>; MERGED_FIELDS], StoreError> {
     let corrupt = || StoreError::Corrupt(format!("bad merge sources {text:?}"));
-    let mut sources = [None; MERGED_FIELDS];
-    let parts: Vec<&str> = text.split(',').collect();
-    if parts.len() != MERGED_FIELDS {
-        return Err(corrupt());
-    }
-    for (slot, part) in sources.iter_mut().zip(parts) {
-        if part.is_empty() {
-            continue;
-        }
+    let key = |part: &str| -> Result<SourceKey, StoreError> {
         // `rank:event_id` is how records were written before merge rule 2. Such a row is
         // recomputed when its store opens; until then (an older instance still writing during an
         // upgrade) it reads as the weakest key of its rank.
         if let Some((rank, id)) = part.split_once(':') {
             id.parse::<i64>().map_err(|_| corrupt())?;
-            *slot = Some(SourceKey {
+            return Ok(SourceKey {
                 rank: rank.parse().map_err(|_| corrupt())?,
                 known: 0,
                 tiebreak: 0,
             });
-            continue;
         }
         let mut pieces = part.split('.');
         let (Some(rank), Some(known), Some(tiebreak), None) =
@@ -481,11 +496,42 @@ pub fn decode_sources(text: &str) -> Result<[Option<SourceKey>; MERGED_FIELDS], 
         else {
             return Err(corrupt());
         };
-        *slot = Some(SourceKey {
+        Ok(SourceKey {
             rank: rank.parse().map_err(|_| corrupt())?,
             known: known.parse().map_err(|_| corrupt())?,
             tiebreak: u64::from_str_radix(tiebreak, 16).map_err(|_| corrupt())?,
-        });
+        })
+    };
+    let mut sources = [None; MERGED_FIELDS];
+    match text.split_once('|') {
+        Some((keys, fields)) => {
+            let keys: Vec<SourceKey> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                keys.split(';').map(key).collect::<Result<_, _>>()?
+            };
+            let parts: Vec<&str> = fields.split(',').collect();
+            if parts.len() != MERGED_FIELDS {
+                return Err(corrupt());
+            }
+            for (slot, part) in sources.iter_mut().zip(parts) {
+                if !part.is_empty() {
+                    let at: usize = part.parse().map_err(|_| corrupt())?;
+                    *slot = Some(*keys.get(at).ok_or_else(corrupt)?);
+                }
+            }
+        }
+        None => {
+            let parts: Vec<&str> = text.split(',').collect();
+            if parts.len() != MERGED_FIELDS {
+                return Err(corrupt());
+            }
+            for (slot, part) in sources.iter_mut().zip(parts) {
+                if !part.is_empty() {
+                    *slot = Some(key(part)?);
+                }
+            }
+        }
     }
     Ok(sources)
 }
@@ -713,12 +759,25 @@ mod tests {
         });
         let text = encode_sources(&sources);
         assert_eq!(decode_sources(&text).unwrap(), sources);
+        assert_eq!(text, "3.12.abcdef012345;0.1.0|0,,,,,,,,,,,,,,1");
+        // The forms written before: one key per field.
+        let mut legacy = vec![String::new(); MERGED_FIELDS];
+        legacy[0] = "3.12.abcdef012345".into();
+        legacy[14] = "0:7".into();
+        let old = decode_sources(&legacy.join(",")).unwrap();
+        assert_eq!(old[0], sources[0]);
+        assert_eq!(old[14].map(|k| k.rank), Some(0));
+        assert_eq!(
+            decode_sources(&encode_sources(&[None; MERGED_FIELDS])).unwrap(),
+            [None; MERGED_FIELDS]
+        );
         for bad in [
             "",
             "3:1",
             &",".repeat(MERGED_FIELDS),
             &text.replace("3.12.", "x.12."),
-            &text.replace("3.12.abcdef012345", "3:4x"),
+            &text.replace("|0,", "|2,"),
+            &text.replace(",1", ",1,"),
         ] {
             assert!(
                 matches!(decode_sources(bad), Err(StoreError::Corrupt(_))),

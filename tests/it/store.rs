@@ -414,6 +414,8 @@ async fn instances_with_different_final_statuses_do_not_mix() {
         b.call("D1").await.unwrap().unwrap().phase,
         alohook::model::Phase::Ended
     );
+    // Instances look again at most every second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let error = a
         .commit(vec![event(&ringing("D2"), 2)])
         .await

@@ -33,24 +33,27 @@ mod write;
 ///   per statement serves every batch without re-planning.
 /// - `synchronous_commit = on` whatever the server, role or database says: a 200 promises the
 ///   event is on disk, and with `off` COMMIT returns before it is.
-/// - The records must have been merged under this instance's settings: a `SHARE` lock on
-///   `alohook_meta` (which a recomputation takes exclusively, see [`recompute_if_stale`]) and a
-///   check of the fingerprint's hash (a function of migration 0002, planned once per
-///   connection) refuse the batch when another instance with other `--final-statuses` or
-///   `--timezone` recomputed them.
 ///
 /// `SET LOCAL` lasts for the transaction, so it holds through a pooler too.
-fn begin_batch(settings: &MergeSettings) -> String {
+const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+    SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+    SET LOCAL enable_mergejoin = off; SET LOCAL synchronous_commit = on";
+
+/// [`BEGIN_BATCH`], and a check that the records follow this instance's merge settings (a
+/// function of migration 0002 comparing the fingerprint's hash): it refuses the batch when
+/// another instance with other `--final-statuses` or `--timezone` recomputed them. Checked with
+/// the first batch and then at most every [`SETTINGS_CHECK_EVERY`]: on every batch it cost a
+/// measurable share of PostgreSQL's CPU per event, for a mistake that is made rarely.
+fn begin_checked_batch(settings: &MergeSettings) -> String {
     format!(
-        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
-         SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-         SET LOCAL enable_mergejoin = off; SET LOCAL synchronous_commit = on; \
-         LOCK TABLE alohook_meta IN SHARE MODE; \
-         SELECT alohook_check_merge_settings('{}')",
+        "{BEGIN_BATCH}; SELECT alohook_check_merge_settings('{}')",
         // Hex digits only: safe to write into SQL.
         settings.fingerprint_hash()
     )
 }
+
+/// How often batches check the merge settings (see [`begin_checked_batch`]).
+const SETTINGS_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
@@ -78,8 +81,10 @@ pub struct PgStore {
     writes: Pool,
     /// The batch statements.
     sql: write::BatchSql,
-    /// What starts a batch's transaction (see [`begin_batch`]).
-    begin: String,
+    /// What starts a batch that checks the merge settings (see [`begin_checked_batch`]).
+    begin_checked: String,
+    /// When a batch last checked them.
+    checked_at: Mutex<Option<std::time::Instant>>,
     /// The calls this instance wrote last (see [`CallCache`]).
     cache: Mutex<CallCache>,
     /// Connections for reads, on the request handlers' runtime.
@@ -228,7 +233,8 @@ impl PgStore {
         let store = PgStore {
             writes: pool(url, WRITE_CONNECTIONS)?,
             sql: write::BatchSql::new(&settings.finals),
-            begin: begin_batch(&settings),
+            begin_checked: begin_checked_batch(&settings),
+            checked_at: Mutex::new(None),
             cache: Mutex::new(CallCache::default()),
             reads: pool(url, 8)?,
             settings,
@@ -237,13 +243,13 @@ impl PgStore {
         Ok(store)
     }
 
-    /// The value a batch transaction sees for `setting` (a `SHOW` inside [`begin_batch`]'s
+    /// The value a batch transaction sees for `setting` (a `SHOW` inside [`BEGIN_BATCH`]'s
     /// transaction, rolled back): how tests check what a batch pins, whatever the server says.
     pub async fn batch_setting(&self, setting: &str) -> Result<String, StoreError> {
         let mut connection = Checkout::new(self.writes.get().await?);
         let client = connection.client();
         let value = within(BATCH_TIMEOUT, async {
-            client.batch_execute(&self.begin).await?;
+            client.batch_execute(BEGIN_BATCH).await?;
             let row = client
                 .query_one("SELECT current_setting($1)", &[&setting])
                 .await?;
@@ -267,12 +273,22 @@ impl PgStore {
     }
 
     async fn try_commit(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
+        let check = self
+            .checked_at
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .is_none_or(|at| at.elapsed() >= SETTINGS_CHECK_EVERY);
+        let begin = if check {
+            self.begin_checked.as_str()
+        } else {
+            BEGIN_BATCH
+        };
         let mut connection = Checkout::new(self.writes.get().await?);
         let client = connection.client();
         let (outcomes, written) = within(BATCH_TIMEOUT, async {
             // BEGIN goes out with the batch's first statement, not a round trip ahead of it.
             let (_, done) = try_join(
-                client.batch_execute(&self.begin).map_err(StoreError::from),
+                client.batch_execute(begin).map_err(StoreError::from),
                 write::write_batch(client, &self.sql, &self.cache, &self.settings, batch),
             )
             .await?;
@@ -281,6 +297,10 @@ impl PgStore {
         })
         .await?;
         connection.finished();
+        if check {
+            *self.checked_at.lock().map_err(|_| StoreError::Closed)? =
+                Some(std::time::Instant::now());
+        }
         // Only now are the written records what the rows hold.
         let mut cache = self.cache.lock().map_err(|_| StoreError::Closed)?;
         for (call_id, seq, record) in written {
@@ -343,7 +363,8 @@ async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<(), 
 /// Recomputes every call record from its events when the stored fingerprint of the merge
 /// settings is not this instance's (see the SQLite store's twin). The exclusive lock on
 /// `alohook_meta` waits for batches in flight and holds new ones until the records and the
-/// fingerprint are both rewritten; those batches then check the fingerprint (see [`begin_batch`]).
+/// fingerprint are both rewritten. Instances with other settings find out within a second (see
+/// [`begin_checked_batch`]) and refuse to write from then on.
 async fn recompute_if_stale(
     client: &mut deadpool_postgres::Client,
     settings: &MergeSettings,
