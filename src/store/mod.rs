@@ -91,6 +91,20 @@ impl MergeSettings {
     }
 }
 
+/// Logs a recomputation of the call records (see the stores' `recompute_if_stale`); nothing for
+/// a new, empty database.
+pub fn log_recomputed(stored: Option<&str>, now: &str, calls: usize, started: std::time::Instant) {
+    if stored.is_some() || calls > 0 {
+        tracing::info!(
+            calls,
+            seconds = started.elapsed().as_secs_f64(),
+            was = stored.unwrap_or("(before merge settings were recorded)"),
+            now,
+            "recomputed the call records: the merge settings changed"
+        );
+    }
+}
+
 /// Key of the row in `alohook_meta` that holds the [`MergeSettings::fingerprint`] of the records.
 pub const MERGE_SETTINGS_KEY: &str = "merge_settings";
 

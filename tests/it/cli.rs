@@ -16,32 +16,17 @@ struct Running {
 
 /// Starts `alohook serve` on an ephemeral port and reads stdout up to the listening line.
 fn serve(data_dir: &std::path::Path) -> Running {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("ALOHOOK_WEBHOOK_KEYS")
-        .env_remove("ALOHOOK_API_TOKEN")
-        .env("ALOHOOK_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        let done = line.starts_with("alohook listening on http://");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    let last = lines.last().expect("alohook printed nothing");
-    let base = last
-        .strip_prefix("alohook listening on ")
-        .unwrap_or_else(|| panic!("no listening line in {lines:?}"))
-        .to_string();
-    Running { child, lines, base }
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    serve_with(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+        &[],
+        stderr.path(),
+    )
 }
 
 fn value_after(lines: &[String], label: &str) -> Option<String> {
@@ -173,6 +158,7 @@ async fn healthcheck_fails_while_the_store_refuses_writes() {
     let flaky = Arc::new(FlakyStore {
         inner,
         failing: Default::default(),
+        delay: std::time::Duration::ZERO,
     });
     let store: Arc<dyn alohook::store::Store> = flaky.clone();
     let server = TestServer::start_with(settings, Some(store)).await;

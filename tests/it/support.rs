@@ -280,10 +280,23 @@ impl Drop for TestServer {
     }
 }
 
-/// A store that fails every write while `failing` is set, as a full disk or a lost database would.
+/// A store that fails every write while `failing` is set, as a full disk or a lost database
+/// would, and whose commits take `delay` longer, as a disk or a database under load would.
 pub struct FlakyStore {
     pub inner: Arc<dyn Store>,
     pub failing: AtomicBool,
+    pub delay: std::time::Duration,
+}
+
+impl FlakyStore {
+    /// A store whose commits take `delay` longer and never fail.
+    pub fn slow(inner: Arc<dyn Store>, delay: std::time::Duration) -> Self {
+        FlakyStore {
+            inner,
+            failing: AtomicBool::new(false),
+            delay,
+        }
+    }
 }
 
 impl FlakyStore {
@@ -299,54 +312,8 @@ impl FlakyStore {
 #[async_trait]
 impl Store for FlakyStore {
     async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
-        self.check()?;
-        self.inner.commit(batch).await
-    }
-    fn concurrent_commits(&self) -> usize {
-        self.inner.concurrent_commits()
-    }
-    async fn call(&self, call_id: &str) -> Result<Option<StoredCall>, StoreError> {
-        self.inner.call(call_id).await
-    }
-    async fn calls(
-        &self,
-        filter: &CallFilter,
-        limit: usize,
-        cursor: Option<CallCursor>,
-    ) -> Result<CallPage, StoreError> {
-        self.inner.calls(filter, limit, cursor).await
-    }
-    async fn call_events(
-        &self,
-        call_id: &str,
-        after: Option<i64>,
-        limit: usize,
-    ) -> Result<Option<EventPage>, StoreError> {
-        self.inner.call_events(call_id, after, limit).await
-    }
-    async fn rejected(
-        &self,
-        limit: usize,
-        before: Option<i64>,
-    ) -> Result<RejectedPage, StoreError> {
-        self.inner.rejected(limit, before).await
-    }
-    async fn check_writable(&self) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.check_writable().await
-    }
-}
-
-/// A store whose commits take `delay` longer, as a disk or a database under load would.
-pub struct SlowStore {
-    pub inner: Arc<dyn Store>,
-    pub delay: std::time::Duration,
-}
-
-#[async_trait]
-impl Store for SlowStore {
-    async fn commit(&self, batch: Vec<Incoming>) -> Result<Outcome2, StoreError> {
         tokio::time::sleep(self.delay).await;
+        self.check()?;
         self.inner.commit(batch).await
     }
     fn concurrent_commits(&self) -> usize {
@@ -379,11 +346,10 @@ impl Store for SlowStore {
         self.inner.rejected(limit, before).await
     }
     async fn check_writable(&self) -> Result<(), StoreError> {
+        self.check()?;
         self.inner.check_writable().await
     }
 }
-
-type Outcome2 = Vec<Outcome>;
 
 /// The store `settings` name, opened as `serve` would.
 pub async fn open_store(settings: &Settings) -> Arc<dyn Store> {

@@ -291,10 +291,7 @@ crate::on_every_backend! {
 async fn a_slow_commit_is_answered_whatever_the_client_timeout(db) {
     let mut settings = settings(&db);
     settings.client_timeout = Some(1);
-    let store = Arc::new(SlowStore {
-        inner: open_store(&settings).await,
-        delay: std::time::Duration::from_millis(3000),
-    });
+    let store = Arc::new(FlakyStore::slow(open_store(&settings).await, std::time::Duration::from_millis(3000)));
     let server = TestServer::start_with(settings, Some(store as Arc<dyn Store>)).await;
     let (status, answer) = server.post(in_progress("c-slow").to_string()).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -312,10 +309,7 @@ async fn backpressure_at_the_byte_bound(db) {
     // Room for three of the 11 KB bodies below, not four.
     let cost = alohook::ingest::request_cost(11 * 1024);
     settings.max_inflight = Some(3 * cost + cost / 2);
-    let store = Arc::new(SlowStore {
-        inner: open_store(&settings).await,
-        delay: std::time::Duration::from_millis(1500),
-    });
+    let store = Arc::new(FlakyStore::slow(open_store(&settings).await, std::time::Duration::from_millis(1500)));
     let server = TestServer::start_with(settings, Some(store as Arc<dyn Store>)).await;
     let body = |i: usize| {
         let mut e = in_progress(&format!("c-bp-{i}"));
@@ -412,6 +406,7 @@ async fn store_failure_is_503_and_keeps_nothing(db) {
     let flaky = Arc::new(FlakyStore {
         inner,
         failing: Default::default(),
+        delay: std::time::Duration::ZERO,
     });
     let server = TestServer::start_with(settings, Some(flaky.clone() as Arc<dyn Store>)).await;
 
@@ -640,10 +635,10 @@ async fn the_budget_holds_until_the_commit_not_the_request() {
     settings.max_body = Some(16 * 1024);
     // Room for one request of up to --max-body: two of these 11 KB ones do not fit.
     settings.max_inflight = Some(alohook::ingest::request_cost(16 * 1024));
-    let store = Arc::new(SlowStore {
-        inner: open_store(&settings).await,
-        delay: std::time::Duration::from_secs(12),
-    });
+    let store = Arc::new(FlakyStore::slow(
+        open_store(&settings).await,
+        std::time::Duration::from_secs(12),
+    ));
     let server = TestServer::start_with(settings, Some(store as Arc<dyn Store>)).await;
     let body = |id: &str| {
         let mut e = in_progress(id);

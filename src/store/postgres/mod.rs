@@ -437,15 +437,7 @@ async fn recompute_if_stale(
     )
     .await?;
     tx.commit().await?;
-    if stored.is_some() || recomputed > 0 {
-        tracing::info!(
-            calls = recomputed,
-            seconds = started.elapsed().as_secs_f64(),
-            was = stored.as_deref().unwrap_or("(before merge settings were recorded)"),
-            now = %wanted,
-            "recomputed the call records: the merge settings changed"
-        );
-    }
+    super::log_recomputed(stored.as_deref(), &wanted, recomputed, started);
     Ok(())
 }
 

@@ -344,15 +344,7 @@ fn recompute_if_stale(conn: &mut Connection, settings: &MergeSettings) -> Result
         params![MERGE_SETTINGS_KEY, wanted],
     )?;
     tx.commit()?;
-    if stored.is_some() || recomputed > 0 {
-        tracing::info!(
-            calls = recomputed,
-            seconds = started.elapsed().as_secs_f64(),
-            was = stored.as_deref().unwrap_or("(before merge settings were recorded)"),
-            now = %wanted,
-            "recomputed the call records: the merge settings changed"
-        );
-    }
+    super::log_recomputed(stored.as_deref(), &wanted, recomputed, started);
     Ok(())
 }
 
