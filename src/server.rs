@@ -101,7 +101,19 @@ pub async fn run_with_store(
         metrics,
         api_reads: Arc::new(tokio::sync::Semaphore::new(api::API_READS_AT_ONCE)),
     };
-    tracing::info!(?config, "alohook started");
+    // Field by field, so that a log shipper reading --log-format json gets each one.
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        database = %redact_url(&config.database),
+        webhook_keys = config.webhook_keys.len(),
+        timezone = %config.timezone_name,
+        final_statuses = %config.final_statuses.as_slice().join(","),
+        max_body = config.max_body,
+        max_inflight = config.max_inflight,
+        client_timeout_seconds = config.client_timeout.as_secs(),
+        "alohook started"
+    );
     let listener = api::conn::GuardedListener::new(listener, config.client_timeout);
     let app = api::app(state).into_make_service_with_connect_info::<api::conn::Peer>();
     let served = axum::serve(listener, app)

@@ -117,7 +117,11 @@ pub async fn require_api_token(
         let peer = request.extensions().get::<ConnectInfo<Peer>>();
         tracing::warn!(
             source = %super::webhook::source(peer, request.headers()),
-            path = request.uri().path(),
+            // The full path: inside the nested /api router the URI has lost its prefix.
+            path = request
+                .extensions()
+                .get::<axum::extract::OriginalUri>()
+                .map_or_else(|| request.uri().path(), |u| u.0.path()),
             authorization = if request.headers().contains_key(header::AUTHORIZATION) {
                 "not the API token"
             } else {

@@ -170,7 +170,8 @@ pub enum SimError {
     Client(#[from] reqwest::Error),
     #[error(
         "the webhook answered 401 Unauthorized: --key is not one of alohook's webhook keys \
-         (`alohook keys show` prints them); stopped after {attempts} attempts"
+         (`alohook keys show` prints them); stopped at the first 401, after {attempts} requests \
+         (those already under way when it came)"
     )]
     WebhookUnauthorized { attempts: u64 },
     #[error(

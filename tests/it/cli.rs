@@ -600,7 +600,9 @@ async fn requests_are_logged_without_secrets() {
     assert_eq!(accepted[0]["call_status"], "answered");
     assert_eq!(accepted[0]["duplicate"], false);
     assert!(accepted[0]["event_id"].is_number());
-    assert_eq!(find("API request refused (401)").len(), 1, "{text}");
+    let api = find("API request refused (401)");
+    assert_eq!(api.len(), 1, "{text}");
+    assert_eq!(api[0]["path"], "/api/calls");
 }
 
 /// `--listen` takes `:port` and a bare port; `PORT` stands in when no address is given; and
