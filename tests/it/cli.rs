@@ -193,6 +193,24 @@ fn alohook(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     command.output().unwrap()
 }
 
+/// `alohook serve` on an ephemeral port with the data dir `<dir>/d`, key `k`, token `t`, and
+/// `extra`; its stderr in `<dir>/stderr`.
+fn serve_in(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Running {
+    let data = dir.join("d");
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--webhook-key",
+        "k",
+        "--api-token",
+        "t",
+    ];
+    args.extend(extra);
+    serve_with(&args, env, &dir.join("stderr"))
+}
+
 /// `alohook serve` with `args`, its stderr kept in `stderr`, up to its listening line.
 fn serve_with(args: &[&str], env: &[(&str, &str)], stderr: &std::path::Path) -> Running {
     let mut command = Command::new(BIN);
@@ -285,21 +303,7 @@ async fn sigterm_answers_and_commits_every_request_in_flight() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();
-    let stderr = dir.path().join("stderr");
-    let running = serve_with(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("d").to_str().unwrap(),
-            "--webhook-key",
-            "k",
-            "--api-token",
-            "t",
-        ],
-        &[],
-        &stderr,
-    );
+    let running = serve_in(dir.path(), &[], &[]);
     let addr = running.base.trim_start_matches("http://").to_string();
     const REQUESTS: usize = 200;
     let written = std::sync::Arc::new(tokio::sync::Barrier::new(REQUESTS + 1));
@@ -338,20 +342,7 @@ async fn sigterm_answers_and_commits_every_request_in_flight() {
     }
     assert!(status.success(), "exit status {status:?}");
 
-    let running = serve_with(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("d").to_str().unwrap(),
-            "--webhook-key",
-            "k",
-            "--api-token",
-            "t",
-        ],
-        &[],
-        &stderr,
-    );
+    let running = serve_in(dir.path(), &[], &[]);
     let client = reqwest::Client::new();
     let page: serde_json::Value = client
         .get(format!("{}/api/calls?limit=1000", running.base))
