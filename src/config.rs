@@ -16,6 +16,7 @@ pub const DEFAULT_TIMEZONE: &str = "Asia/Ho_Chi_Minh";
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 pub const DEFAULT_MAX_INFLIGHT: usize = 32 * 1024 * 1024;
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_STREAMS: usize = 256;
 const CREDENTIALS_FILE: &str = "credentials.toml";
 
 /// Every environment variable alohook reads; others with the `ALOHOOK_` prefix are warned about.
@@ -27,10 +28,12 @@ pub const KNOWN_ENV: &[&str] = &[
     "ALOHOOK_DATABASE_URL",
     "ALOHOOK_WEBHOOK_KEYS",
     "ALOHOOK_API_TOKEN",
+    "ALOHOOK_API_URL",
     "ALOHOOK_TIMEZONE",
     "ALOHOOK_MAX_BODY",
     "ALOHOOK_MAX_INFLIGHT",
     "ALOHOOK_CLIENT_TIMEOUT",
+    "ALOHOOK_MAX_STREAMS",
     "ALOHOOK_FINAL_STATUSES",
     "ALOHOOK_LOG",
     "ALOHOOK_LOG_FORMAT",
@@ -51,6 +54,7 @@ pub struct Settings {
     pub max_body: Option<usize>,
     pub max_inflight: Option<usize>,
     pub client_timeout: Option<u64>,
+    pub max_streams: Option<usize>,
     pub final_statuses: Vec<String>,
 }
 
@@ -143,6 +147,11 @@ pub mod args {
         #[arg(long, env = "ALOHOOK_CLIENT_TIMEOUT", value_name = "SECONDS",
               value_parser = clap::value_parser!(u64).range(1..))]
         pub client_timeout: Option<u64>,
+        /// Live streams (`GET /api/stream`) open at once; past it a new one is answered 503 with
+        /// Retry-After [default: 256]
+        #[arg(long, env = "ALOHOOK_MAX_STREAMS", value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        pub max_streams: Option<u64>,
     }
 
     /// `alohook serve`.
@@ -227,6 +236,7 @@ pub mod args {
                 max_body: a.limits.max_body,
                 max_inflight: a.limits.max_inflight,
                 client_timeout: a.limits.client_timeout,
+                max_streams: a.limits.max_streams.map(|n| n as usize),
                 final_statuses: a.database.final_statuses,
             }
         }
@@ -315,6 +325,7 @@ struct FileSettings {
     max_body: Option<toml::Value>,
     max_inflight: Option<toml::Value>,
     client_timeout: Option<u64>,
+    max_streams: Option<usize>,
     final_statuses: Option<Vec<String>>,
 }
 
@@ -333,6 +344,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// See `--client-timeout`.
     pub client_timeout: Duration,
+    /// See `--max-streams`.
+    pub max_streams: usize,
     pub final_statuses: FinalStatuses,
 }
 
@@ -351,6 +364,7 @@ impl std::fmt::Debug for Config {
             .field("max_body", &self.max_body)
             .field("max_inflight", &self.max_inflight)
             .field("client_timeout", &self.client_timeout)
+            .field("max_streams", &self.max_streams)
             .field("final_statuses", &self.final_statuses.as_slice())
             .finish()
     }
@@ -377,6 +391,8 @@ pub enum ConfigError {
     Listen(String),
     #[error("client_timeout must be at least 1 second")]
     ClientTimeout,
+    #[error("max_streams must be at least 1")]
+    MaxStreams,
     #[error("cannot keep credentials in {path}: {source}")]
     Credentials {
         path: PathBuf,
@@ -423,6 +439,11 @@ impl Settings {
             Some(seconds) => Duration::from_secs(seconds),
             None => DEFAULT_CLIENT_TIMEOUT,
         };
+        let max_streams = match self.max_streams.or(file.max_streams) {
+            Some(0) => return Err(ConfigError::MaxStreams),
+            Some(n) => n,
+            None => DEFAULT_MAX_STREAMS,
+        };
         let webhook_keys: Vec<String> = if self.webhook_keys.is_empty() {
             file.webhook_keys.unwrap_or_default()
         } else {
@@ -459,6 +480,7 @@ impl Settings {
             max_body,
             max_inflight,
             client_timeout,
+            max_streams,
             final_statuses,
         })
     }
@@ -706,6 +728,9 @@ max_inflight = "32MiB"
 # silent, and that an answer may wait for the client to read it, before the connection is closed
 # (clients that trickle bytes, hold sockets open or stop reading).
 client_timeout = 60
+
+# Live streams (GET /api/stream) open at once; past it a new one is answered 503 with Retry-After.
+max_streams = 256
 
 # Statuses that end a call even without an end time. Changing the list recomputes the stored
 # calls at the next start.

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use jiff::tz::TimeZone;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::feed::Feed;
 use crate::metrics::Metrics;
 use crate::model::{BodyError, parse_body, time::now_micros};
 use crate::store::{Incoming, Outcome, RejectedBody, Store};
@@ -93,6 +94,7 @@ impl Ingest {
         tz: TimeZone,
         metrics: Arc<Metrics>,
         max_inflight: usize,
+        feed: Feed,
     ) -> (Ingest, Writer) {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let (done, finished) = oneshot::channel();
@@ -115,6 +117,7 @@ impl Ingest {
                         rx,
                         writer_metrics,
                         writer_failing,
+                        feed,
                     )),
                     Err(error) => tracing::error!(%error, "cannot start the writer's runtime"),
                 }
@@ -277,6 +280,7 @@ async fn run_writer(
     mut rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
     failing: Arc<AtomicBool>,
+    feed: Feed,
 ) {
     // A batch starts as soon as a commit slot is free, with whatever queued meanwhile: with one
     // slot (SQLite) batches follow each other; PostgreSQL commits several side by side.
@@ -291,9 +295,12 @@ async fn run_writer(
             break;
         }
         let (store, metrics, failing) = (store.clone(), metrics.clone(), failing.clone());
+        let feed = feed.clone();
         tokio::spawn(async move {
-            let committed = commit_batch(store.as_ref(), jobs, &metrics).await;
+            let committed = commit_batch(store.as_ref(), jobs, &metrics, &feed).await;
             failing.store(!committed, Ordering::Release);
+            // Only now may the next batch commit: with one slot, batches report their changes to
+            // the feed in the order they committed.
             drop(slot);
         });
     }
@@ -301,8 +308,9 @@ async fn run_writer(
     let _ = free.acquire_many(slots as u32).await;
 }
 
-/// Commits one batch and answers its requests; `false` when the commit failed.
-async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics) -> bool {
+/// Commits one batch, answers its requests and reports its changes to the feed; `false` when the
+/// commit failed.
+async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics, feed: &Feed) -> bool {
     let mut items = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
     // Held until the batch is answered: its bodies are in memory until then.
@@ -315,13 +323,14 @@ async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics) -> b
     metrics.commit_batch_size.observe(items.len() as f64);
     let started = Instant::now();
     match store.commit(items).await {
-        Ok(outcomes) => {
+        Ok(committed) => {
             metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            for (reply, outcome) in replies.into_iter().zip(committed.outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
+            feed.committed(committed.changes);
             true
         }
         Err(error) => {

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod feed;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

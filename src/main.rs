@@ -43,6 +43,12 @@ enum Command {
     Config,
     /// Act as Alohub: send realistic call events to a webhook URL, measure, and verify.
     Simulate(alohook::sim::SimOptions),
+    /// Print call changes as they happen, from a running alohook's live stream; reconnects and
+    /// resumes after the last change printed, for as long as it runs.
+    Tail(alohook::feed::client::TailArgs),
+    /// POST each call change to your local handler, in order, as it happens (a handler that
+    /// fails is retried; the stream never moves past a change it has not acknowledged).
+    Listen(alohook::feed::client::ListenArgs),
     /// Apply the database migrations (and recompute the calls if the merge settings changed),
     /// then exit. `serve` does the same at start.
     Migrate(args::Migrate),
@@ -87,6 +93,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Simulate(options) => simulate(options),
+        Command::Tail(args) => {
+            runtime().and_then(|r| r.block_on(alohook::feed::client::tail(args)))
+        }
+        Command::Listen(args) => {
+            runtime().and_then(|r| r.block_on(alohook::feed::client::listen(args)))
+        }
         Command::Migrate(a) => migrate(a.into()),
         Command::Healthcheck {
             settings,

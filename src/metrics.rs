@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -34,6 +35,10 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// From the request reaching the handler to its answer, for events answered 200.
     pub ack_latency: Histogram,
+    /// Live streams open now.
+    pub streams: Gauge,
+    /// Streams refused because `--max-streams` were open.
+    pub streams_refused: Counter,
 }
 
 impl Metrics {
@@ -48,6 +53,14 @@ impl Metrics {
         let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let ack_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let streams = Gauge::default();
+        let streams_refused = Counter::default();
+        registry.register("streams", "Live streams open now", streams.clone());
+        registry.register(
+            "streams_refused",
+            "Streams answered 503 because --max-streams were open",
+            streams_refused.clone(),
+        );
         registry.register(
             "events_accepted",
             "Events stored for the first time",
@@ -104,6 +117,8 @@ impl Metrics {
             commit_batch_size,
             commit_seconds,
             ack_latency,
+            streams,
+            streams_refused,
         }
     }
 

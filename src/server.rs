@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, KeySet};
 use crate::config::{Config, redact_url};
+use crate::feed::Feed;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::store::postgres::PgStore;
@@ -85,12 +86,20 @@ pub async fn run_with_store(
     }
     let api_token = config.api_token.clone().ok_or(ServerError::NoApiToken)?;
     let metrics = Arc::new(Metrics::new());
+    let feed = Feed::start(store.clone())
+        .await
+        .map_err(|error| ServerError::Store {
+            url: redact_url(&config.database),
+            error,
+        })?;
     let (ingest, writer) = Ingest::start(
         store.clone(),
         config.timezone.clone(),
         metrics.clone(),
         config.max_inflight,
+        feed.clone(),
     );
+    let (stop_streams, stopping) = tokio::sync::watch::channel(false);
     let state = AppState {
         ingest,
         store,
@@ -100,6 +109,9 @@ pub async fn run_with_store(
         max_body: config.max_body,
         metrics,
         api_reads: Arc::new(tokio::sync::Semaphore::new(api::API_READS_AT_ONCE)),
+        feed,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
+        stopping,
     };
     // Field by field, so that a log shipper reading --log-format json gets each one.
     tracing::info!(
@@ -112,10 +124,17 @@ pub async fn run_with_store(
         max_body = config.max_body,
         max_inflight = config.max_inflight,
         client_timeout_seconds = config.client_timeout.as_secs(),
+        max_streams = config.max_streams,
         "alohook started"
     );
     let listener = api::conn::GuardedListener::new(listener, config.client_timeout);
     let app = api::app(state).into_make_service_with_connect_info::<api::conn::Peer>();
+    // Live streams never end by themselves: told to stop, they end, and the graceful shutdown
+    // that waits for every connection can finish.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -105,9 +105,7 @@ pub fn api_authorized(tokens: &KeySet, headers: &HeaderMap) -> bool {
         .is_some_and(|t| tokens.contains(t))
 }
 
-/// Middleware in front of every `/api/…` path: the token, then a place among the reads that may
-/// run at once (held until the answer has been sent, so that answers waiting on slow clients
-/// count too).
+/// Middleware in front of every `/api/…` path: the token.
 pub async fn require_api_token(
     State(state): State<AppState>,
     request: Request,
@@ -136,6 +134,13 @@ pub async fn require_api_token(
         );
         return response;
     }
+    next.run(request).await
+}
+
+/// Middleware in front of the `/api` reads (not the live stream, which has `--max-streams`): a
+/// place among the reads that may run at once, held until the answer has been sent, so that
+/// answers waiting on slow clients count too.
+pub async fn limit_reads(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Ok(Ok(place)) =
         tokio::time::timeout(API_QUEUE_WAIT, state.api_reads.clone().acquire_owned()).await
     else {

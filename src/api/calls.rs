@@ -5,7 +5,6 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jiff::tz::TimeZone;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -13,72 +12,12 @@ use super::AppState;
 use super::error::ApiError;
 use crate::model::Phase;
 use crate::model::phone::normalize_phone;
-use crate::model::time::{format_local, format_utc_micros, parse_range_bound};
-use crate::store::{CallCursor, CallFilter, StoredCall, StoredEvent};
+use crate::model::time::{format_utc_micros, parse_range_bound};
+pub use crate::model::view::CallView;
+use crate::store::{CallCursor, CallFilter, StoredEvent};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
-
-/// The call object of the API: exactly these fields, absent values as `null`.
-#[derive(Debug, Serialize)]
-pub struct CallView {
-    pub call_id: String,
-    pub call_status: Option<String>,
-    pub phase: &'static str,
-    pub direction: Option<String>,
-    pub caller_number: Option<String>,
-    pub destination_number: Option<String>,
-    pub hotline: Option<String>,
-    pub user_name: Option<String>,
-    pub transaction_id: Option<String>,
-    pub object_id: Option<i64>,
-    pub start_time: Option<String>,
-    pub answer_time: Option<String>,
-    pub end_time: Option<String>,
-    pub hangup_by: Option<String>,
-    pub total_duration: Option<i64>,
-    pub holding_duration: Option<i64>,
-    pub ring_seconds: Option<i64>,
-    pub talk_seconds: Option<i64>,
-    pub recording_url: Option<String>,
-    pub event_count: i64,
-    pub first_received_at: String,
-    pub last_received_at: String,
-}
-
-impl CallView {
-    pub fn new(call: StoredCall, tz: &TimeZone) -> Self {
-        let r = &call.record;
-        let ring_seconds = r.ring_seconds();
-        let talk_seconds = r.talk_seconds();
-        let local = |t: Option<i64>| t.map(|s| format_local(s, tz));
-        let f = call.record.fields;
-        CallView {
-            call_id: f.call_id.unwrap_or_default(),
-            call_status: f.call_status,
-            phase: call.phase.as_str(),
-            direction: f.direction,
-            caller_number: f.caller_number,
-            destination_number: f.destination_number,
-            hotline: f.hotline,
-            user_name: f.user_name,
-            transaction_id: f.transaction_id,
-            object_id: f.object_id,
-            start_time: local(f.start_time),
-            answer_time: local(f.answer_time),
-            end_time: local(f.end_time),
-            hangup_by: f.hangup_by,
-            total_duration: f.total_duration,
-            holding_duration: f.holding_duration,
-            ring_seconds,
-            talk_seconds,
-            recording_url: f.recording_url,
-            event_count: call.record.event_count,
-            first_received_at: format_utc_micros(call.record.first_received_at),
-            last_received_at: format_utc_micros(call.record.last_received_at),
-        }
-    }
-}
 
 #[derive(Debug, Serialize)]
 pub struct EventView {
@@ -127,7 +66,7 @@ pub async fn get_call(
         .call(&call_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(CallView::new(call, &state.tz)))
+    Ok(Json(CallView::of(call.record, call.phase, &state.tz)))
 }
 
 /// Events per page when `limit` is not given.
@@ -159,10 +98,10 @@ pub async fn call_events(
 }
 
 /// Query parameters as given, with checks for unknown and repeated names.
-struct Params(Vec<(String, String)>);
+pub(super) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn new(
+    pub(super) fn new(
         query: Result<Query<Vec<(String, String)>>, QueryRejection>,
         known: &[&str],
     ) -> Result<Self, ApiError> {
@@ -182,7 +121,7 @@ impl Params {
     }
 
     /// The value of `name`, with empty treated as absent.
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
@@ -190,15 +129,15 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
-    fn text(&self, name: &str) -> Option<String> {
+    pub(super) fn text(&self, name: &str) -> Option<String> {
         self.get(name).map(str::to_string)
     }
 
-    fn limit(&self) -> Result<usize, ApiError> {
+    pub(super) fn limit(&self) -> Result<usize, ApiError> {
         self.limit_or(DEFAULT_LIMIT)
     }
 
-    fn limit_or(&self, default: usize) -> Result<usize, ApiError> {
+    pub(super) fn limit_or(&self, default: usize) -> Result<usize, ApiError> {
         match self.get("limit") {
             None => Ok(default),
             Some(v) => v
@@ -216,8 +155,35 @@ impl Params {
 }
 
 impl Params {
+    /// `phase`: one of the three phases.
+    pub(super) fn phase(&self) -> Result<Option<Phase>, ApiError> {
+        self.get("phase")
+            .map(|p| {
+                Phase::parse(p).ok_or_else(|| {
+                    ApiError::parameter("phase", "must be one of ringing, in_progress, ended")
+                })
+            })
+            .transpose()
+    }
+
+    /// `direction`, lower-cased: `inbound` or `outbound`, in any case.
+    pub(super) fn direction(&self) -> Result<Option<String>, ApiError> {
+        self.get("direction")
+            .map(|d| {
+                let d = d.to_lowercase();
+                match d.as_str() {
+                    "inbound" | "outbound" => Ok(d),
+                    _ => Err(ApiError::parameter(
+                        "direction",
+                        "must be one of inbound, outbound",
+                    )),
+                }
+            })
+            .transpose()
+    }
+
     /// A `cursor` that is an id this API returned.
-    fn id_cursor(&self) -> Result<Option<i64>, ApiError> {
+    pub(super) fn id_cursor(&self) -> Result<Option<i64>, ApiError> {
         self.get("cursor")
             .map(|c| {
                 c.parse::<i64>()
@@ -248,27 +214,8 @@ pub async fn list_calls(
 ) -> Result<Json<Page<CallView>>, ApiError> {
     let params = Params::new(query, CALL_PARAMS)?;
     let limit = params.limit()?;
-    let phase = params
-        .get("phase")
-        .map(|p| {
-            Phase::parse(p).ok_or_else(|| {
-                ApiError::parameter("phase", "must be one of ringing, in_progress, ended")
-            })
-        })
-        .transpose()?;
-    let direction = params
-        .get("direction")
-        .map(|d| {
-            let d = d.to_lowercase();
-            match d.as_str() {
-                "inbound" | "outbound" => Ok(d),
-                _ => Err(ApiError::parameter(
-                    "direction",
-                    "must be one of inbound, outbound",
-                )),
-            }
-        })
-        .transpose()?;
+    let phase = params.phase()?;
+    let direction = params.direction()?;
     let bound = |name: &str, end_of_day: bool| {
         params
             .get(name)
@@ -300,7 +247,7 @@ pub async fn list_calls(
         items: page
             .items
             .into_iter()
-            .map(|c| CallView::new(c, &state.tz))
+            .map(|c| CallView::of(c.record, c.phase, &state.tz))
             .collect(),
         next_cursor: page.next.map(encode_call_cursor),
     }))

@@ -53,6 +53,7 @@ impl GuardedListener {
 pub struct Peer {
     pub addr: SocketAddr,
     read: Arc<AtomicBool>,
+    streaming: Arc<AtomicBool>,
 }
 
 impl Peer {
@@ -60,6 +61,23 @@ impl Peer {
     /// silence is the server's doing, not the client's.
     pub fn request_read(&self) {
         self.read.store(true, Ordering::Release);
+    }
+
+    /// The connection carries a long-lived answer (a live stream) until the guard is dropped:
+    /// meanwhile a client that sends nothing is only listening, not idle. (A client that stops
+    /// *reading* is still cut off.)
+    pub fn streaming(&self) -> Streaming {
+        self.streaming.store(true, Ordering::Release);
+        Streaming(self.streaming.clone())
+    }
+}
+
+/// See [`Peer::streaming`].
+pub struct Streaming(Arc<AtomicBool>);
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -73,6 +91,7 @@ impl Listener for GuardedListener {
         let peer = Peer {
             addr,
             read: guarded.read.clone(),
+            streaming: guarded.streaming.clone(),
         };
         (guarded, peer)
     }
@@ -81,6 +100,7 @@ impl Listener for GuardedListener {
         Ok(Peer {
             addr: self.inner.local_addr()?,
             read: Arc::default(),
+            streaming: Arc::default(),
         })
     }
 }
@@ -161,6 +181,8 @@ pub struct Guarded<IO> {
     request_started: Option<Instant>,
     /// Set by the request's handler side once the request is read; cleared by the answer.
     read: Arc<AtomicBool>,
+    /// Set while a live stream is being answered (see [`Peer::streaming`]).
+    streaming: Arc<AtomicBool>,
     /// The last byte received or sent.
     last_activity: Instant,
     /// Since when a write has waited for the client to read.
@@ -175,6 +197,7 @@ impl<IO> Guarded<IO> {
             timeout,
             request_started: None,
             read: Arc::default(),
+            streaming: Arc::default(),
             last_activity: Instant::now(),
             write_blocked: None,
             check: None,
@@ -228,8 +251,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                // A request that is read and being handled: the silence is ours.
-                if this.read.load(Ordering::Acquire) {
+                // A request that is read and being handled, or a stream being listened to: the
+                // silence is ours.
+                if this.read.load(Ordering::Acquire) || this.streaming.load(Ordering::Acquire) {
                     return Poll::Pending;
                 }
                 let since = this.request_started.unwrap_or(this.last_activity);

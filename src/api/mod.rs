@@ -13,6 +13,7 @@ use jiff::tz::TimeZone;
 use serde_json::json;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::feed::Feed;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod calls;
 pub mod conn;
 pub mod error;
+pub mod feed;
 pub mod webhook;
 
 pub use auth::KeySet;
@@ -45,6 +47,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Places for `/api` requests being answered (see [`API_READS_AT_ONCE`]).
     pub api_reads: Arc<tokio::sync::Semaphore>,
+    /// The change feed.
+    pub feed: Feed,
+    /// Places for live streams (`--max-streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Becomes `true` when the server starts shutting down: live streams end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The whole HTTP application.
@@ -54,6 +62,12 @@ pub fn app(state: AppState) -> Router {
         .route("/calls/{call_id}", get(calls::get_call))
         .route("/calls/{call_id}/events", get(calls::call_events))
         .route("/rejected", get(calls::list_rejected))
+        .route("/changes", get(feed::list_changes))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::limit_reads,
+        ))
+        .route("/stream", get(feed::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use jiff::tz::TimeZone;
 use sha2::{Digest, Sha256};
 
+use crate::model::change::{Change, ChangeFilter, ChangeSubject, ChangeType, NewChange};
 use crate::model::merge::MERGED_FIELDS;
 use crate::model::phone::normalize_phone;
 use crate::model::{
@@ -146,6 +147,23 @@ pub enum Outcome {
     Quarantined { id: i64 },
 }
 
+/// What a commit did: an outcome for each item, in the order given, and the changes it
+/// committed, in `seq` order (one for each event stored now; none for resends).
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    pub outcomes: Vec<Outcome>,
+    pub changes: Vec<Change>,
+}
+
+/// A page of the feed.
+#[derive(Debug, Clone, Default)]
+pub struct ChangePage {
+    pub items: Vec<Change>,
+    /// Whether more matching changes were committed after the page's last item (when the page
+    /// was read).
+    pub more: bool,
+}
+
 /// A call record with its derived phase, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCall {
@@ -285,16 +303,44 @@ pub enum StoreError {
     Retry(String),
 }
 
+/// The feed of changes, an ordered log: what the live stream, `/api/changes` (and later
+/// forwarding and the dashboard) read.
+///
+/// The promise every backend keeps: positions are handed out in commit order, with no gaps, and
+/// never reused. So a reader that has seen `seq` N never afterwards finds a newly committed
+/// change at or below N, and reading `seq > N` skips nothing.
+#[async_trait]
+pub trait ChangeLog: Send + Sync + 'static {
+    /// Changes after `after` that match `filter`, in `seq` order: at most `limit`, and at most
+    /// [`PAGE_BYTES`] of them (a single larger one still makes a page of one).
+    async fn changes(
+        &self,
+        after: i64,
+        filter: &ChangeFilter,
+        limit: usize,
+    ) -> Result<ChangePage, StoreError>;
+
+    /// The position of the last committed change; 0 before the first.
+    async fn last_seq(&self) -> Result<i64, StoreError>;
+
+    /// A channel that gets a message whenever another process may have committed changes
+    /// (PostgreSQL: its LISTEN/NOTIFY), so that this process's live readers see them too. `None`
+    /// when no other process writes (SQLite). Called once, by the feed.
+    fn watch_other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        None
+    }
+}
+
 /// The domain operations alohook needs from a database.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ChangeLog {
     /// Commits a batch in one durable transaction: stores new events, counts resends, merges
-    /// call events into their calls, quarantines bad bodies. Either all of it commits or none.
-    /// An empty batch writes a heartbeat row instead: a real write, proof that the store takes
-    /// writes now.
+    /// call events into their calls, quarantines bad bodies, and writes one change for every
+    /// event stored now. Either all of it commits or none. An empty batch writes a heartbeat row
+    /// instead: a real write, proof that the store takes writes now.
     /// It may block the calling thread (SQLite does): call it from a thread that may block, as
     /// alohook's writer thread is.
-    async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError>;
+    async fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError>;
 
     /// How many [`Store::commit`] calls may run at once. SQLite has one writer; a database
     /// server serialises conflicting batches itself (and retries what it aborts).
@@ -719,6 +765,118 @@ fn call_filter_terms(
         args.push(Column::Integer(Some(c.seq)));
     }
     (terms, args)
+}
+
+/// The columns of a change row, in the order [`read_change_row`] reads them and
+/// [`change_columns`] gives them (but `seq`).
+pub const CHANGE_COLUMNS: &str = "seq, type, event_id, received_at, call_id, status_norm, phase, \
+    direction, hotline, user_name, caller_norm, destination_norm, data";
+
+/// The columns of a new change, all but `seq`, in [`CHANGE_COLUMNS`]'s order.
+pub fn change_columns(change: &NewChange) -> [Column; 12] {
+    use Column::{Integer, Text};
+    let s = &change.subject;
+    [
+        Text(Some(change.kind.as_str().to_string())),
+        Integer(Some(change.event_id)),
+        Integer(Some(change.received_at)),
+        Text(s.call_id.clone()),
+        Text(s.status_norm.clone()),
+        Text(s.phase.clone()),
+        Text(s.direction.clone()),
+        Text(s.hotline.clone()),
+        Text(s.user_name.clone()),
+        Text(s.caller_norm.clone()),
+        Text(s.destination_norm.clone()),
+        Text(Some(change.data.clone())),
+    ]
+}
+
+/// A change selected with [`CHANGE_COLUMNS`].
+pub fn read_change_row(row: &impl RowColumns) -> Result<Change, StoreError> {
+    let kind = row.required_text(1)?;
+    let new = NewChange {
+        kind: ChangeType::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown change type {kind:?}")))?,
+        event_id: row.required_integer(2)?,
+        received_at: row.required_integer(3)?,
+        subject: ChangeSubject {
+            call_id: row.text(4)?,
+            status_norm: row.text(5)?,
+            phase: row.text(6)?,
+            direction: row.text(7)?,
+            hotline: row.text(8)?,
+            user_name: row.text(9)?,
+            caller_norm: row.text(10)?,
+            destination_norm: row.text(11)?,
+        },
+        data: row.required_text(12)?,
+    };
+    Ok(Change::new(row.required_integer(0)?, new))
+}
+
+/// The query of the feed: changes after `after` matching `filter`, in `seq` order, `limit + 1`
+/// rows (so that the reader knows whether there are more). The terms compare the same normal forms as [`ChangeFilter::matches`].
+pub fn changes_query(after: i64, filter: &ChangeFilter, limit: usize) -> Statement {
+    let mut terms = vec!["seq > ?".to_string()];
+    let mut args = vec![Column::Integer(Some(after))];
+    if let Some(types) = &filter.types {
+        if types.is_empty() {
+            terms.push("1 = 0".into());
+        } else {
+            terms.push(format!("type IN ({})", vec!["?"; types.len()].join(", ")));
+            args.extend(types.iter().map(|t| Column::Text(Some(t.as_str().into()))));
+        }
+    }
+    let mut text = |column: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            terms.push(format!("{column} = ?"));
+            args.push(Column::Text(Some(v.clone())));
+        }
+    };
+    text("call_id", &filter.call_id);
+    text("status_norm", &filter.status);
+    text("phase", &filter.phase.map(|p| p.as_str().to_string()));
+    text("direction", &filter.direction);
+    text("hotline", &filter.hotline);
+    text("user_name", &filter.user_name);
+    if let Some(phone) = &filter.phone {
+        terms.push("(caller_norm = ? OR destination_norm = ?)".into());
+        args.push(Column::Text(Some(phone.clone())));
+        args.push(Column::Text(Some(phone.clone())));
+    }
+    args.push(Column::Integer(Some(limit as i64 + 1)));
+    Statement {
+        sql: format!(
+            "SELECT {CHANGE_COLUMNS} FROM changes WHERE {} ORDER BY seq LIMIT ?",
+            terms.join(" AND ")
+        ),
+        args,
+    }
+}
+
+/// The change an event makes to its call: `before` is the record before the event (`None`:
+/// the event created it), `after` the record once it is merged.
+pub fn call_change(
+    event_id: i64,
+    received_at: i64,
+    before: Option<&CallRecord>,
+    after: &CallRecord,
+    settings: &MergeSettings,
+) -> NewChange {
+    NewChange::call(
+        event_id,
+        received_at,
+        before.map(|r| r.phase(&settings.finals)),
+        after,
+        after.phase(&settings.finals),
+        &settings.timezone,
+    )
+}
+
+/// How many bytes a change counts for in a page.
+pub fn change_size(change: &Change) -> usize {
+    change.json.len() + 200
 }
 
 /// About how many bytes a call takes in memory and in its JSON: what a listing page counts.

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use alohook::model::change::ChangeFilter;
 use alohook::model::{CallRecord, FinalStatuses, ParsedEvent, parse_body};
 use alohook::store::MergeSettings;
 use alohook::store::postgres::PgStore;
@@ -73,7 +74,7 @@ on_every_backend! {
         let store = open(&db).await;
         let (ring, talk, end) = (ringing("B1"), in_progress("B1"), ended("B1"));
         let other = json!({"call_id": "B1", "eventType": "survey", "score": 5});
-        let outcomes = store
+        let committed = store
             .commit(vec![
                 event(&ring, 10),
                 event(&talk, 11),
@@ -89,12 +90,45 @@ on_every_backend! {
             ])
             .await
             .unwrap();
+        let outcomes = committed.outcomes;
         assert_eq!(outcomes.len(), 6);
         let ids: Vec<i64> = outcomes[..3].iter().map(stored_id).collect();
         assert!(ids[0] < ids[1] && ids[1] < ids[2], "ids follow arrival: {ids:?}");
         assert_eq!(outcomes[3], Outcome::Duplicate { event_id: ids[2] });
         assert!(matches!(outcomes[4], Outcome::Quarantined { .. }));
-        stored_id(&outcomes[5]);
+        let survey = stored_id(&outcomes[5]);
+
+        // One change per new event, at consecutive positions from 1, each with the call as it
+        // was right after its event; the commit reports what the feed holds.
+        let changes = committed.changes;
+        let kinds: Vec<(i64, i64, &str)> = changes
+            .iter()
+            .map(|c| (c.seq, c.event_id, c.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, ids[0], "call.created"),
+                (2, ids[1], "call.updated"),
+                (3, ids[2], "call.ended"),
+                (4, survey, "event.received"),
+            ]
+        );
+        let counts: Vec<u64> = changes[..3]
+            .iter()
+            .map(|c| {
+                let v: serde_json::Value = serde_json::from_str(&c.json).unwrap();
+                v["call"]["event_count"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(counts, vec![1, 2, 3]);
+        let read = store
+            .changes(0, &ChangeFilter::default(), 100)
+            .await
+            .unwrap();
+        assert_eq!(read.items, changes);
+        assert!(!read.more);
+        assert_eq!(store.last_seq().await.unwrap(), 4);
 
         let call = store.call("B1").await.unwrap().unwrap();
         let expected = reference("B1", &[(ids[0], &ring), (ids[1], &talk), (ids[2], &end)], 10);
@@ -103,11 +137,14 @@ on_every_backend! {
         assert_eq!(call.record.event_count, 3, "the survey is not a call event");
         assert_eq!((call.record.first_received_at, call.record.last_received_at), (10, 12));
 
-        // Resends only: the first event twice in one batch, the last once.
-        let outcomes = store
+        // Resends only: the first event twice in one batch, the last once. No change.
+        let committed = store
             .commit(vec![event(&ring, 20), event(&end, 21), event(&ring, 22)])
             .await
             .unwrap();
+        assert!(committed.changes.is_empty());
+        assert_eq!(store.last_seq().await.unwrap(), 4);
+        let outcomes = committed.outcomes;
         assert_eq!(
             outcomes,
             vec![
@@ -128,14 +165,14 @@ on_every_backend! {
     async fn a_batch_of_many_calls(db) {
         let store = open(&db).await;
         let first: Vec<Incoming> = (0..50).map(|i| event(&ringing(&format!("M{i}")), 1)).collect();
-        let first_ids: Vec<i64> = store.commit(first).await.unwrap().iter().map(stored_id).collect();
+        let first_ids: Vec<i64> = store.commit(first).await.unwrap().outcomes.iter().map(stored_id).collect();
         let mut second = Vec::new();
         for i in 0..100 {
             let id = format!("M{i}");
             second.push(event(&in_progress(&id), 2));
             second.push(event(&ended(&id), 3));
         }
-        let ids: Vec<i64> = store.commit(second).await.unwrap().iter().map(stored_id).collect();
+        let ids: Vec<i64> = store.commit(second).await.unwrap().outcomes.iter().map(stored_id).collect();
         for i in 0..100 {
             let id = format!("M{i}");
             let (talk, end) = (in_progress(&id), ended(&id));
@@ -179,7 +216,7 @@ async fn instances_never_write_over_each_others_merges() {
     let mut merged = Vec::new();
     for (i, body) in bodies.iter().enumerate() {
         let store = if i % 2 == 0 { &a } else { &b };
-        let outcome = store.commit(vec![event(body, 5)]).await.unwrap();
+        let outcome = store.commit(vec![event(body, 5)]).await.unwrap().outcomes;
         merged.push((stored_id(&outcome[0]), body));
         let call = a.call("S1").await.unwrap().unwrap();
         let expected = reference("S1", &merged, 5);
@@ -319,7 +356,7 @@ on_every_backend! {
         assert!(store.call("G1").await.unwrap().is_none());
         assert!(store.rejected(10, None).await.unwrap().items.is_empty());
         // Nothing half-kept: the same event is new afterwards, and its call is whole.
-        let outcomes = store.commit(vec![event(&good, 3)]).await.unwrap();
+        let outcomes = store.commit(vec![event(&good, 3)]).await.unwrap().outcomes;
         stored_id(&outcomes[0]);
         assert_eq!(store.call("G1").await.unwrap().unwrap().record.event_count, 1);
     }

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use alohook::config::Settings;
+use alohook::model::change::ChangeFilter;
 use alohook::server::{self, ServerError};
 use alohook::store::{
-    CallCursor, CallFilter, CallPage, EventPage, Incoming, Outcome, RejectedPage, Store,
-    StoreError, StoredCall,
+    CallCursor, CallFilter, CallPage, ChangeLog, ChangePage, Committed, EventPage, Incoming,
+    RejectedPage, Store, StoreError, StoredCall,
 };
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -310,8 +311,26 @@ impl FlakyStore {
 }
 
 #[async_trait]
+impl ChangeLog for FlakyStore {
+    async fn changes(
+        &self,
+        after: i64,
+        filter: &ChangeFilter,
+        limit: usize,
+    ) -> Result<ChangePage, StoreError> {
+        self.inner.changes(after, filter, limit).await
+    }
+    async fn last_seq(&self) -> Result<i64, StoreError> {
+        self.inner.last_seq().await
+    }
+    fn watch_other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        self.inner.watch_other_writers()
+    }
+}
+
+#[async_trait]
 impl Store for FlakyStore {
-    async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
+    async fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError> {
         tokio::time::sleep(self.delay).await;
         self.check()?;
         self.inner.commit(batch).await

@@ -15,11 +15,13 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::{
-    CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, Column,
-    EventPage, Incoming, MERGE_SETTINGS_KEY, MergeSettings, Outcome, Pager, REJECTED_QUERY,
-    RejectedPage, RowColumns, Store, StoreError, StoredCall, call_page, call_size,
-    list_calls_query, read_call_row, read_event_row, read_rejected_row, rewrite_call,
+    CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, ChangeLog,
+    ChangePage, Column, Committed, EventPage, Incoming, MERGE_SETTINGS_KEY, MergeSettings, Pager,
+    REJECTED_QUERY, RejectedPage, RowColumns, Store, StoreError, StoredCall, call_page, call_size,
+    change_size, changes_query, list_calls_query, read_call_row, read_change_row, read_event_row,
+    read_rejected_row, rewrite_call,
 };
+use crate::model::change::ChangeFilter;
 
 mod tls;
 mod write;
@@ -58,7 +60,13 @@ const SETTINGS_CHECK_EVERY: Duration = Duration::from_secs(1);
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_merge_lattice.sql"),
+    include_str!("migrations/0003_changes.sql"),
 ];
+/// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance.
+const CHANGES_CHANNEL: &str = "alohook_changes";
+/// What ends a batch that appended changes: the notification is delivered at commit, and only if
+/// the transaction commits.
+const NOTIFY_AND_COMMIT: &str = "SELECT pg_notify('alohook_changes', ''); COMMIT";
 /// Key of the advisory lock that serialises migrations between instances starting together.
 const MIGRATION_LOCK: i64 = 0x616c_6f68_6f6f_6b01;
 /// Batches committed side by side, each on a connection of its own. Two keep one batch filling
@@ -90,6 +98,9 @@ pub struct PgStore {
     /// Connections for reads, on the request handlers' runtime.
     reads: Pool,
     settings: MergeSettings,
+    /// The database URL, for the connection that listens for other instances' changes. It may
+    /// hold a password: never logged.
+    url: String,
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -193,22 +204,7 @@ async fn within<T>(
 
 /// A pool of at most `size` connections to `url`.
 fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
-    let (mut config, tls) = tls::connect_config(url)?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    // A peer that vanished without closing (a partition, a host gone) is noticed by the kernel
-    // within about a minute, not TCP's default of hours; the time limits on each batch and read
-    // are what answers the clients sooner.
-    if config.get_tcp_user_timeout().is_none() {
-        config.tcp_user_timeout(Duration::from_secs(30));
-    }
-    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
-        config.keepalives_idle(Duration::from_secs(30));
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("alohook");
-    }
+    let (config, tls) = client_config(url)?;
     let manager = Manager::from_config(
         config,
         tls,
@@ -226,6 +222,35 @@ fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))
 }
 
+/// The connection settings of `url`, with alohook's time limits where the URL sets none.
+fn client_config(
+    url: &str,
+) -> Result<
+    (
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    ),
+    StoreError,
+> {
+    let (mut config, tls) = tls::connect_config(url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    // A peer that vanished without closing (a partition, a host gone) is noticed by the kernel
+    // within about a minute, not TCP's default of hours; the time limits on each batch and read
+    // are what answers the clients sooner.
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(30));
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(Duration::from_secs(30));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("alohook");
+    }
+    Ok((config, tls))
+}
+
 impl PgStore {
     /// Connects, applies pending migrations and recomputes the call records if they were
     /// merged under other settings.
@@ -238,6 +263,7 @@ impl PgStore {
             cache: Mutex::new(CallCache::default()),
             reads: pool(url, 8)?,
             settings,
+            url: url.to_string(),
         };
         migrate(&store.reads, &store.settings).await?;
         Ok(store)
@@ -272,7 +298,7 @@ impl PgStore {
         Ok(result)
     }
 
-    async fn try_commit(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
+    async fn try_commit(&self, batch: &[Incoming]) -> Result<Committed, StoreError> {
         let check = self
             .checked_at
             .lock()
@@ -285,14 +311,18 @@ impl PgStore {
         };
         let mut connection = Checkout::new(self.writes.get().await?);
         let client = connection.client();
-        let (outcomes, written) = within(BATCH_TIMEOUT, async {
+        let written = within(BATCH_TIMEOUT, async {
             // BEGIN goes out with the batch's first statement, not a round trip ahead of it.
             let (_, done) = try_join(
                 client.batch_execute(begin).map_err(StoreError::from),
                 write::write_batch(client, &self.sql, &self.cache, &self.settings, batch),
             )
             .await?;
-            client.batch_execute("COMMIT").await?;
+            if done.changes.is_empty() {
+                client.batch_execute("COMMIT").await?;
+            } else {
+                client.batch_execute(NOTIFY_AND_COMMIT).await?;
+            }
             Ok(done)
         })
         .await?;
@@ -303,10 +333,13 @@ impl PgStore {
         }
         // Only now are the written records what the rows hold.
         let mut cache = self.cache.lock().map_err(|_| StoreError::Closed)?;
-        for (call_id, seq, record) in written {
-            cache.put(&call_id, seq, record);
+        for call in written.calls {
+            cache.put(&call.call_id, call.seq, call.record);
         }
-        Ok(outcomes)
+        Ok(Committed {
+            outcomes: written.outcomes,
+            changes: written.changes,
+        })
     }
 }
 
@@ -490,12 +523,110 @@ fn retryable(error: &tokio_postgres::Error) -> bool {
 }
 
 #[async_trait]
+impl ChangeLog for PgStore {
+    /// Positions are committed in order (see migration 0003), so `seq > after` skips nothing.
+    async fn changes(
+        &self,
+        after: i64,
+        filter: &ChangeFilter,
+        limit: usize,
+    ) -> Result<ChangePage, StoreError> {
+        let query = changes_query(after, filter, limit);
+        let sql = numbered(&query.sql);
+        self.read(async |client| {
+            let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
+            let rows = client.query_raw(&sql, params).await?;
+            let mut pager = Pager::new(limit);
+            fill(rows, &mut pager, read_change_row, change_size).await?;
+            let (items, next) = pager.finish(|c| c.seq);
+            Ok(ChangePage {
+                items,
+                more: next.is_some(),
+            })
+        })
+        .await
+    }
+
+    async fn last_seq(&self) -> Result<i64, StoreError> {
+        self.read(async |client| {
+            Ok(client
+                .query_one("SELECT last_seq FROM alohook_feed", &[])
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
+    fn watch_other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(listen_for_changes(self.url.clone(), tx));
+        Some(rx)
+    }
+}
+
+/// Listens on [`CHANGES_CHANNEL`] for as long as `wake` has a receiver, and sends on it for every
+/// notification (at most one message waits: a reader reads everything new anyway). A lost
+/// connection is made again, with a message, since notifications may have been missed meanwhile.
+async fn listen_for_changes(url: String, wake: tokio::sync::mpsc::Sender<()>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let listened = listen_once(&url, &wake).await;
+        if wake.is_closed() {
+            return;
+        }
+        if let Err(error) = listened {
+            tracing::warn!(%error, "lost the PostgreSQL connection that listens for changes; reconnecting");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        let _ = wake.try_send(());
+    }
+}
+
+async fn listen_once(url: &str, wake: &tokio::sync::mpsc::Sender<()>) -> Result<(), StoreError> {
+    use futures_util::StreamExt;
+    let (config, tls) = client_config(url)?;
+    let (client, mut connection) =
+        within(READ_TIMEOUT, async { Ok(config.connect(tls).await?) }).await?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let statement = format!("LISTEN {CHANGES_CHANNEL}");
+    let listen = client.batch_execute(&statement);
+    // The connection must be driven for LISTEN to be answered.
+    let mut listen = std::pin::pin!(listen);
+    loop {
+        tokio::select! {
+            done = &mut listen => { done?; break; }
+            message = messages.next() => match message {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(StoreError::Database("the connection closed".into())),
+            },
+        }
+    }
+    // Anything committed before LISTEN took effect is read by the feed's own catch-up.
+    let _ = wake.try_send(());
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                    let _ = wake.try_send(());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(StoreError::Database("the connection closed".into())),
+            },
+            _ = wake.closed() => return Ok(()),
+        }
+    }
+}
+
+#[async_trait]
 impl Store for PgStore {
     fn concurrent_commits(&self) -> usize {
         WRITE_CONNECTIONS
     }
 
-    async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
+    async fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -13,7 +13,12 @@
 //! 3. the calls that step 2 could not write (they existed, or changed under the cache): locked
 //!    with `SELECT … FOR UPDATE`, merged with what the row holds now, and updated.
 //!
-//! With one instance and a warm cache, step 3 is rare and a batch costs BEGIN, three statements
+//! 4. its changes, one per event stored now, in one `INSERT` that takes their positions from
+//!    the `alohook_feed` counter: the last statement before COMMIT, so that the counter's row
+//!    lock, which orders positions across instances, is held as briefly as possible (see
+//!    migration 0003).
+//!
+//! With one instance and a warm cache, step 3 is rare and a batch costs BEGIN, four statements
 //! and COMMIT.
 //!
 //! The check in step 2 holds only while every write to a `calls` row merges an event (and so
@@ -27,10 +32,11 @@ use futures_util::future::{try_join, try_join_all};
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
 
+use crate::model::change::{Change, NewChange};
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, SourceKey};
 use crate::store::{
     CALL_COLUMNS, CallCache, Column, Incoming, MergeSettings, Outcome, RejectedBody, StoreError,
-    call_columns, read_call_row,
+    call_change, call_columns, change_columns, read_call_row,
 };
 
 /// The writer's connection, inside the batch's transaction.
@@ -42,6 +48,19 @@ pub(super) struct BatchSql {
     update_calls: String,
     lock_calls: String,
 }
+
+/// Appends a batch's changes to the feed at the next positions of the counter; `$1` is how many.
+const INSERT_CHANGES: &str = "WITH c AS (UPDATE alohook_feed SET last_seq = last_seq + $1 \
+    RETURNING last_seq) \
+    INSERT INTO changes (seq, type, event_id, received_at, call_id, status_norm, phase, \
+    direction, hotline, user_name, caller_norm, destination_norm, data) \
+    SELECT c.last_seq - $1 + u.n, u.type, u.event_id, u.received_at, u.call_id, u.status_norm, \
+    u.phase, u.direction, u.hotline, u.user_name, u.caller_norm, u.destination_norm, u.data \
+    FROM c, UNNEST($2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], \
+    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY \
+    AS u(type, event_id, received_at, call_id, status_norm, phase, direction, hotline, \
+    user_name, caller_norm, destination_norm, data, n) \
+    RETURNING seq";
 
 const INSERT_EVENTS: &str = "INSERT INTO events (scope, dedupe_key, event_type, call_id, \
     received_at, last_delivery_at, deliveries, warnings, body) \
@@ -133,6 +152,14 @@ enum ColumnArray {
 }
 
 impl ColumnArray {
+    fn push(&mut self, value: Column) {
+        match (self, value) {
+            (ColumnArray::Text(a), Column::Text(v)) => a.push(v),
+            (ColumnArray::Integer(a), Column::Integer(v)) => a.push(v),
+            _ => unreachable!("every row of a statement has the same column types"),
+        }
+    }
+
     fn sql(&self) -> &(dyn ToSql + Sync) {
         match self {
             ColumnArray::Text(v) => v,
@@ -164,11 +191,7 @@ fn column_arrays<'r>(
                 .collect();
         }
         for (array, value) in arrays.iter_mut().zip(row) {
-            match (array, value) {
-                (ColumnArray::Text(a), Column::Text(v)) => a.push(v),
-                (ColumnArray::Integer(a), Column::Integer(v)) => a.push(v),
-                _ => unreachable!("call_columns gives every record the same column types"),
-            }
+            array.push(value);
         }
     }
     arrays
@@ -183,23 +206,43 @@ struct Distinct<'a> {
     last_delivery_at: i64,
 }
 
-/// A call written by this batch, for the cache once the batch has committed.
-pub(super) type Written = Vec<(String, i64, CallRecord)>;
+/// A call written by this batch: for the cache once the batch has committed, and for the
+/// changes its events make.
+pub(super) struct WrittenCall {
+    pub call_id: String,
+    pub seq: i64,
+    /// The record as written.
+    pub record: CallRecord,
+    /// The record the batch's events were merged into (`None`: the batch created the call).
+    base: Option<CallRecord>,
+}
 
-/// Writes `batch` in `tx`; returns the outcomes in batch order and the calls written.
+/// What a batch wrote, once its transaction is done.
+pub(super) struct BatchWritten {
+    pub outcomes: Vec<Outcome>,
+    pub calls: Vec<WrittenCall>,
+    pub changes: Vec<Change>,
+}
+
+/// Writes `batch` in `tx`; returns the outcomes in batch order, the calls written and the
+/// changes appended to the feed.
 pub(super) async fn write_batch(
     tx: &Tx,
     sql: &BatchSql,
     cache: &Mutex<CallCache>,
     settings: &MergeSettings,
     batch: &[Incoming],
-) -> Result<(Vec<Outcome>, Written), StoreError> {
+) -> Result<BatchWritten, StoreError> {
     let finals = &settings.finals;
     if batch.is_empty() {
         let now = crate::model::time::now_micros().to_string();
         tx.execute(&super::numbered(crate::store::HEARTBEAT), &[&now])
             .await?;
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(BatchWritten {
+            outcomes: Vec::new(),
+            calls: Vec::new(),
+            changes: Vec::new(),
+        });
     }
     let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
 
@@ -219,16 +262,19 @@ pub(super) async fn write_batch(
     // The new events of each call, oldest first. (The merge is a join, so the record does not
     // depend on their order; a new call's listing position is its first event's.)
     let mut calls: CallEvents = BTreeMap::new();
+    let mut new_changes: Vec<NewChange> = Vec::with_capacity(stored.len());
     for (i, event_id) in stored {
-        if let Incoming::Event { event, received_at } = &batch[i]
-            && let Some(call_id) = event.merged_call_id()
-        {
-            calls.entry(call_id).or_default().push(NewEvent {
+        let Incoming::Event { event, received_at } = &batch[i] else {
+            continue;
+        };
+        match event.merged_call_id() {
+            Some(call_id) => calls.entry(call_id).or_default().push(NewEvent {
                 event_id,
                 fields: &event.fields,
                 key: event.source_key(finals),
                 received_at: *received_at,
-            });
+            }),
+            None => new_changes.push(NewChange::event(event_id, *received_at, &event.raw)),
         }
     }
     // RETURNING gives no order.
@@ -240,11 +286,94 @@ pub(super) async fn write_batch(
     } else {
         write_calls(tx, sql, cache, finals, &mut calls).await?
     };
+    for call in &written {
+        new_changes.extend(call_changes(call, &calls, settings));
+    }
+    // In the order the events were stored, which is the order each call's events were merged.
+    new_changes.sort_unstable_by_key(|c| c.event_id);
+    let changes = insert_changes(tx, new_changes).await?;
     let outcomes = outcomes
         .into_iter()
         .map(|o| o.ok_or_else(|| StoreError::Corrupt("a batch item got no outcome".into())))
         .collect::<Result<_, _>>()?;
-    Ok((outcomes, written))
+    Ok(BatchWritten {
+        outcomes,
+        calls: written,
+        changes,
+    })
+}
+
+/// The change each of a written call's new events makes: the record right after that event,
+/// merged into the record the batch started from.
+fn call_changes(
+    call: &WrittenCall,
+    calls: &CallEvents<'_>,
+    settings: &MergeSettings,
+) -> Vec<NewChange> {
+    let Some(events) = calls.get(call.call_id.as_str()) else {
+        return Vec::new();
+    };
+    let mut record = call.base.clone();
+    let mut changes = Vec::with_capacity(events.len());
+    for e in events {
+        let after = match &record {
+            Some(r) => {
+                let mut r = r.clone();
+                r.merge(e.fields, e.key, e.received_at);
+                r
+            }
+            None => CallRecord::from_event(&call.call_id, e.fields, e.key, e.received_at),
+        };
+        changes.push(call_change(
+            e.event_id,
+            e.received_at,
+            record.as_ref(),
+            &after,
+            settings,
+        ));
+        record = Some(after);
+    }
+    changes
+}
+
+/// Appends `changes` to the feed, in their order, at the counter's next positions.
+async fn insert_changes(tx: &Tx, changes: Vec<NewChange>) -> Result<Vec<Change>, StoreError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut arrays: Vec<ColumnArray> = Vec::new();
+    for change in &changes {
+        let row = change_columns(change);
+        if arrays.is_empty() {
+            arrays = row
+                .iter()
+                .map(|value| match value {
+                    Column::Text(_) => ColumnArray::Text(Vec::with_capacity(changes.len())),
+                    Column::Integer(_) => ColumnArray::Integer(Vec::with_capacity(changes.len())),
+                })
+                .collect();
+        }
+        for (array, value) in arrays.iter_mut().zip(row) {
+            array.push(value);
+        }
+    }
+    let count = changes.len() as i64;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&count];
+    params.extend(arrays.iter().map(ColumnArray::sql));
+    let rows = tx
+        .query(&tx.prepare_cached(INSERT_CHANGES).await?, &params)
+        .await?;
+    let first = rows
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .min()
+        .filter(|_| rows.len() == changes.len())
+        .ok_or_else(|| StoreError::Corrupt("the feed took fewer positions than changes".into()))?;
+    Ok(changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, change)| Change::new(first + i as i64, change))
+        .collect())
 }
 
 async fn quarantine(tx: &Tx, r: &RejectedBody) -> Result<Outcome, StoreError> {
@@ -376,11 +505,13 @@ async fn write_events(
     Ok(stored)
 }
 
-/// A call this batch updates: its row, the `event_count` the row must still have, the record.
+/// A call this batch updates: its row, the `event_count` the row must still have, the record
+/// before and after the batch's events.
 struct Update<'a> {
     call_id: &'a str,
     seq: i64,
     expected_count: i64,
+    base: CallRecord,
     record: CallRecord,
 }
 
@@ -407,20 +538,22 @@ async fn write_calls<'a>(
     cache: &Mutex<CallCache>,
     finals: &FinalStatuses,
     calls: &mut CallEvents<'a>,
-) -> Result<Written, StoreError> {
+) -> Result<Vec<WrittenCall>, StoreError> {
     let mut inserts: Vec<(&str, CallRecord)> = Vec::new();
     let mut updates: Vec<Update> = Vec::new();
     {
         let mut cache = cache.lock().map_err(|_| StoreError::Closed)?;
         for (&call_id, events) in calls.iter() {
             match cache.take(call_id) {
-                Some((seq, mut record)) => {
-                    let expected_count = record.event_count;
+                Some((seq, base)) => {
+                    let expected_count = base.event_count;
+                    let mut record = base.clone();
                     merge_new(&mut record, events);
                     updates.push(Update {
                         call_id,
                         seq,
                         expected_count,
+                        base,
                         record,
                     });
                 }
@@ -440,17 +573,22 @@ async fn write_calls<'a>(
         update_calls(tx, sql, finals, &updates),
     )
     .await?;
-    let mut written: Written = Vec::with_capacity(calls.len());
+    let mut written: Vec<WrittenCall> = Vec::with_capacity(calls.len());
     let mut missed: Vec<&str> = Vec::new();
     for (call_id, record) in inserts {
         match inserted.get(call_id) {
-            Some(&seq) => written.push((call_id.to_string(), seq, record)),
+            Some(&seq) => written.push(WrittenCall {
+                call_id: call_id.to_string(),
+                seq,
+                record,
+                base: None,
+            }),
             None => missed.push(call_id),
         }
     }
     for u in updates {
         if updated.contains(&u.seq) {
-            written.push((u.call_id.to_string(), u.seq, u.record));
+            written.push(u.written());
         } else {
             missed.push(u.call_id);
         }
@@ -467,19 +605,21 @@ async fn write_calls<'a>(
     let mut merged: Vec<Update> = Vec::with_capacity(rows.len());
     for row in &rows {
         let (seq, stored) = read_call_row(row)?;
-        let mut record = stored.record;
-        let call_id = record.fields.call_id.clone().unwrap_or_default();
+        let base = stored.record;
+        let call_id = base.fields.call_id.clone().unwrap_or_default();
         let Some((&call_id, events)) = calls.get_key_value(call_id.as_str()) else {
             return Err(StoreError::Corrupt(format!(
                 "locked call {call_id:?} that the batch did not ask for"
             )));
         };
-        let expected_count = record.event_count;
+        let expected_count = base.event_count;
+        let mut record = base.clone();
         merge_new(&mut record, events);
         merged.push(Update {
             call_id,
             seq,
             expected_count,
+            base,
             record,
         });
     }
@@ -491,10 +631,19 @@ async fn write_calls<'a>(
             "a call changed while the batch held its lock".into(),
         ));
     }
-    for u in merged {
-        written.push((u.call_id.to_string(), u.seq, u.record));
-    }
+    written.extend(merged.into_iter().map(Update::written));
     Ok(written)
+}
+
+impl Update<'_> {
+    fn written(self) -> WrittenCall {
+        WrittenCall {
+            call_id: self.call_id.to_string(),
+            seq: self.seq,
+            record: self.record,
+            base: Some(self.base),
+        }
+    }
 }
 
 /// Inserts new calls; returns the `seq` of each one inserted (not of those that existed).

@@ -13,17 +13,20 @@ use rusqlite::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, Column,
-    EventPage, HEARTBEAT, Incoming, MERGE_SETTINGS_KEY, MergeSettings, Outcome, Pager,
-    REJECTED_QUERY, RejectedPage, RowColumns, Statement, Store, StoreError, StoredCall,
-    call_columns, call_page, call_size, list_calls_query, read_call_row, read_event_row,
+    CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, ChangeLog,
+    ChangePage, Column, Committed, EventPage, HEARTBEAT, Incoming, MERGE_SETTINGS_KEY,
+    MergeSettings, Outcome, Pager, REJECTED_QUERY, RejectedPage, RowColumns, Statement, Store,
+    StoreError, StoredCall, call_change, call_columns, call_page, call_size, change_columns,
+    change_size, changes_query, list_calls_query, read_call_row, read_change_row, read_event_row,
     read_rejected_row, rewrite_call,
 };
+use crate::model::change::{Change, ChangeFilter, NewChange};
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, SourceKey};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_merge_lattice.sql"),
+    include_str!("migrations/0003_changes.sql"),
 ];
 /// Below this much free space on the database's file system, the store says it is not ready:
 /// a batch of large events, the WAL's growth and a checkpoint need room.
@@ -377,10 +380,10 @@ impl Inner {
         result
     }
 
-    fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
+    fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError> {
         let mut writer = self.writer.lock().map_err(|_| StoreError::Closed)?;
         let Writer { conn, calls } = &mut *writer;
-        let result = commit_batch(conn, calls, batch, &self.settings.finals);
+        let result = commit_batch(conn, calls, batch, &self.settings);
         if result.is_err() {
             // Rolled back: what the cache learnt in this transaction never happened.
             calls.clear();
@@ -393,18 +396,23 @@ fn commit_batch(
     conn: &mut Connection,
     calls: &mut CallCache,
     batch: Vec<Incoming>,
-    finals: &FinalStatuses,
-) -> Result<Vec<Outcome>, StoreError> {
+    settings: &MergeSettings,
+) -> Result<Committed, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if batch.is_empty() {
         tx.prepare_cached(HEARTBEAT)?
             .execute([crate::model::time::now_micros().to_string()])?;
     }
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut changes = Vec::new();
     for item in batch {
         let outcome = match item {
             Incoming::Event { event, received_at } => {
-                store_event(&tx, calls, &event, received_at, finals)?
+                let (outcome, change) = store_event(&tx, calls, &event, received_at, settings)?;
+                if let Some(change) = change {
+                    changes.push(insert_change(&tx, change)?);
+                }
+                outcome
             }
             Incoming::Rejected(r) => {
                 let hash: [u8; 32] = Sha256::digest(&r.body).into();
@@ -426,16 +434,31 @@ fn commit_batch(
         outcomes.push(outcome);
     }
     tx.commit()?;
-    Ok(outcomes)
+    Ok(Committed { outcomes, changes })
 }
 
+/// Appends a change to the feed: its position is the next one (one writer, so positions follow
+/// commit order).
+fn insert_change(conn: &Connection, change: NewChange) -> Result<Change, StoreError> {
+    let columns = change_columns(&change);
+    conn.prepare_cached(
+        "INSERT INTO changes (type, event_id, received_at, call_id, status_norm, phase, \
+         direction, hotline, user_name, caller_norm, destination_norm, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params_from_iter(columns.into_iter().map(sql_value)))?;
+    Ok(Change::new(conn.last_insert_rowid(), change))
+}
+
+/// Stores an event (or counts a resend) and merges it into its call; with the change it makes
+/// when it is new.
 fn store_event(
     conn: &Connection,
     calls: &mut CallCache,
     event: &ParsedEvent,
     received_at: i64,
-    finals: &FinalStatuses,
-) -> Result<Outcome, StoreError> {
+    settings: &MergeSettings,
+) -> Result<(Outcome, Option<NewChange>), StoreError> {
     let call_id = event.merged_call_id();
     let warnings = event.warnings_json();
     let inserted = conn
@@ -463,24 +486,30 @@ fn store_event(
                 params![&event.dedupe_key[..], received_at, event.scope()],
                 |r| r.get(0),
             )?;
-        return Ok(Outcome::Duplicate { event_id });
+        return Ok((Outcome::Duplicate { event_id }, None));
     }
     let event_id = conn.last_insert_rowid();
-    if let Some(call_id) = call_id {
-        let key = event.source_key(finals);
-        merge_call(
-            conn,
-            calls,
-            call_id,
-            &event.fields,
-            key,
-            received_at,
-            finals,
-        )?;
-    }
-    Ok(Outcome::Stored { event_id })
+    let change = match call_id {
+        Some(call_id) => {
+            let key = event.source_key(&settings.finals);
+            let (before, after) = merge_call(
+                conn,
+                calls,
+                call_id,
+                &event.fields,
+                key,
+                received_at,
+                &settings.finals,
+            )?;
+            call_change(event_id, received_at, before.as_ref(), &after, settings)
+        }
+        None => NewChange::event(event_id, received_at, &event.raw),
+    };
+    Ok((Outcome::Stored { event_id }, Some(change)))
 }
 
+/// Merges an event into its call (creating it); returns the record before (`None`: created) and
+/// after.
 fn merge_call(
     conn: &Connection,
     calls: &mut CallCache,
@@ -489,7 +518,7 @@ fn merge_call(
     key: SourceKey,
     received_at: i64,
     finals: &FinalStatuses,
-) -> Result<(), StoreError> {
+) -> Result<(Option<CallRecord>, CallRecord), StoreError> {
     let (seq, mut record) = match calls.take(call_id) {
         Some(cached) => cached,
         None => {
@@ -500,8 +529,8 @@ fn merge_call(
                 .prepare_cached(&insert.sql)?
                 .execute(params_from_iter(insert.args.into_iter().map(sql_value)))?;
             if inserted == 1 {
-                calls.put(call_id, conn.last_insert_rowid(), record);
-                return Ok(());
+                calls.put(call_id, conn.last_insert_rowid(), record.clone());
+                return Ok((None, record));
             }
             let (seq, stored) = conn
                 .prepare_cached(&format!(
@@ -511,11 +540,12 @@ fn merge_call(
             (seq, stored?.record)
         }
     };
+    let before = record.clone();
     let update = merge_into_call(seq, &mut record, fields, key, received_at, finals);
     conn.prepare_cached(&update.sql)?
         .execute(params_from_iter(update.args.into_iter().map(sql_value)))?;
-    calls.put(call_id, seq, record);
-    Ok(())
+    calls.put(call_id, seq, record.clone());
+    Ok((Some(before), record))
 }
 
 /// Inserts a new call unless its id exists (`ON CONFLICT (call_id) DO NOTHING`).
@@ -634,10 +664,57 @@ fn list_calls(
 }
 
 #[async_trait]
+impl ChangeLog for SqliteStore {
+    async fn changes(
+        &self,
+        after: i64,
+        filter: &ChangeFilter,
+        limit: usize,
+    ) -> Result<ChangePage, StoreError> {
+        let query = changes_query(after, filter, limit);
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                let mut stmt = conn.prepare_cached(&query.sql)?;
+                let mut rows =
+                    stmt.query(params_from_iter(query.args.into_iter().map(sql_value)))?;
+                let mut pager = Pager::new(limit);
+                while let Some(row) = rows.next()? {
+                    let change = read_change_row(row)?;
+                    let size = change_size(&change);
+                    if !pager.push(change, size) {
+                        break;
+                    }
+                }
+                let (items, next) = pager.finish(|c| c.seq);
+                Ok(ChangePage {
+                    items,
+                    more: next.is_some(),
+                })
+            })
+        })
+        .await
+    }
+
+    async fn last_seq(&self) -> Result<i64, StoreError> {
+        self.blocking(|inner| {
+            inner.with_reader(|conn| {
+                Ok(conn
+                    // The last position handed out, even when its row has been deleted since.
+                    .prepare_cached(
+                        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
+                    )?
+                    .query_row([], |r| r.get(0))?)
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl Store for SqliteStore {
     /// Runs on the calling thread: alohook calls it only from its writer thread, where blocking
     /// is the point, and a hop to another thread per batch cost a sixth of ingest throughput.
-    async fn commit(&self, batch: Vec<Incoming>) -> Result<Vec<Outcome>, StoreError> {
+    async fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError> {
         self.inner.commit(batch)
     }
 

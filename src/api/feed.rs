@@ -1,0 +1,246 @@
+//! The change feed over HTTP: `GET /api/changes` for consumers that poll, `GET /api/stream`
+//! (Server-Sent Events) for those that listen.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use super::AppState;
+use super::calls::Params;
+use super::conn::Peer;
+use super::error::ApiError;
+use crate::feed::sse::{KEEP_ALIVE, RETRY_MILLIS, write_message};
+use crate::feed::{FeedReader, SharedChange};
+use crate::model::change::{ChangeFilter, ChangeType};
+use crate::model::phone::normalize_phone;
+
+/// Parameters of the stream; `/api/changes` takes `limit` too.
+const STREAM_PARAMS: &[&str] = &[
+    "since",
+    "types",
+    "call_id",
+    "status",
+    "phase",
+    "direction",
+    "hotline",
+    "user_name",
+    "phone",
+];
+const CHANGES_PARAMS: &[&str] = &[
+    "since",
+    "limit",
+    "types",
+    "call_id",
+    "status",
+    "phase",
+    "direction",
+    "hotline",
+    "user_name",
+    "phone",
+];
+/// Changes per page of `/api/changes` when `limit` is not given.
+const DEFAULT_CHANGES_LIMIT: usize = 100;
+/// An idle stream sends a comment this often.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
+
+/// The filters, with the meaning they have in `/api/calls`.
+fn change_filter(params: &Params) -> Result<ChangeFilter, ApiError> {
+    let types = params
+        .get("types")
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    ChangeType::parse(t).ok_or_else(|| {
+                        ApiError::parameter(
+                            "types",
+                            format!(
+                                "unknown type {t:?}; known: {}",
+                                ChangeType::ALL.map(ChangeType::as_str).join(", ")
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    Ok(ChangeFilter {
+        types,
+        call_id: params.text("call_id"),
+        status: params.get("status").map(str::to_lowercase),
+        phase: params.phase()?,
+        direction: params.direction()?,
+        hotline: params.text("hotline"),
+        user_name: params.text("user_name"),
+        phone: params.get("phone").map(normalize_phone),
+    })
+}
+
+/// A position in the feed: a non-negative integer.
+fn position(name: &str, value: &str) -> Result<i64, ApiError> {
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| ApiError::parameter(name, "must be a non-negative integer (a seq)"))
+}
+
+/// `GET /api/changes?since=N&limit=L&…`: the changes after `since` (default 0), oldest first.
+pub async fn list_changes(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::new(query, CHANGES_PARAMS)?;
+    let filter = change_filter(&params)?;
+    let limit = params.limit_or(DEFAULT_CHANGES_LIMIT)?;
+    let since = params
+        .get("since")
+        .map(|s| position("since", s))
+        .transpose()?
+        .unwrap_or(0);
+    let page = state.feed.log().changes(since, &filter, limit).await?;
+    let next_since = page.items.last().map_or(since, |c| c.seq);
+    // The changes are JSON already: written as they are.
+    let mut body =
+        String::with_capacity(page.items.iter().map(|c| c.json.len() + 1).sum::<usize>() + 40);
+    body.push_str("{\"items\":[");
+    for (i, change) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&change.json);
+    }
+    body.push_str(&format!("],\"next_since\":{next_since}}}"));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /api/stream`: every matching change after the resume position, then live.
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    peer: Option<Extension<ConnectInfo<Peer>>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::new(query, STREAM_PARAMS)?;
+    let filter = change_filter(&params)?;
+    // What an EventSource sends when it reconnects wins over the URL it was opened with.
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::parameter("Last-Event-ID", "must be a seq"))
+                .and_then(|v| position("Last-Event-ID", v))
+        })
+        .transpose()?;
+    let since = params
+        .get("since")
+        .map(|s| position("since", s))
+        .transpose()?;
+    let start = last_event_id.or(since).unwrap_or_else(|| state.feed.head());
+    let Ok(place) = state.streams.clone().try_acquire_owned() else {
+        state.metrics.streams_refused.inc();
+        tracing::warn!("a live stream was refused: --max-streams are open");
+        return Err(ApiError::Unavailable);
+    };
+    let open = OpenStream {
+        reader: state.feed.reader(start, filter),
+        stopping: state.stopping.clone(),
+        _place: place,
+        _listening: peer.map(|Extension(ConnectInfo(peer))| peer.streaming()),
+        metrics: state.metrics.clone(),
+        opened: false,
+    };
+    state.metrics.streams.inc();
+    let body = futures_util::stream::unfold(open, |mut open| async move {
+        let chunk = open.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), open))
+    });
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // nginx would otherwise hold the stream back in its buffers.
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// A stream being answered, and what it holds while open.
+struct OpenStream {
+    reader: FeedReader,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    _place: tokio::sync::OwnedSemaphorePermit,
+    _listening: Option<super::conn::Streaming>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    opened: bool,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.metrics.streams.dec();
+    }
+}
+
+impl OpenStream {
+    /// The next bytes to send: the retry hint first, then changes as they come, or a keep-alive
+    /// comment when there were none for a while; `None` to end the stream (shutdown, or the
+    /// store failed: the client resumes from the last `id` it got).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if !self.opened {
+            self.opened = true;
+            // The position the stream starts after, as an id without data: EventSource does not
+            // dispatch it but resumes from it, so a reconnect before the first change misses
+            // nothing either.
+            return Some(Bytes::from(format!(
+                "retry: {RETRY_MILLIS}\nid: {}\n\n",
+                self.reader.position()
+            )));
+        }
+        if *self.stopping.borrow() {
+            return None;
+        }
+        tokio::select! {
+            _ = self.stopping.changed() => None,
+            next = self.reader.next() => match next {
+                Ok(changes) => Some(messages(&changes)),
+                Err(error) => {
+                    tracing::warn!(%error, position = self.reader.position(), "ending a live stream: the feed cannot be read; the client resumes from its last id");
+                    None
+                }
+            },
+            _ = tokio::time::sleep(KEEP_ALIVE_EVERY) => Some(Bytes::from_static(KEEP_ALIVE.as_bytes())),
+        }
+    }
+}
+
+fn messages(changes: &[SharedChange]) -> Bytes {
+    let mut out = String::with_capacity(changes.iter().map(|c| c.json.len() + 64).sum());
+    for change in changes {
+        write_message(change, &mut out);
+    }
+    Bytes::from(out)
+}

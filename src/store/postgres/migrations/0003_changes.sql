@@ -1,0 +1,27 @@
+-- The feed (see the SQLite schema's 0003 and store::ChangeLog). Positions are not taken from a
+-- sequence: sequence values are handed out in one order and committed in another, and a reader
+-- of `seq > N` would skip a change that commits late. A batch instead takes its positions from
+-- this one-row counter as its last statement before COMMIT: the row lock serialises that step
+-- across instances until the commit is visible, so positions are committed in order, with no
+-- gaps (a rolled-back batch rolls its positions back), and never reused.
+CREATE TABLE alohook_feed (
+    id       BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
+    last_seq BIGINT  NOT NULL
+);
+INSERT INTO alohook_feed (id, last_seq) VALUES (TRUE, 0);
+
+CREATE TABLE changes (
+    seq              BIGINT  PRIMARY KEY,
+    type             TEXT    NOT NULL,
+    event_id         BIGINT  NOT NULL,
+    received_at      BIGINT  NOT NULL,
+    call_id          TEXT,
+    status_norm      TEXT,
+    phase            TEXT,
+    direction        TEXT,
+    hotline          TEXT,
+    user_name        TEXT,
+    caller_norm      TEXT,
+    destination_norm TEXT,
+    data             TEXT    NOT NULL
+);
