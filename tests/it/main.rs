@@ -6,6 +6,8 @@ mod support;
 mod cli;
 /// Identity of events: key order, whitespace, number vs string, restarts, concurrent resends.
 mod dedupe;
+/// The change feed: one change per new event, `/api/changes`, the SSE stream, resume, limits.
+mod feed;
 /// One record per call whatever the arrival order; typing of loose fields.
 mod merge;
 /// PostgreSQL only: two instances on one database, and a database outage mid-load.

@@ -1,0 +1,446 @@
+//! The change feed over real HTTP: `/api/changes` and `/api/stream`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use alohook::feed::sse::Parser;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::sim::{sim_args, simulate};
+use crate::support::*;
+
+/// One change as a stream delivered it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub seq: i64,
+    pub kind: String,
+    pub change: Value,
+}
+
+/// A live stream opened with the test token.
+pub struct Stream {
+    response: reqwest::Response,
+    parser: Parser,
+    /// The position the server says the stream starts after.
+    pub start: Option<i64>,
+    pending: Vec<Seen>,
+}
+
+impl Stream {
+    pub async fn open(base: &str, query: &str, last_event_id: Option<i64>) -> Stream {
+        let response = Self::request(base, query, last_event_id).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Stream {
+            response,
+            parser: Parser::default(),
+            start: None,
+            pending: Vec::new(),
+        }
+    }
+
+    pub async fn request(base: &str, query: &str, last_event_id: Option<i64>) -> reqwest::Response {
+        let client = reqwest::Client::new();
+        let mut request = client
+            .get(format!("{base}/api/stream{query}"))
+            .bearer_auth(TOKEN);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        request.send().await.unwrap()
+    }
+
+    /// The next change, or `None` when none comes within `wait` or the stream ends.
+    pub async fn next(&mut self, wait: Duration) -> Option<Seen> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if !self.pending.is_empty() {
+                return Some(self.pending.remove(0));
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .ok()?
+                .ok()??;
+            for message in self.parser.push(&chunk) {
+                let id: i64 = message.id.as_deref().unwrap().parse().unwrap();
+                match message.data {
+                    None => {
+                        assert!(self.start.is_none(), "one starting position");
+                        self.start = Some(id);
+                    }
+                    Some(data) => {
+                        assert!(!data.contains('\n'), "one data line");
+                        let change: Value = serde_json::from_str(&data).unwrap();
+                        assert_eq!(change["seq"], id, "id is the change's seq");
+                        assert_eq!(change["type"].as_str(), message.event.as_deref());
+                        self.pending.push(Seen {
+                            seq: id,
+                            kind: message.event.unwrap(),
+                            change,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Changes until one at `last` or beyond has come, within `wait` overall.
+    pub async fn until(&mut self, last: i64, wait: Duration) -> Vec<Seen> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut seen = Vec::new();
+        while seen.last().is_none_or(|s: &Seen| s.seq < last) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(s) => seen.push(s),
+                None => panic!(
+                    "the stream stopped at {:?}, waiting for {last}",
+                    seen.last().map(|s| s.seq)
+                ),
+            }
+        }
+        seen
+    }
+}
+
+/// Every change after `since` that matches `query` (`&`-joined filters), paged through
+/// `/api/changes`.
+pub async fn all_changes(server: &TestServer, since: i64, query: &str) -> Vec<Value> {
+    let mut since = since;
+    let mut all = Vec::new();
+    loop {
+        let (status, page) = server
+            .get(&format!("/api/changes?since={since}&limit=37{query}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let items = page["items"].as_array().unwrap().clone();
+        let next = page["next_since"].as_i64().unwrap();
+        if items.is_empty() {
+            assert_eq!(next, since, "an empty page gives back since");
+            return all;
+        }
+        assert_eq!(next, items.last().unwrap()["seq"].as_i64().unwrap());
+        since = next;
+        all.extend(items);
+    }
+}
+
+/// Strictly increasing positions, each event once.
+fn assert_ordered_once(changes: &[Value]) {
+    let seqs: Vec<i64> = changes.iter().map(|c| c["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "increasing: {seqs:?}");
+    let events: HashSet<i64> = changes
+        .iter()
+        .map(|c| c["event_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(events.len(), changes.len(), "one change per event");
+}
+
+fn values(seen: &[Seen]) -> Vec<Value> {
+    seen.iter().map(|s| s.change.clone()).collect()
+}
+
+fn ringing(call_id: &str) -> Value {
+    json!({"call_id": call_id, "call_status": "ringing", "direction": "inbound",
+           "caller_number": "0389123456", "destination_number": "888", "hotline": "19001234",
+           "starttime": "2024-01-13 15:00:30", "userName": "agent1"})
+}
+
+fn missed(call_id: &str) -> Value {
+    json!({"call_id": call_id, "call_status": "missed", "direction": "inbound",
+           "caller_number": "0389123456", "hotline": "19001234",
+           "starttime": "2024-01-13 15:00:30"})
+}
+
+crate::on_every_backend! {
+/// Every acknowledged new event has exactly one change, with the type its merge deserves;
+/// resends have none.
+async fn one_change_per_new_event_none_for_resends(db) {
+    let server = TestServer::start(&db).await;
+    // Out of order: the final event first, then the mid-call one.
+    let final_first = server.send(&ended("A1")).await;
+    let mid_after = server.send(&in_progress("A1")).await;
+    let (status, resend) = server.post(ended("A1").to_string()).await;
+    assert_eq!((status, resend["duplicate"].as_bool()), (StatusCode::OK, Some(true)));
+    // In order: ringing, answered, ended.
+    let r = server.send(&ringing("A2")).await;
+    let a = server.send(&json!({"call_id": "A2", "call_status": "answered",
+        "starttime": "2024-01-13 15:00:30", "answertime": "2024-01-13 15:00:35"})).await;
+    let e = server.send(&json!({"call_id": "A2", "call_status": "answered",
+        "starttime": "2024-01-13 15:00:30", "answertime": "2024-01-13 15:00:35",
+        "endtime": "2024-01-13 15:01:00"})).await;
+    // A missed call is created ended; a late ringing event of it is an update.
+    let m = server.send(&missed("A3")).await;
+    let late = server.send(&ringing("A3")).await;
+    // Not a call event: its payload as sent, on one line.
+    let survey_body = "{\"call_id\":\"A4\",\n \"eventType\":\"survey\", \"score\": 5}";
+    let (status, survey) = server.post(survey_body).await;
+    assert_eq!(status, StatusCode::OK);
+    let survey = survey["event_id"].as_i64().unwrap();
+    // Quarantined bodies make no change.
+    let (status, _) = server.post("{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let changes = all_changes(&server, 0, "").await;
+    assert_ordered_once(&changes);
+    let got: Vec<(i64, &str)> = changes
+        .iter()
+        .map(|c| (c["event_id"].as_i64().unwrap(), c["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (final_first, "call.ended"),
+            (mid_after, "call.updated"),
+            (r, "call.created"),
+            (a, "call.updated"),
+            (e, "call.ended"),
+            (m, "call.ended"),
+            (late, "call.updated"),
+            (survey, "event.received"),
+        ]
+    );
+    assert_eq!(changes[0]["seq"], 1);
+    for c in &changes {
+        let received = c["received_at"].as_str().unwrap();
+        assert!(received.ends_with('Z'), "{received}");
+    }
+    // Each change holds the call right after its event; the last one is the call as it is.
+    assert_eq!(changes[0]["call"]["event_count"], 1);
+    assert_eq!(changes[0]["call"]["phase"], "ended");
+    assert_eq!(changes[1]["call"], server.call("A1").await);
+    assert_eq!(changes[4]["call"], server.call("A2").await);
+    assert_eq!(changes[3]["call"]["phase"], "in_progress");
+    assert_eq!(changes[6]["call"]["call_status"], "missed", "never rolled back");
+    assert_eq!(changes[7]["event"], json!({"call_id": "A4", "eventType": "survey", "score": 5}));
+    assert!(changes[7].get("call").is_none());
+
+    // Filters: the call as of the change; a call filter leaves out event.received.
+    let ended_only = all_changes(&server, 0, "&types=call.ended").await;
+    assert_eq!(ended_only.len(), 3);
+    let two_types = all_changes(&server, 0, "&types=call.created,event.received").await;
+    assert_eq!(two_types.len(), 2);
+    let missed_status = all_changes(&server, 0, "&status=MISSED").await;
+    assert_eq!(missed_status.len(), 2, "both changes of A3 show it missed");
+    let a2 = all_changes(&server, 0, "&call_id=A2&phase=in_progress").await;
+    assert_eq!(a2.len(), 1);
+    let by_phone = all_changes(&server, 0, "&phone=%2B84389123456&direction=INBOUND&hotline=19001234").await;
+    assert_eq!(by_phone.len(), 5, "A2's three (the number stays once known), A3's two");
+    let by_agent = all_changes(&server, 0, "&user_name=agent1").await;
+    assert_eq!(by_agent.len(), 4, "A2's three, and A3 once its late ringing named the agent");
+    // Paged from the middle.
+    let rest = all_changes(&server, 3, "").await;
+    assert_eq!(rest, changes[3..].to_vec());
+    server.stop().await;
+}
+
+async fn bad_parameters_are_named(db) {
+    let server = TestServer::start(&db).await;
+    for (query, parameter) in [
+        ("since=-1", "since"),
+        ("since=abc", "since"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("types=call.created,call.bogus", "types"),
+        ("phase=over", "phase"),
+        ("direction=sideways", "direction"),
+        ("color=red", "color"),
+    ] {
+        let (status, body) = server.get(&format!("/api/changes?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"], "invalid_parameter");
+        assert_eq!(body["parameter"], parameter, "{query}");
+        if parameter != "limit" {
+            let response = Stream::request(&server.base, &format!("?{query}"), None).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "stream {query}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["parameter"], parameter, "stream {query}");
+        }
+    }
+    let response = Stream::request(&server.base, "", None)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    let bad_id = reqwest::Client::new()
+        .get(server.url("/api/stream"))
+        .bearer_auth(TOKEN)
+        .header("Last-Event-ID", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
+    for path in ["/api/stream", "/api/changes"] {
+        let (status, _) = server.get_with_auth(path, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    server.stop().await;
+}
+
+/// A reader from 0 while the simulator runs (resends and reordering on) sees every change once,
+/// in increasing order; the last change of each call is the call as the API shows it.
+async fn a_stream_from_zero_sees_every_change_once_while_the_simulator_runs(db) {
+    let server = TestServer::start(&db).await;
+    let stream = Stream::open(&server.base, "?since=0", None).await;
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        let mut stream = stream;
+        while let Some(s) = stream.next(Duration::from_secs(60)).await {
+            if seen_tx.send(s).is_err() {
+                break;
+            }
+        }
+    });
+    let (ok, report) = simulate(sim_args(
+        &server.base,
+        400,
+        &["--duplicates", "0.2", "--reorder", "0.3", "--concurrency", "32"],
+    ))
+    .await;
+    assert!(ok, "{report:#}");
+    let changes = all_changes(&server, 0, "").await;
+    let last = changes.last().unwrap()["seq"].as_i64().unwrap();
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|s: &Seen| s.seq < last) {
+        let next = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv()).await;
+        seen.push(next.expect("the stream keeps up").expect("the stream is open"));
+    }
+    reader.abort();
+    assert_eq!(
+        changes.len() as u64,
+        report["acknowledged"].as_u64().unwrap(),
+        "one change per distinct event acknowledged"
+    );
+    assert_ordered_once(&changes);
+    assert_eq!(values(&seen), changes, "the stream and /api/changes agree");
+    let mut last: BTreeMap<String, Value> = BTreeMap::new();
+    for c in &changes {
+        last.insert(c["call"]["call_id"].as_str().unwrap().to_string(), c["call"].clone());
+    }
+    assert_eq!(last.len(), 400);
+    for (call_id, call) in last {
+        assert_eq!(call, server.call(&call_id).await, "{call_id}");
+    }
+    server.stop().await;
+}
+
+/// Disconnect mid-stream; reconnect with Last-Event-ID (and the since=0 an EventSource was opened
+/// with, which the header beats): nothing missed, nothing twice.
+async fn a_reconnect_with_last_event_id_resumes_exactly(db) {
+    let server = TestServer::start(&db).await;
+    for i in 0..30 {
+        server.send(&ringing(&format!("R{i}"))).await;
+    }
+    let mut stream = Stream::open(&server.base, "?since=0", None).await;
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        seen.push(stream.next(Duration::from_secs(5)).await.unwrap());
+    }
+    assert_eq!(stream.start, Some(0));
+    drop(stream);
+    for i in 0..30 {
+        server.send(&missed(&format!("R{i}"))).await;
+    }
+    let resume = seen.last().unwrap().seq;
+    let mut stream = Stream::open(&server.base, "?since=0", Some(resume)).await;
+    assert_eq!(stream.start, None);
+    seen.extend(stream.until(60, Duration::from_secs(10)).await);
+    assert_eq!(stream.start, Some(resume));
+    assert_eq!(values(&seen), all_changes(&server, 0, "").await);
+    // Live from there: a new event arrives on the open stream.
+    server.send(&ended("R0")).await;
+    let live = stream.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((live.seq, live.kind.as_str()), (61, "call.updated"));
+    server.stop().await;
+}
+
+/// Without a position a stream starts at the end; filters match live as they do in a replay.
+async fn a_new_stream_sees_only_new_changes_and_filters_agree_with_a_replay(db) {
+    let server = TestServer::start(&db).await;
+    for i in 0..5 {
+        server.send(&ringing(&format!("N{i}"))).await;
+    }
+    let mut everything = Stream::open(&server.base, "", None).await;
+    let mut missed_only = Stream::open(&server.base, "?status=missed&types=call.ended,call.updated", None).await;
+    // Both name where they start.
+    assert!(everything.next(Duration::from_millis(300)).await.is_none());
+    assert_eq!(everything.start, Some(5));
+    for i in 0..5 {
+        server.send(&missed(&format!("N{i}"))).await;
+        server.send(&ringing(&format!("M{i}"))).await;
+    }
+    let live = everything.until(15, Duration::from_secs(10)).await;
+    assert_eq!(live.first().unwrap().seq, 6);
+    assert_eq!(values(&live), all_changes(&server, 5, "").await);
+    let filtered = missed_only.until(14, Duration::from_secs(10)).await;
+    assert_eq!(missed_only.start, Some(5));
+    let replay = all_changes(&server, 5, "&status=missed&types=call.ended,call.updated").await;
+    assert_eq!(replay.len(), 5);
+    assert_eq!(values(&filtered), replay);
+    server.stop().await;
+}
+
+/// `--max-streams` streams at once; the next is 503 with Retry-After until one closes.
+async fn streams_beyond_the_limit_are_503(db) {
+    let mut settings = settings(&db);
+    settings.max_streams = Some(2);
+    let server = TestServer::start_with(settings, None).await;
+    let first = Stream::open(&server.base, "", None).await;
+    let _second = Stream::open(&server.base, "", None).await;
+    let refused = Stream::request(&server.base, "", None).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Reads do not count against streams.
+    let (status, _) = server.get("/api/changes").await;
+    assert_eq!(status, StatusCode::OK);
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..100 {
+        let response = Stream::request(&server.base, "", None).await;
+        if response.status() == StatusCode::OK {
+            reopened = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "a place frees when a stream closes");
+    assert!(server.metrics().await.contains("alohook_streams_refused_total 1"));
+    server.stop().await;
+}
+
+/// A stream that is listened to is not an idle connection, even past the client timeout; a
+/// shutdown ends it cleanly.
+async fn streams_outlive_the_client_timeout_and_end_on_shutdown(db) {
+    let mut settings = settings(&db);
+    settings.client_timeout = Some(1);
+    let server = TestServer::start_with(settings, None).await;
+    let mut stream = Stream::open(&server.base, "", None).await;
+    assert!(stream.next(Duration::from_secs(3)).await.is_none());
+    server.send(&ringing("T1")).await;
+    let seen = stream.next(Duration::from_secs(5)).await.expect("still open");
+    assert_eq!(seen.kind, "call.created");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server.stop()).await;
+    assert!(stopped.is_ok(), "shutdown does not wait for open streams");
+    assert!(stream.next(Duration::from_secs(5)).await.is_none(), "the stream ended");
+}
+}
+
+/// An idle stream sends a keep-alive comment at least every 15 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_sends_keep_alives() {
+    let db = Db::sqlite();
+    let server = TestServer::start(&db).await;
+    let mut response = Stream::request(&server.base, "", None).await;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(17);
+    while !text.contains(": keep-alive\n\n") {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("no keep-alive within 17 s: {other:?}; got {text:?}"),
+        }
+    }
+    assert!(text.starts_with("retry: "), "{text:?}");
+    server.stop().await;
+}
