@@ -43,6 +43,24 @@ impl Stream {
         }
     }
 
+    /// The stream, or `None` while the server does not answer 200.
+    pub async fn try_open(base: &str, query: &str, last_event_id: Option<i64>) -> Option<Stream> {
+        let client = reqwest::Client::new();
+        let mut request = client
+            .get(format!("{base}/api/stream{query}"))
+            .bearer_auth(TOKEN);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.ok()?;
+        (response.status() == StatusCode::OK).then(|| Stream {
+            response,
+            parser: Parser::default(),
+            start: None,
+            pending: Vec::new(),
+        })
+    }
+
     pub async fn request(base: &str, query: &str, last_event_id: Option<i64>) -> reqwest::Response {
         let client = reqwest::Client::new();
         let mut request = client
@@ -104,6 +122,47 @@ impl Stream {
         }
         seen
     }
+}
+
+/// Follows `base`'s stream from the start for as long as the receiver is held, reconnecting
+/// (with Last-Event-ID: the last change it got) whenever the server goes away.
+pub fn follow(base: String) -> tokio::sync::mpsc::UnboundedReceiver<Seen> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut last = 0;
+        while !tx.is_closed() {
+            let Some(mut stream) = Stream::try_open(&base, "", Some(last)).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            while let Some(seen) = stream.next(Duration::from_secs(60)).await {
+                last = seen.seq;
+                if tx.send(seen).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// What `follow` delivered, until a change at `last` or beyond.
+pub async fn received_until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    last: i64,
+) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = Vec::new();
+    while seen.last().is_none_or(|s| s.seq < last) {
+        match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+            Ok(Some(s)) => seen.push(s),
+            _ => panic!(
+                "the reader stopped at {:?} of {last}, after {} changes",
+                seen.last().map(|s| s.seq),
+                seen.len()
+            ),
+        }
+    }
+    seen
 }
 
 /// Every change after `since` that matches `query` (`&`-joined filters), paged through

@@ -216,6 +216,8 @@ async fn crash_test_sigkill_twice_loses_nothing(db) {
 
     let mut server = serve_process(db.path(), port, &extra);
     let base = format!("http://127.0.0.1:{port}");
+    // A stream reader that resumes from the last change it got whenever the server comes back.
+    let mut reader = crate::feed::follow(base.clone());
     let sim = tokio::spawn(simulate(sim_args(
         &base,
         12_000,
@@ -248,9 +250,33 @@ async fn crash_test_sigkill_twice_loses_nothing(db) {
         .await
         .expect("the simulation finishes")
         .unwrap();
+    // Every acknowledged event has its change, and the reader got each once, in order.
+    let client = reqwest::Client::new();
+    let mut changes: Vec<i64> = Vec::new();
+    loop {
+        let page: Value = client
+            .get(format!("{base}/api/changes?limit=1000&since={}", changes.last().unwrap_or(&0)))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = page["items"].as_array().unwrap();
+        if items.is_empty() {
+            break;
+        }
+        changes.extend(items.iter().map(|c| c["seq"].as_i64().unwrap()));
+    }
+    let seen = crate::feed::received_until(&mut reader, *changes.last().unwrap()).await;
     server.kill().unwrap();
     server.wait().unwrap();
     assert!(ok, "seed {seed}: {report:#}");
+    assert_eq!(changes.len() as u64, report["acknowledged"].as_u64().unwrap(), "seed {seed}");
+    let seen: Vec<i64> = seen.iter().map(|s| s.seq).collect();
+    assert_eq!(seen.len(), changes.len(), "seed {seed}: the reader got every change once");
+    assert_eq!(seen, changes, "seed {seed}: in order");
     assert!(
         report["events_sent"].as_u64().unwrap() >= 19_000,
         "{report:#}"

@@ -51,7 +51,7 @@ pub(super) struct BatchSql {
 
 /// Appends a batch's changes to the feed at the next positions of the counter; `$1` is how many.
 const INSERT_CHANGES: &str = "WITH c AS (UPDATE alohook_feed SET last_seq = last_seq + $1 \
-    RETURNING last_seq) \
+    WHERE id RETURNING last_seq) \
     INSERT INTO changes (seq, type, event_id, received_at, call_id, status_norm, phase, \
     direction, hotline, user_name, caller_norm, destination_norm, data) \
     SELECT c.last_seq - $1 + u.n, u.type, u.event_id, u.received_at, u.call_id, u.status_norm, \
