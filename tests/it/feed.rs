@@ -503,3 +503,275 @@ async fn an_idle_stream_sends_keep_alives() {
     assert!(text.starts_with("retry: "), "{text:?}");
     server.stop().await;
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_alohook");
+
+/// `alohook tail` or `listen` with the test token, its output captured.
+fn client_command(command: &str, base: &str, extra: &[&str]) -> tokio::process::Command {
+    let mut child = tokio::process::Command::new(BIN);
+    child
+        .args([command, "--api-url", base, "--api-token", TOKEN])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    child
+}
+
+async fn finished(child: tokio::process::Child, within: Duration) -> std::process::Output {
+    let output = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .expect("it stops after --count changes")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `alohook tail --count`: prints every change once, in order, live ones too, and goes on across
+/// a server that is killed and started again (resuming after the last change it printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_every_change_once_across_a_server_restart() {
+    let db = Db::sqlite();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = serve_process(db.path(), port, &[]);
+    let client = reqwest::Client::new();
+    let send = |body: Value| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/webhooks/alohub"))
+                .header("authorization", KEY)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    };
+    for i in 0..4 {
+        send(ringing(&format!("T{i}"))).await;
+    }
+    let tail = client_command(
+        "tail",
+        &base,
+        &["--from-start", "--count", "12", "--format", "json"],
+    )
+    .spawn()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..4 {
+        send(missed(&format!("T{i}"))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server = serve_process(db.path(), port, &[]);
+    for i in 0..4 {
+        send(ended(&format!("T{i}"))).await;
+    }
+    let output = finished(tail, Duration::from_secs(30)).await;
+    let printed: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    let mut all = Vec::new();
+    let mut since = 0;
+    loop {
+        let page: Value = client
+            .get(format!("{base}/api/changes?since={since}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = page["items"].as_array().unwrap().clone();
+        if items.is_empty() {
+            break;
+        }
+        since = page["next_since"].as_i64().unwrap();
+        all.extend(items);
+    }
+    assert_eq!(all.len(), 12);
+    assert_eq!(printed, all);
+
+    // The readable form: one line per change, from a given position.
+    let output = finished(
+        client_command("tail", &base, &["--since", "10", "--count", "2"])
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(15),
+    )
+    .await;
+    let lines: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("call.updated") && lines[0].contains("T2"),
+        "{lines:?}"
+    );
+    // A wrong token stops it at once, saying why.
+    let output = tokio::process::Command::new(BIN)
+        .args(["tail", "--api-url", &base, "--from-start"])
+        .env("ALOHOOK_API_TOKEN", "wrong")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// What the test's handler was sent: every request's body and content type, in order.
+#[derive(Default)]
+struct Handled {
+    requests: Vec<(String, String, StatusCode)>,
+    answered: usize,
+}
+
+/// A handler that fails its first `failures` requests (500), then acknowledges (200).
+async fn failing_handler(failures: usize) -> (String, std::sync::Arc<std::sync::Mutex<Handled>>) {
+    use axum::http::HeaderMap;
+    let handled = std::sync::Arc::new(std::sync::Mutex::new(Handled::default()));
+    let state = handled.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                let mut handled = state.lock().unwrap();
+                handled.answered += 1;
+                let status = if handled.answered <= failures {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                };
+                let content_type = headers
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default();
+                handled.requests.push((body, content_type, status));
+                status
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, handled)
+}
+
+/// `alohook listen`: every change reaches the handler, in order, as the change JSON exactly,
+/// after the handler's failures stop; the state file lets a restart resume after the last
+/// change the handler acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_forwards_every_change_in_order_past_a_failing_handler() {
+    let db = Db::sqlite();
+    let server = TestServer::start(&db).await;
+    let (hook, handled) = failing_handler(4).await;
+    for i in 0..6 {
+        server.send(&ringing(&format!("L{i}"))).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("listen.state");
+    let state_arg = state.to_str().unwrap();
+    let listen = client_command(
+        "listen",
+        &server.base,
+        &[
+            "--forward-to",
+            &hook,
+            "--from-start",
+            "--count",
+            "9",
+            "--state",
+            state_arg,
+        ],
+    )
+    .spawn()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        server.send(&missed(&format!("L{i}"))).await;
+    }
+    let output = finished(listen, Duration::from_secs(30)).await;
+    let all = all_changes(&server, 0, "").await;
+    assert_eq!(all.len(), 9);
+    let requests = std::mem::take(&mut handled.lock().unwrap().requests);
+    // The first change was tried until the failures stopped; nothing went past it meanwhile.
+    let seqs: Vec<i64> = requests
+        .iter()
+        .map(|(body, _, _)| {
+            serde_json::from_str::<Value>(body).unwrap()["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(&seqs[..5], &[1, 1, 1, 1, 1], "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "in order: {seqs:?}");
+    let acknowledged: Vec<Value> = requests
+        .iter()
+        .filter(|(_, _, status)| *status == StatusCode::OK)
+        .map(|(body, content_type, _)| {
+            assert_eq!(content_type, "application/json");
+            serde_json::from_str(body).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        acknowledged, all,
+        "each change once acknowledged, as the stream shows it"
+    );
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(printed.contains("500 Internal Server Error"), "{printed}");
+    assert!(printed.contains("200 OK"), "{printed}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), "9");
+
+    // Started again with the state file (and no position): only what came since.
+    for i in 3..5 {
+        server.send(&missed(&format!("L{i}"))).await;
+    }
+    let output = finished(
+        client_command(
+            "listen",
+            &server.base,
+            &["--forward-to", &hook, "--count", "2", "--state", state_arg],
+        )
+        .spawn()
+        .unwrap(),
+        Duration::from_secs(20),
+    )
+    .await;
+    let requests = std::mem::take(&mut handled.lock().unwrap().requests);
+    let seqs: Vec<i64> = requests
+        .iter()
+        .map(|(body, _, _)| {
+            serde_json::from_str::<Value>(body).unwrap()["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![10, 11],
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), "11");
+    server.stop().await;
+}
