@@ -10,17 +10,21 @@
 //! - Other instances' commits (PostgreSQL) wake the publisher through the store's
 //!   [`ChangeLog::watch_other_writers`]; a check once a second catches anything a lost
 //!   notification left behind.
-//! - A reader ([`FeedReader`]) reads from the store at its own pace until it is close to the end,
-//!   then subscribes to the live batches and reads the store once more, so that nothing
-//!   committed in between is missed; it skips what it has already delivered. A reader that falls
-//!   too far behind the live batches (a slow client) goes back to the store. Memory is bounded:
-//!   the live batches are one shared ring, and a reader holds one page at most.
+//! - Published changes are kept in one shared ring of the newest changes, bounded in bytes, and
+//!   every reader is woken when the head moves. A reader ([`FeedReader`]) reads from the store
+//!   at its own pace until it reaches the end, then takes what follows from the ring; a reader
+//!   that falls behind what the ring still holds (a slow client) goes back to the store. So the
+//!   feed's memory is the ring's bound whatever the readers do, and a reader holds one page.
+//! - The switch from the store to the ring has no gap and no duplicate: the reader notes the head
+//!   before its last store read, so everything up to it was committed before that read (and was
+//!   in it); it takes from the ring only what lies after the head, and delivers nothing at or
+//!   below the last change it delivered.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{mpsc, watch};
 
 use crate::model::change::{Change, ChangeFilter};
 use crate::store::{ChangeLog, StoreError};
@@ -28,12 +32,12 @@ use crate::store::{ChangeLog, StoreError};
 pub mod client;
 pub mod sse;
 
-/// Batches of live changes kept for readers that are a little behind; past that a reader reads
-/// from the store.
-const LIVE_BATCHES: usize = 1024;
+/// Bytes of the newest changes kept for readers that are a little behind (a second or more of
+/// full-speed ingest); past that a reader reads from the store.
+const LIVE_BYTES: usize = 16 * 1024 * 1024;
 /// Commits reported but not yet published; past that a report is dropped, and the publisher
 /// reads those changes from the store.
-const COMMITS_QUEUED: usize = 1024;
+const COMMITS_QUEUED: usize = 64;
 /// Changes a reader reads from the store at once.
 pub const READ_PAGE: usize = 500;
 /// How often the publisher checks the store for changes it was not told of.
@@ -42,28 +46,78 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A committed change, shared by every reader.
 pub type SharedChange = Arc<Change>;
 
-/// The feed: where readers subscribe, and where the writer reports commits.
+/// The feed: where readers follow the changes, and where the writer reports commits.
 #[derive(Clone)]
 pub struct Feed {
     log: Arc<dyn ChangeLog>,
-    live: broadcast::Sender<Arc<[SharedChange]>>,
+    live: Arc<Mutex<Ring>>,
     /// The position of the last change published.
-    head: Arc<AtomicI64>,
+    head: watch::Receiver<i64>,
     commits: mpsc::Sender<Vec<Change>>,
+}
+
+/// The newest published changes, consecutive, oldest first, at most [`LIVE_BYTES`] of them.
+struct Ring {
+    changes: VecDeque<SharedChange>,
+    bytes: usize,
+    /// At most this many bytes are kept.
+    limit: usize,
+}
+
+impl Ring {
+    fn push(&mut self, change: SharedChange) {
+        self.bytes += crate::store::change_size(&change);
+        self.changes.push_back(change);
+        while self.bytes > self.limit && self.changes.len() > 1 {
+            if let Some(old) = self.changes.pop_front() {
+                self.bytes -= crate::store::change_size(&old);
+            }
+        }
+    }
+
+    /// Up to `limit` changes after `after`, or `None` when the ring no longer holds the one
+    /// right after it.
+    fn after(&self, after: i64, limit: usize) -> Option<Vec<SharedChange>> {
+        let first = self.changes.front().map_or(after + 1, |c| c.seq);
+        if first > after + 1 {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).unwrap_or(0);
+        Some(
+            self.changes
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
 }
 
 impl Feed {
     /// Starts the publisher, from the last change the store holds. It stops when every `Feed`
     /// clone is dropped.
     pub async fn start(log: Arc<dyn ChangeLog>) -> Result<Feed, StoreError> {
-        let head = Arc::new(AtomicI64::new(log.last_seq().await?));
-        let (live, _) = broadcast::channel(LIVE_BATCHES);
+        Self::start_with_ring(log, LIVE_BYTES).await
+    }
+
+    /// [`Feed::start`] with a ring of `ring_bytes`.
+    async fn start_with_ring(
+        log: Arc<dyn ChangeLog>,
+        ring_bytes: usize,
+    ) -> Result<Feed, StoreError> {
+        let (moved, head) = watch::channel(log.last_seq().await?);
+        let live = Arc::new(Mutex::new(Ring {
+            changes: VecDeque::new(),
+            bytes: 0,
+            limit: ring_bytes,
+        }));
         let (commits, reports) = mpsc::channel(COMMITS_QUEUED);
         let others = log.watch_other_writers();
         let publisher = Publisher {
             log: log.clone(),
             live: live.clone(),
-            head: head.clone(),
+            moved,
         };
         tokio::spawn(publisher.run(reports, others));
         Ok(Feed {
@@ -85,7 +139,7 @@ impl Feed {
     /// The position of the last change published: a reader that starts here sees only new
     /// changes.
     pub fn head(&self) -> i64 {
-        self.head.load(Ordering::Acquire)
+        *self.head.borrow()
     }
 
     /// A reader of the changes after `after` that match `filter`.
@@ -106,8 +160,8 @@ impl Feed {
 
 struct Publisher {
     log: Arc<dyn ChangeLog>,
-    live: broadcast::Sender<Arc<[SharedChange]>>,
-    head: Arc<AtomicI64>,
+    live: Arc<Mutex<Ring>>,
+    moved: watch::Sender<i64>,
 }
 
 impl Publisher {
@@ -134,15 +188,20 @@ impl Publisher {
     }
 
     fn head(&self) -> i64 {
-        self.head.load(Ordering::Acquire)
+        *self.moved.borrow()
     }
 
-    fn publish(&self, changes: Vec<SharedChange>) {
-        if let Some(last) = changes.last() {
-            self.head.store(last.seq, Ordering::Release);
-            // No reader subscribed is not an error: they read the store when they come.
-            let _ = self.live.send(changes.into());
+    fn publish(&self, changes: Vec<Change>) {
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            return;
+        };
+        {
+            let mut ring = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            for change in changes {
+                ring.push(Arc::new(change));
+            }
         }
+        self.moved.send_replace(last);
     }
 
     async fn on_commit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
@@ -155,7 +214,7 @@ impl Publisher {
             return Ok(());
         }
         if first.seq == head + 1 {
-            self.publish(changes.into_iter().map(Arc::new).collect());
+            self.publish(changes);
             return Ok(());
         }
         // Something committed before these is not published yet: the store has it.
@@ -170,8 +229,9 @@ impl Publisher {
                 .log
                 .changes(self.head(), &everything, READ_PAGE)
                 .await?;
-            self.publish(page.items.into_iter().map(Arc::new).collect());
-            if !page.more {
+            let more = page.more;
+            self.publish(page.items);
+            if !more {
                 return Ok(());
             }
         }
@@ -196,9 +256,10 @@ async fn next_wake(others: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
 pub struct FeedReader {
     feed: Feed,
     filter: ChangeFilter,
-    /// Every change at or below it has been delivered, or does not match.
+    /// The last change delivered (or the starting position).
     last: i64,
-    live: Option<broadcast::Receiver<Arc<[SharedChange]>>>,
+    /// Following the ring: every change at or below this position has been looked at.
+    live: Option<i64>,
 }
 
 impl FeedReader {
@@ -210,22 +271,36 @@ impl FeedReader {
     /// The next matching changes (at least one), waiting for them. Cancel-safe: dropped before
     /// it returns, it delivered nothing and the next call goes on from the same position.
     pub async fn next(&mut self) -> Result<Vec<SharedChange>, StoreError> {
+        let mut head = self.feed.head.clone();
         loop {
-            let delivered = match &mut self.live {
+            let delivered = match self.live {
                 None => self.read_store().await?,
-                Some(live) => match live.recv().await {
-                    Ok(batch) => batch
-                        .iter()
-                        .filter(|c| c.seq > self.last && self.filter.matches(c))
-                        .cloned()
-                        .collect(),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Too slow for the live batches: the store has everything.
-                        self.live = None;
-                        Vec::new()
+                Some(scanned) => {
+                    if *head.borrow_and_update() <= scanned {
+                        if head.changed().await.is_err() {
+                            return Err(StoreError::Closed);
+                        }
+                        continue;
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
-                },
+                    let ring = self.feed.live.lock().unwrap_or_else(|e| e.into_inner());
+                    match ring.after(scanned, READ_PAGE) {
+                        Some(changes) => {
+                            drop(ring);
+                            if let Some(newest) = changes.last() {
+                                self.live = Some(newest.seq);
+                            }
+                            changes
+                                .into_iter()
+                                .filter(|c| c.seq > self.last && self.filter.matches(c))
+                                .collect()
+                        }
+                        None => {
+                            // Too slow for the ring: the store has everything.
+                            self.live = None;
+                            Vec::new()
+                        }
+                    }
+                }
             };
             if let Some(last) = delivered.last() {
                 self.last = last.seq;
@@ -234,20 +309,163 @@ impl FeedReader {
         }
     }
 
-    /// Reads the next page from the store; once close to the end, subscribes to the live batches
-    /// and reads once more, so that nothing committed meanwhile falls between the two.
+    /// Reads the next page from the store; once at the end, follows the ring from the head as it
+    /// was before that read (everything up to it was committed before the read, and is in it).
     async fn read_store(&mut self) -> Result<Vec<SharedChange>, StoreError> {
-        let log = self.feed.log.clone();
-        let mut page = log.changes(self.last, &self.filter, READ_PAGE).await?;
+        let head = self.feed.head();
+        let page = self
+            .feed
+            .log
+            .changes(self.last, &self.filter, READ_PAGE)
+            .await?;
         if !page.more {
-            let live = self.feed.live.subscribe();
-            let after = page.items.last().map_or(self.last, |c| c.seq);
-            let rest = log.changes(after, &self.filter, READ_PAGE).await?;
-            if !rest.more {
-                self.live = Some(live);
-            }
-            page.items.extend(rest.items);
+            self.live = Some(head.max(self.last));
         }
         Ok(page.items.into_iter().map(Arc::new).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::change::{ChangeSubject, ChangeType, NewChange};
+    use crate::store::ChangePage;
+    use async_trait::async_trait;
+
+    /// The feed's store, in memory.
+    #[derive(Default)]
+    struct MemoryLog {
+        changes: Mutex<Vec<Change>>,
+    }
+
+    impl MemoryLog {
+        /// Appends `count` changes of random types and statuses; returns them.
+        fn append(&self, rng: &mut fastrand::Rng, count: usize) -> Vec<Change> {
+            let mut all = self.changes.lock().unwrap();
+            let mut added = Vec::new();
+            for _ in 0..count {
+                let seq = all.len() as i64 + 1;
+                let kind = ChangeType::ALL[rng.usize(..3)];
+                let status = ["ringing", "answered", "missed"][rng.usize(..3)];
+                let change = Change::new(
+                    seq,
+                    NewChange {
+                        kind,
+                        event_id: seq,
+                        received_at: 0,
+                        subject: ChangeSubject {
+                            call_id: Some(format!("c{}", rng.usize(..5))),
+                            status_norm: Some(status.into()),
+                            ..ChangeSubject::default()
+                        },
+                        // Sizes vary, so the ring holds a varying number of changes.
+                        data: format!("{{\"pad\":\"{}\"}}", "x".repeat(rng.usize(..400))),
+                    },
+                );
+                all.push(change.clone());
+                added.push(change);
+            }
+            added
+        }
+    }
+
+    #[async_trait]
+    impl ChangeLog for MemoryLog {
+        async fn changes(
+            &self,
+            after: i64,
+            filter: &ChangeFilter,
+            limit: usize,
+        ) -> Result<ChangePage, StoreError> {
+            let all = self.changes.lock().unwrap();
+            let mut matching = all.iter().filter(|c| c.seq > after && filter.matches(c));
+            let items: Vec<Change> = matching.by_ref().take(limit).cloned().collect();
+            Ok(ChangePage {
+                items,
+                more: matching.next().is_some(),
+            })
+        }
+
+        async fn last_seq(&self) -> Result<i64, StoreError> {
+            Ok(self.changes.lock().unwrap().len() as i64)
+        }
+    }
+
+    fn random_filter(rng: &mut fastrand::Rng) -> ChangeFilter {
+        match rng.usize(..4) {
+            0 => ChangeFilter::default(),
+            1 => ChangeFilter {
+                types: Some(vec![ChangeType::CallEnded, ChangeType::CallCreated]),
+                ..ChangeFilter::default()
+            },
+            2 => ChangeFilter {
+                status: Some("missed".into()),
+                ..ChangeFilter::default()
+            },
+            _ => ChangeFilter {
+                call_id: Some("c1".into()),
+                ..ChangeFilter::default()
+            },
+        }
+    }
+
+    /// Commits of any size, readers with any filter starting anywhere and reading at any pace
+    /// (some so slowly that the ring forgets what they need): every reader gets exactly the
+    /// matching changes after its start, once each, in order.
+    #[tokio::test(start_paused = true)]
+    async fn readers_at_any_pace_get_every_matching_change_once() {
+        for seed in 0..40u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let log = Arc::new(MemoryLog::default());
+            let count = rng.usize(..30);
+            log.append(&mut rng, count);
+            // A ring of about ten changes: slow readers fall off it often.
+            let feed = Feed::start_with_ring(log.clone(), 4000).await.unwrap();
+            let mut readers: Vec<(i64, ChangeFilter, FeedReader, Vec<i64>)> = Vec::new();
+            for _ in 0..4 {
+                let filter = random_filter(&mut rng);
+                let start = if rng.bool() { 0 } else { feed.head() };
+                let reader = feed.reader(start, filter.clone());
+                readers.push((start, filter, reader, Vec::new()));
+            }
+            for _ in 0..60 {
+                if rng.u8(..3) == 0 {
+                    let count = rng.usize(1..25);
+                    let batch = log.append(&mut rng, count);
+                    // Now and then a report is lost (a full queue): the check finds it.
+                    if rng.u8(..8) != 0 {
+                        feed.committed(batch);
+                    }
+                }
+                tokio::task::yield_now().await;
+                let (_, _, reader, seen) = &mut readers[rng.usize(..4)];
+                if let Ok(Ok(changes)) =
+                    tokio::time::timeout(Duration::from_millis(1), reader.next()).await
+                {
+                    seen.extend(changes.iter().map(|c| c.seq));
+                }
+            }
+            let all: Vec<Change> = log.changes.lock().unwrap().clone();
+            for (start, filter, mut reader, mut seen) in readers {
+                let expected: Vec<i64> = all
+                    .iter()
+                    .filter(|c| c.seq > start && filter.matches(c))
+                    .map(|c| c.seq)
+                    .collect();
+                while seen.len() < expected.len() {
+                    let changes = tokio::time::timeout(Duration::from_secs(5), reader.next())
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!("seed {seed}: stuck after {seen:?}, want {expected:?}")
+                        })
+                        .unwrap();
+                    seen.extend(changes.iter().map(|c| c.seq));
+                }
+                assert_eq!(
+                    seen, expected,
+                    "seed {seed}, filter {filter:?}, start {start}"
+                );
+            }
+        }
     }
 }
