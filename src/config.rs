@@ -17,6 +17,7 @@ pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 pub const DEFAULT_MAX_INFLIGHT: usize = 32 * 1024 * 1024;
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_STREAMS: usize = 256;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const CREDENTIALS_FILE: &str = "credentials.toml";
 
 /// Every environment variable alohook reads; others with the `ALOHOOK_` prefix are warned about.
@@ -34,6 +35,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "ALOHOOK_MAX_INFLIGHT",
     "ALOHOOK_CLIENT_TIMEOUT",
     "ALOHOOK_MAX_STREAMS",
+    "ALOHOOK_MAX_CONNECTIONS",
     "ALOHOOK_FINAL_STATUSES",
     "ALOHOOK_LOG",
     "ALOHOOK_LOG_FORMAT",
@@ -55,6 +57,7 @@ pub struct Settings {
     pub max_inflight: Option<usize>,
     pub client_timeout: Option<u64>,
     pub max_streams: Option<usize>,
+    pub max_connections: Option<usize>,
     pub final_statuses: Vec<String>,
 }
 
@@ -152,6 +155,11 @@ pub mod args {
         #[arg(long, env = "ALOHOOK_MAX_STREAMS", value_name = "N",
               value_parser = clap::value_parser!(u64).range(1..))]
         pub max_streams: Option<u64>,
+        /// Client connections open at once; more wait to be accepted until one closes. Each may
+        /// hold up to about 400 KiB while a request head is read [default: 1024]
+        #[arg(long, env = "ALOHOOK_MAX_CONNECTIONS", value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        pub max_connections: Option<u64>,
     }
 
     /// `alohook serve`.
@@ -237,6 +245,7 @@ pub mod args {
                 max_inflight: a.limits.max_inflight,
                 client_timeout: a.limits.client_timeout,
                 max_streams: a.limits.max_streams.map(|n| n as usize),
+                max_connections: a.limits.max_connections.map(|n| n as usize),
                 final_statuses: a.database.final_statuses,
             }
         }
@@ -326,6 +335,7 @@ struct FileSettings {
     max_inflight: Option<toml::Value>,
     client_timeout: Option<u64>,
     max_streams: Option<usize>,
+    max_connections: Option<usize>,
     final_statuses: Option<Vec<String>>,
 }
 
@@ -346,6 +356,8 @@ pub struct Config {
     pub client_timeout: Duration,
     /// See `--max-streams`.
     pub max_streams: usize,
+    /// See `--max-connections`.
+    pub max_connections: usize,
     pub final_statuses: FinalStatuses,
 }
 
@@ -365,6 +377,7 @@ impl std::fmt::Debug for Config {
             .field("max_inflight", &self.max_inflight)
             .field("client_timeout", &self.client_timeout)
             .field("max_streams", &self.max_streams)
+            .field("max_connections", &self.max_connections)
             .field("final_statuses", &self.final_statuses.as_slice())
             .finish()
     }
@@ -393,6 +406,8 @@ pub enum ConfigError {
     ClientTimeout,
     #[error("max_streams must be at least 1")]
     MaxStreams,
+    #[error("max_connections must be at least 1")]
+    MaxConnections,
     #[error("cannot keep credentials in {path}: {source}")]
     Credentials {
         path: PathBuf,
@@ -444,6 +459,11 @@ impl Settings {
             Some(n) => n,
             None => DEFAULT_MAX_STREAMS,
         };
+        let max_connections = match self.max_connections.or(file.max_connections) {
+            Some(0) => return Err(ConfigError::MaxConnections),
+            Some(n) => n,
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
         let webhook_keys: Vec<String> = if self.webhook_keys.is_empty() {
             file.webhook_keys.unwrap_or_default()
         } else {
@@ -481,6 +501,7 @@ impl Settings {
             max_inflight,
             client_timeout,
             max_streams,
+            max_connections,
             final_statuses,
         })
     }
@@ -731,6 +752,10 @@ client_timeout = 60
 
 # Live streams (GET /api/stream) open at once; past it a new one is answered 503 with Retry-After.
 max_streams = 256
+
+# Client connections open at once; more wait to be accepted until one closes. Each may hold up to
+# about 400 KiB while a request head is read, so this bounds that memory.
+max_connections = 1024
 
 # Statuses that end a call even without an end time. Changing the list recomputes the stored
 # calls at the next start.

@@ -148,13 +148,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     let mut config = settings.resolve()?;
-    let generated = config.ensure_credentials()?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let store = alohook::server::open_store(&config).await?;
+        // Only once the store is open: a first start that fails there creates no keys, and the
+        // next one generates and prints them.
+        let generated = config.ensure_credentials()?;
         let shutdown = shutdown_signal()?;
         // Only now can events be taken: scripts wait for this line.
         if generated.webhook_key.is_some() || generated.api_token.is_some() {

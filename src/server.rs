@@ -125,9 +125,11 @@ pub async fn run_with_store(
         max_inflight = config.max_inflight,
         client_timeout_seconds = config.client_timeout.as_secs(),
         max_streams = config.max_streams,
+        max_connections = config.max_connections,
         "alohook started"
     );
-    let listener = api::conn::GuardedListener::new(listener, config.client_timeout);
+    let listener =
+        api::conn::GuardedListener::new(listener, config.client_timeout, config.max_connections);
     let app = api::app(state).into_make_service_with_connect_info::<api::conn::Peer>();
     // Live streams never end by themselves: told to stop, they end, and the graceful shutdown
     // that waits for every connection can finish.

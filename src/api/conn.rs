@@ -35,15 +35,23 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 
-/// Accepts TCP connections and wraps each in a [`Guarded`] stream.
+/// Accepts TCP connections, at most `--max-connections` open at once, and wraps each in a
+/// [`Guarded`] stream. Past the limit, new connections wait in the kernel's backlog until one
+/// closes: each connection may hold a few hundred KiB (a request head being read), so their
+/// number is what bounds that memory.
 pub struct GuardedListener {
     inner: TcpListener,
     timeout: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl GuardedListener {
-    pub fn new(inner: TcpListener, timeout: Duration) -> Self {
-        GuardedListener { inner, timeout }
+    pub fn new(inner: TcpListener, timeout: Duration, max_connections: usize) -> Self {
+        GuardedListener {
+            inner,
+            timeout,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
+        }
     }
 }
 
@@ -86,8 +94,11 @@ impl Listener for GuardedListener {
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // The semaphore is never closed (an error would only leave the connection uncounted).
+        let slot = self.slots.clone().acquire_owned().await.ok();
         let (io, addr) = Listener::accept(&mut self.inner).await;
-        let guarded = Guarded::new(io, self.timeout);
+        let mut guarded = Guarded::new(io, self.timeout);
+        guarded._slot = slot;
         let peer = Peer {
             addr,
             read: guarded.read.clone(),
@@ -183,6 +194,8 @@ pub struct Guarded<IO> {
     read: Arc<AtomicBool>,
     /// Set while a live stream is being answered (see [`Peer::streaming`]).
     streaming: Arc<AtomicBool>,
+    /// The connection's place among `--max-connections`, freed when it closes.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The last byte received or sent.
     last_activity: Instant,
     /// Since when a write has waited for the client to read.
@@ -198,6 +211,7 @@ impl<IO> Guarded<IO> {
             request_started: None,
             read: Arc::default(),
             streaming: Arc::default(),
+            _slot: None,
             last_activity: Instant::now(),
             write_blocked: None,
             check: None,

@@ -13,6 +13,8 @@ pub enum ApiError {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    /// The request was not answered within its time limit.
+    RequestTimeout,
     InvalidJson(String),
     InvalidEvent(String),
     InvalidParameter {
@@ -79,6 +81,10 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorBody::code("payload_too_large"),
+            ),
+            ApiError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorBody::code("request_timeout"),
             ),
             ApiError::InvalidJson(detail) => (
                 StatusCode::BAD_REQUEST,

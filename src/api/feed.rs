@@ -15,8 +15,8 @@ use super::AppState;
 use super::calls::Params;
 use super::conn::Peer;
 use super::error::ApiError;
-use crate::feed::sse::{KEEP_ALIVE, RETRY_MILLIS, write_message};
-use crate::feed::{FeedReader, SharedChange};
+use crate::feed::FeedReader;
+use crate::feed::sse::{KEEP_ALIVE, RETRY_MILLIS};
 use crate::model::change::{ChangeFilter, ChangeType};
 use crate::model::phone::normalize_phone;
 
@@ -106,17 +106,21 @@ pub async fn list_changes(
         .map(|s| position("since", s))
         .transpose()?
         .unwrap_or(0);
-    let page = state.feed.log().changes(since, &filter, limit).await?;
+    let page = state
+        .feed
+        .log()
+        .changes(since, &filter, limit, crate::store::PAGE_BYTES)
+        .await?;
     let next_since = page.items.last().map_or(since, |c| c.seq);
     // The changes are JSON already: written as they are.
     let mut body =
-        String::with_capacity(page.items.iter().map(|c| c.json.len() + 1).sum::<usize>() + 40);
+        String::with_capacity(page.items.iter().map(|c| c.json().len() + 1).sum::<usize>() + 40);
     body.push_str("{\"items\":[");
     for (i, change) in page.items.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&change.json);
+        body.push_str(change.json());
     }
     body.push_str(&format!("],\"next_since\":{next_since}}}"));
     Ok((
@@ -164,6 +168,7 @@ pub async fn stream(
         _listening: peer.map(|Extension(ConnectInfo(peer))| peer.streaming()),
         metrics: state.metrics.clone(),
         opened: false,
+        pending: std::collections::VecDeque::new(),
     };
     state.metrics.streams.inc();
     let body = futures_util::stream::unfold(open, |mut open| async move {
@@ -197,6 +202,8 @@ struct OpenStream {
     _listening: Option<super::conn::Streaming>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     opened: bool,
+    /// Messages of changes read and not sent yet (at most one page).
+    pending: std::collections::VecDeque<Bytes>,
 }
 
 impl Drop for OpenStream {
@@ -206,10 +213,14 @@ impl Drop for OpenStream {
 }
 
 impl OpenStream {
-    /// The next bytes to send: the retry hint first, then changes as they come, or a keep-alive
-    /// comment when there were none for a while; `None` to end the stream (shutdown, or the
-    /// store failed: the client resumes from the last `id` it got).
+    /// The next bytes to send: the retry hint first, then changes as they come (each its own
+    /// message, shared with every other stream: nothing is copied), or a keep-alive comment when
+    /// there were none for a while; `None` to end the stream (shutdown, or the store failed: the
+    /// client resumes from the last `id` it got).
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(message) = self.pending.pop_front() {
+            return Some(message);
+        }
         if !self.opened {
             self.opened = true;
             // The position the stream starts after, as an id without data: EventSource does not
@@ -226,7 +237,10 @@ impl OpenStream {
         tokio::select! {
             _ = self.stopping.changed() => None,
             next = self.reader.next() => match next {
-                Ok(changes) => Some(messages(&changes)),
+                Ok(changes) => {
+                    self.pending.extend(changes.iter().map(|c| c.message()));
+                    self.pending.pop_front()
+                }
                 Err(error) => {
                     tracing::warn!(%error, position = self.reader.position(), "ending a live stream: the feed cannot be read; the client resumes from its last id");
                     None
@@ -235,12 +249,4 @@ impl OpenStream {
             _ = tokio::time::sleep(KEEP_ALIVE_EVERY) => Some(Bytes::from_static(KEEP_ALIVE.as_bytes())),
         }
     }
-}
-
-fn messages(changes: &[SharedChange]) -> Bytes {
-    let mut out = String::with_capacity(changes.iter().map(|c| c.json.len() + 64).sum());
-    for change in changes {
-        write_message(change, &mut out);
-    }
-    Bytes::from(out)
 }

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use jiff::tz::TimeZone;
 use serde_json::json;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::feed::Feed;
 use crate::ingest::Ingest;
@@ -82,12 +81,22 @@ pub fn app(state: AppState) -> Router {
         .nest("/api", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(axum::middleware::from_fn(time_limit))
         .layer(axum::middleware::from_fn(conn::mark_request_read))
         .with_state(state)
+}
+
+/// Middleware: a request not answered within [`REQUEST_TIMEOUT`] is answered 408, in the JSON of
+/// every other error. (Only the handler is timed: a live stream's body goes on after it.)
+async fn time_limit(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    within(REQUEST_TIMEOUT, next.run(request)).await
+}
+
+/// `answer`, or 408 `{"error":"request_timeout"}` once `limit` has passed.
+async fn within(limit: Duration, answer: impl Future<Output = Response>) -> Response {
+    tokio::time::timeout(limit, answer)
+        .await
+        .unwrap_or_else(|_| ApiError::RequestTimeout.into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -134,4 +143,26 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_past_the_time_limit_is_a_json_408() {
+        let slow = async {
+            tokio::time::sleep(REQUEST_TIMEOUT * 2).await;
+            healthz().await
+        };
+        let response = within(REQUEST_TIMEOUT, slow).await;
+        assert_eq!(response.status(), axum::http::StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], br#"{"error":"request_timeout"}"#);
+        let quick = within(REQUEST_TIMEOUT, healthz()).await;
+        assert_eq!(quick.status(), axum::http::StatusCode::OK);
+    }
 }

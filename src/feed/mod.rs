@@ -38,8 +38,11 @@ const LIVE_BYTES: usize = 16 * 1024 * 1024;
 /// Commits reported but not yet published; past that a report is dropped, and the publisher
 /// reads those changes from the store.
 const COMMITS_QUEUED: usize = 64;
-/// Changes a reader reads from the store at once.
+/// Changes a reader reads from the store at once, or takes from the ring...
 pub const READ_PAGE: usize = 500;
+/// ...and at most this many bytes of them: what one open stream holds while it waits for its
+/// client to take them, so 256 streams stalled on slow clients hold a bounded amount.
+pub const READ_BYTES: usize = 256 * 1024;
 /// How often the publisher checks the store for changes it was not told of.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -227,7 +230,12 @@ impl Publisher {
         loop {
             let page = self
                 .log
-                .changes(self.head(), &everything, READ_PAGE)
+                .changes(
+                    self.head(),
+                    &everything,
+                    READ_PAGE,
+                    crate::store::PAGE_BYTES,
+                )
                 .await?;
             let more = page.more;
             self.publish(page.items);
@@ -316,7 +324,7 @@ impl FeedReader {
         let page = self
             .feed
             .log
-            .changes(self.last, &self.filter, READ_PAGE)
+            .changes(self.last, &self.filter, READ_PAGE, READ_BYTES)
             .await?;
         if !page.more {
             self.live = Some(head.max(self.last));
@@ -376,6 +384,7 @@ mod tests {
             after: i64,
             filter: &ChangeFilter,
             limit: usize,
+            _max_bytes: usize,
         ) -> Result<ChangePage, StoreError> {
             let all = self.changes.lock().unwrap();
             let mut matching = all.iter().filter(|c| c.seq > after && filter.matches(c));

@@ -1,27 +1,13 @@
-//! Server-Sent Events, both ways: how the stream writes a change, and how `alohook tail` and
+//! Server-Sent Events, both ways: what the stream sends besides changes (each change carries
+//! its own message, see [`crate::model::change::Change::message`]), and how `alohook tail` and
 //! `alohook listen` read a stream back (the WHATWG event-stream format, which browsers'
 //! EventSource reads too).
-
-use crate::model::change::Change;
 
 /// What an idle stream sends at least this often, so that proxies do not cut it.
 pub const KEEP_ALIVE: &str = ": keep-alive\n\n";
 
 /// How long a client should wait before reconnecting, sent once when a stream opens.
 pub const RETRY_MILLIS: u64 = 2000;
-
-/// Appends one change as one message: `id: <seq>`, `event: <type>`, `data: <the change JSON>`.
-/// The JSON is one line (see [`Change`]), so it is one `data:` field.
-pub fn write_message(change: &Change, out: &mut String) {
-    use std::fmt::Write;
-    let _ = write!(
-        out,
-        "id: {}\nevent: {}\ndata: {}\n\n",
-        change.seq,
-        change.kind.as_str(),
-        change.json
-    );
-}
 
 /// One message of an event stream, as a client sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,14 +99,14 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::change::NewChange;
+    use crate::model::change::{Change, NewChange};
     use proptest::prelude::*;
 
     #[test]
     fn a_written_change_reads_back() {
         let change = Change::new(42, NewChange::event(7, 0, "{\"eventType\":\"sms\"}"));
         let mut text = format!("retry: {RETRY_MILLIS}\nid: 40\n\n{KEEP_ALIVE}");
-        write_message(&change, &mut text);
+        text.push_str(std::str::from_utf8(&change.message()).unwrap());
         let mut parser = Parser::default();
         let messages = parser.push(text.as_bytes());
         assert_eq!(
@@ -134,7 +120,7 @@ mod tests {
                 Message {
                     id: Some("42".into()),
                     event: Some("event.received".into()),
-                    data: Some(change.json.clone()),
+                    data: Some(change.json().to_string()),
                 }
             ]
         );
@@ -147,7 +133,7 @@ mod tests {
             let mut text = String::new();
             for seq in 1..=4 {
                 let change = Change::new(seq, NewChange::event(seq, 0, "{\"a\":\"b: c\"}"));
-                write_message(&change, &mut text);
+                text.push_str(std::str::from_utf8(&change.message()).unwrap());
                 text.push_str(KEEP_ALIVE);
             }
             if crlf {

@@ -4,6 +4,7 @@
 //! A change of a call carries the call record as it was right after that event was merged, so a
 //! filter matched against it gives the same answer live and in a replay, whenever it is asked.
 
+use bytes::Bytes;
 use jiff::tz::TimeZone;
 
 use super::merge::{CallRecord, Phase};
@@ -143,7 +144,9 @@ impl NewChange {
     }
 }
 
-/// A committed change, at its position in the feed.
+/// A committed change, at its position in the feed, with its two wire forms rendered once for
+/// every reader: the JSON, and the Server-Sent Events message that carries it (which shares its
+/// bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub seq: i64,
@@ -151,8 +154,10 @@ pub struct Change {
     pub event_id: i64,
     pub received_at: i64,
     pub subject: ChangeSubject,
-    /// The change as the API shows it, one line of JSON.
-    pub json: String,
+    /// `id: <seq>\nevent: <type>\ndata: <json>\n\n`.
+    message: Bytes,
+    /// The JSON, within `message`.
+    json: Bytes,
 }
 
 impl Change {
@@ -162,6 +167,7 @@ impl Change {
             ChangeType::EventReceived => "event",
             _ => "call",
         };
+        let head = format!("id: {seq}\nevent: {}\ndata: ", change.kind.as_str());
         let json = format!(
             r#"{{"seq":{seq},"type":"{}","event_id":{},"received_at":"{}","{field}":{}}}"#,
             change.kind.as_str(),
@@ -169,14 +175,37 @@ impl Change {
             format_utc_micros(change.received_at),
             change.data
         );
+        let mut message = String::with_capacity(head.len() + json.len() + 2);
+        message.push_str(&head);
+        message.push_str(&json);
+        message.push_str("\n\n");
+        let message = Bytes::from(message);
+        let json = message.slice(head.len()..head.len() + json.len());
         Change {
             seq,
             kind: change.kind,
             event_id: change.event_id,
             received_at: change.received_at,
             subject: change.subject,
+            message,
             json,
         }
+    }
+
+    /// The change as the API shows it: one line of JSON.
+    pub fn json(&self) -> &str {
+        // Made from a String in `new`: always UTF-8.
+        std::str::from_utf8(&self.json).unwrap_or_default()
+    }
+
+    /// The JSON's bytes, shared (no copy).
+    pub fn json_bytes(&self) -> Bytes {
+        self.json.clone()
+    }
+
+    /// The change as one Server-Sent Events message, shared (no copy).
+    pub fn message(&self) -> Bytes {
+        self.message.clone()
     }
 }
 
@@ -262,7 +291,7 @@ mod tests {
             7,
             NewChange::call(3, 1_000_000, None, &call, Phase::Ended, &tz),
         );
-        let value: serde_json::Value = serde_json::from_str(&change.json).unwrap();
+        let value: serde_json::Value = serde_json::from_str(change.json()).unwrap();
         assert_eq!(value["seq"], 7);
         assert_eq!(value["type"], "call.ended");
         assert_eq!(value["event_id"], 3);
@@ -276,8 +305,12 @@ mod tests {
             8,
             NewChange::event(4, 0, "{\"eventType\":\"sms\",\r\n\"a\":1}"),
         );
-        assert!(!event.json.contains('\n') && !event.json.contains('\r'));
-        let value: serde_json::Value = serde_json::from_str(&event.json).unwrap();
+        assert!(!event.json().contains('\n') && !event.json().contains('\r'));
+        let value: serde_json::Value = serde_json::from_str(event.json()).unwrap();
+        assert_eq!(
+            &event.message()[..],
+            format!("id: 8\nevent: event.received\ndata: {}\n\n", event.json()).as_bytes()
+        );
         assert_eq!(value["event"]["a"], 1);
         assert_eq!(value["type"], "event.received");
         assert!(value.get("call").is_none());

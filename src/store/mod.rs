@@ -250,15 +250,22 @@ pub struct Pager<T> {
     items: Vec<T>,
     bytes: usize,
     limit: usize,
+    max_bytes: usize,
     more: bool,
 }
 
 impl<T> Pager<T> {
     pub fn new(limit: usize) -> Self {
+        Self::with_bytes(limit, PAGE_BYTES)
+    }
+
+    /// A pager that stops at `max_bytes` instead of [`PAGE_BYTES`].
+    pub fn with_bytes(limit: usize, max_bytes: usize) -> Self {
         Pager {
             items: Vec::new(),
             bytes: 0,
             limit,
+            max_bytes,
             more: false,
         }
     }
@@ -267,7 +274,7 @@ impl<T> Pager<T> {
     /// once the page is full.
     pub fn push(&mut self, item: T, size: usize) -> bool {
         let full = self.items.len() >= self.limit
-            || (!self.items.is_empty() && self.bytes + size > PAGE_BYTES);
+            || (!self.items.is_empty() && self.bytes + size > self.max_bytes);
         if full {
             self.more = true;
             return false;
@@ -312,12 +319,13 @@ pub enum StoreError {
 #[async_trait]
 pub trait ChangeLog: Send + Sync + 'static {
     /// Changes after `after` that match `filter`, in `seq` order: at most `limit`, and at most
-    /// [`PAGE_BYTES`] of them (a single larger one still makes a page of one).
+    /// `max_bytes` of them (see [`change_size`]; a single larger one still makes a page of one).
     async fn changes(
         &self,
         after: i64,
         filter: &ChangeFilter,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<ChangePage, StoreError>;
 
     /// The position of the last committed change; 0 before the first.
@@ -874,9 +882,9 @@ pub fn call_change(
     )
 }
 
-/// How many bytes a change counts for in a page.
+/// How many bytes a change counts for in a page: its JSON and the message that holds it.
 pub fn change_size(change: &Change) -> usize {
-    change.json.len() + 200
+    change.json().len() * 2 + 200
 }
 
 /// About how many bytes a call takes in memory and in its JSON: what a listing page counts.

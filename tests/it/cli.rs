@@ -294,6 +294,26 @@ fn no_listening_line_before_the_store_is_open() {
     assert_eq!(output.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot open the database"));
+
+    // A first start that fails there generates no keys: the next start generates them and
+    // prints them with what to give Alohub (a user never misses them).
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let output = alohook(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--database",
+            &format!("postgres://nobody@127.0.0.1:{port}/nothing?connect_timeout=2"),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(!data_dir.join("credentials.toml").exists());
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("Authorization key"));
 }
 
 /// SIGTERM with requests in flight (their headers read, their bodies still arriving): every one

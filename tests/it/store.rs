@@ -117,13 +117,13 @@ on_every_backend! {
         let counts: Vec<u64> = changes[..3]
             .iter()
             .map(|c| {
-                let v: serde_json::Value = serde_json::from_str(&c.json).unwrap();
+                let v: serde_json::Value = serde_json::from_str(c.json()).unwrap();
                 v["call"]["event_count"].as_u64().unwrap()
             })
             .collect();
         assert_eq!(counts, vec![1, 2, 3]);
         let read = store
-            .changes(0, &ChangeFilter::default(), 100)
+            .changes(0, &ChangeFilter::default(), 100, alohook::store::PAGE_BYTES)
             .await
             .unwrap();
         assert_eq!(read.items, changes);
@@ -427,7 +427,22 @@ async fn batches_commit_durably_whatever_the_database_says() {
         store.batch_setting("synchronous_commit").await.unwrap(),
         "on"
     );
-    drop((client, store));
+    drop(store);
+    // A stricter setting (waiting for synchronous standbys) is kept, never lowered to `on`.
+    for strict in ["remote_write", "remote_apply"] {
+        execute(
+            &db,
+            "",
+            &format!("ALTER DATABASE {name} SET synchronous_commit = {strict}"),
+        )
+        .await;
+        let store = PgStore::open(&url, MergeSettings::default()).await.unwrap();
+        assert_eq!(
+            store.batch_setting("synchronous_commit").await.unwrap(),
+            strict
+        );
+    }
+    drop(client);
     db.cleanup().await;
 }
 
@@ -447,11 +462,24 @@ async fn instances_with_different_final_statuses_do_not_mix() {
     let b = PgStore::open(&url, with_finals(&["ringing"]))
         .await
         .unwrap();
-    assert_eq!(
-        b.call("D1").await.unwrap().unwrap().phase,
-        alohook::model::Phase::Ended
-    );
-    // Instances look again at most every second.
+    let ended = |call: Option<alohook::store::StoredCall>| {
+        call.unwrap().phase == alohook::model::Phase::Ended
+    };
+    assert!(ended(b.call("D1").await.unwrap()));
+    // At once, within the second in which `a` does not look at the settings when a batch
+    // begins: its next event of D1 (whose record it holds, merged under its old list) is
+    // refused, and the recomputed record stays.
+    let d1 = json!({"call_id": "D1", "call_status": "ringing", "hotline": "1901"});
+    let error = a
+        .commit(vec![event(&d1, 2)])
+        .await
+        .expect_err("the instance with the old list refuses to write")
+        .to_string();
+    assert!(error.contains("other merge settings"), "{error}");
+    let d1_now = b.call("D1").await.unwrap();
+    assert_eq!(d1_now.as_ref().unwrap().record.event_count, 1);
+    assert!(ended(d1_now));
+    // And from then on.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let error = a
         .commit(vec![event(&ringing("D2"), 2)])

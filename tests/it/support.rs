@@ -317,8 +317,9 @@ impl ChangeLog for FlakyStore {
         after: i64,
         filter: &ChangeFilter,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<ChangePage, StoreError> {
-        self.inner.changes(after, filter, limit).await
+        self.inner.changes(after, filter, limit, max_bytes).await
     }
     async fn last_seq(&self) -> Result<i64, StoreError> {
         self.inner.last_seq().await

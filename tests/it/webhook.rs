@@ -671,3 +671,38 @@ async fn the_budget_holds_until_the_commit_not_the_request() {
     assert_eq!(server.call("c-gone").await["event_count"], 1);
     server.stop().await;
 }
+
+/// At most `--max-connections` connections are taken at once; the next waits until one closes,
+/// then is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_place() {
+    let db = Db::sqlite();
+    let mut settings = settings(&db);
+    settings.max_connections = Some(2);
+    let server = TestServer::start_with(settings, None).await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let first = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let third = tokio::spawn({
+        let url = server.url("/healthz");
+        async move { client.get(url).send().await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection is not served while two are open"
+    );
+    drop((first, second));
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), third)
+        .await
+        .expect("served once a place is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}

@@ -33,15 +33,18 @@ mod write;
 ///   still empty, PostgreSQL may instead hash-join a whole table, which made batches 5× slower.
 ///   Ruling out scans and hash or merge joins leaves the index probes; with that, one generic plan
 ///   per statement serves every batch without re-planning.
-/// - `synchronous_commit = on` whatever the server, role or database says: a 200 promises the
-///   event is on disk, and with `off` COMMIT returns before it is.
+/// - `synchronous_commit` never `off`, whatever the server, role or database says: a 200
+///   promises the event is on disk, and with `off` COMMIT returns before it is there. Any other
+///   setting flushes locally and is kept (`remote_write`, `remote_apply` also wait for standbys).
 /// - No JIT: a statement that would have to scan (the feed counter's one row) costs more than
 ///   `jit_above_cost` once scans are ruled out, and compiling it took 80-120 ms per batch.
 ///
 /// `SET LOCAL` lasts for the transaction, so it holds through a pooler too.
 const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
     SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-    SET LOCAL enable_mergejoin = off; SET LOCAL synchronous_commit = on; SET LOCAL jit = off";
+    SET LOCAL enable_mergejoin = off; SET LOCAL jit = off; \
+    SELECT set_config('synchronous_commit', CASE WHEN current_setting('synchronous_commit') \
+    = 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, true)";
 
 /// [`BEGIN_BATCH`], and a check that the records follow this instance's merge settings (a
 /// function of migration 0002 comparing the fingerprint's hash): it refuses the batch when
@@ -259,7 +262,7 @@ impl PgStore {
     pub async fn open(url: &str, settings: MergeSettings) -> Result<Self, StoreError> {
         let store = PgStore {
             writes: pool(url, WRITE_CONNECTIONS)?,
-            sql: write::BatchSql::new(&settings.finals),
+            sql: write::BatchSql::new(&settings),
             begin_checked: begin_checked_batch(&settings),
             checked_at: Mutex::new(None),
             cache: Mutex::new(CallCache::default()),
@@ -397,9 +400,10 @@ async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<(), 
 
 /// Recomputes every call record from its events when the stored fingerprint of the merge
 /// settings is not this instance's (see the SQLite store's twin). The exclusive lock on
-/// `alohook_meta` waits for batches in flight and holds new ones until the records and the
-/// fingerprint are both rewritten. Instances with other settings find out within a second (see
-/// [`begin_checked_batch`]) and refuse to write from then on.
+/// `alohook_meta` keeps two recomputations apart; the locks on `events` and `calls` keep every
+/// batch out until the records and the fingerprint are both rewritten. Instances with other
+/// settings are refused from their next batch that appends changes on (see write.rs), and from
+/// every batch within a second (see [`begin_checked_batch`]).
 async fn recompute_if_stale(
     client: &mut deadpool_postgres::Client,
     settings: &MergeSettings,
@@ -419,6 +423,13 @@ async fn recompute_if_stale(
         tx.commit().await?;
         return Ok(());
     }
+    // No instance writes events or calls until the records and the fingerprint are rewritten:
+    // a batch that began before waits here first (and is recomputed with the rest), and one that
+    // begins after waits for this commit, then finds the new fingerprint in its last statement
+    // and is refused (see write.rs), rather than writing a record merged under the old settings
+    // over a recomputed one.
+    tx.batch_execute("LOCK TABLE events, calls IN EXCLUSIVE MODE")
+        .await?;
     let started = std::time::Instant::now();
     let mut recomputed = 0usize;
     let mut after = i64::MIN;
@@ -532,13 +543,14 @@ impl ChangeLog for PgStore {
         after: i64,
         filter: &ChangeFilter,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<ChangePage, StoreError> {
         let query = changes_query(after, filter, limit);
         let sql = numbered(&query.sql);
         self.read(async |client| {
             let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
             let rows = client.query_raw(&sql, params).await?;
-            let mut pager = Pager::new(limit);
+            let mut pager = Pager::with_bytes(limit, max_bytes);
             fill(rows, &mut pager, read_change_row, change_size).await?;
             let (items, next) = pager.finish(|c| c.seq);
             Ok(ChangePage {

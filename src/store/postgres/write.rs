@@ -47,11 +47,16 @@ pub(super) struct BatchSql {
     insert_calls: String,
     update_calls: String,
     lock_calls: String,
+    /// The hash of this instance's merge settings (see [`INSERT_CHANGES`]).
+    settings_hash: String,
 }
 
 /// Appends a batch's changes to the feed at the next positions of the counter; `$1` is how many.
+/// The counter moves only while the records follow this instance's merge settings (`$14`, the
+/// fingerprint's hash; the function raises otherwise): checked here, after the batch's writes,
+/// it sees a recomputation by another instance that committed while this batch waited for it.
 const INSERT_CHANGES: &str = "WITH c AS (UPDATE alohook_feed SET last_seq = last_seq + $1 \
-    WHERE id RETURNING last_seq) \
+    WHERE id AND alohook_merge_settings_are($14) RETURNING last_seq) \
     INSERT INTO changes (seq, type, event_id, received_at, call_id, status_norm, phase, \
     direction, hotline, user_name, caller_norm, destination_norm, data) \
     SELECT c.last_seq - $1 + u.n, u.type, u.event_id, u.received_at, u.call_id, u.status_norm, \
@@ -82,7 +87,8 @@ const QUARANTINE: &str = "INSERT INTO rejected (body_hash, reason, detail, recei
     last_delivery_at = excluded.received_at RETURNING id";
 
 impl BatchSql {
-    pub(super) fn new(finals: &FinalStatuses) -> Self {
+    pub(super) fn new(settings: &MergeSettings) -> Self {
+        let finals = &settings.finals;
         // Names and types of the call columns, read off any record.
         let key = SourceKey::new(&EventFields::default(), &[0; 32], finals);
         let sample = CallRecord::from_event("", &EventFields::default(), key, 0);
@@ -134,6 +140,7 @@ impl BatchSql {
             insert_calls,
             update_calls,
             lock_calls,
+            settings_hash: settings.fingerprint_hash(),
         }
     }
 }
@@ -291,7 +298,7 @@ pub(super) async fn write_batch(
     }
     // In the order the events were stored, which is the order each call's events were merged.
     new_changes.sort_unstable_by_key(|c| c.event_id);
-    let changes = insert_changes(tx, new_changes).await?;
+    let changes = insert_changes(tx, new_changes, &sql.settings_hash).await?;
     let outcomes = outcomes
         .into_iter()
         .map(|o| o.ok_or_else(|| StoreError::Corrupt("a batch item got no outcome".into())))
@@ -337,7 +344,11 @@ fn call_changes(
 }
 
 /// Appends `changes` to the feed, in their order, at the counter's next positions.
-async fn insert_changes(tx: &Tx, changes: Vec<NewChange>) -> Result<Vec<Change>, StoreError> {
+async fn insert_changes(
+    tx: &Tx,
+    changes: Vec<NewChange>,
+    settings_hash: &str,
+) -> Result<Vec<Change>, StoreError> {
     if changes.is_empty() {
         return Ok(Vec::new());
     }
@@ -360,6 +371,7 @@ async fn insert_changes(tx: &Tx, changes: Vec<NewChange>) -> Result<Vec<Change>,
     let count = changes.len() as i64;
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&count];
     params.extend(arrays.iter().map(ColumnArray::sql));
+    params.push(&settings_hash);
     let rows = tx
         .query(&tx.prepare_cached(INSERT_CHANGES).await?, &params)
         .await?;

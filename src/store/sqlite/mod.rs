@@ -670,6 +670,7 @@ impl ChangeLog for SqliteStore {
         after: i64,
         filter: &ChangeFilter,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<ChangePage, StoreError> {
         let query = changes_query(after, filter, limit);
         self.blocking(move |inner| {
@@ -677,7 +678,7 @@ impl ChangeLog for SqliteStore {
                 let mut stmt = conn.prepare_cached(&query.sql)?;
                 let mut rows =
                     stmt.query(params_from_iter(query.args.into_iter().map(sql_value)))?;
-                let mut pager = Pager::new(limit);
+                let mut pager = Pager::with_bytes(limit, max_bytes);
                 while let Some(row) = rows.next()? {
                     let change = read_change_row(row)?;
                     let size = change_size(&change);

@@ -25,3 +25,13 @@ CREATE TABLE changes (
     destination_norm TEXT,
     data             TEXT    NOT NULL
 );
+
+-- The check of store::postgres::begin_batch (migration 0002) as a condition: batches make it
+-- in their last statement, the one that takes their positions in the feed (see write.rs).
+CREATE FUNCTION alohook_merge_settings_are(expected TEXT) RETURNS BOOLEAN
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM alohook_check_merge_settings(expected);
+    RETURN TRUE;
+END
+$$;
