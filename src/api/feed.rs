@@ -168,7 +168,6 @@ pub async fn stream(
         _listening: peer.map(|Extension(ConnectInfo(peer))| peer.streaming()),
         metrics: state.metrics.clone(),
         opened: false,
-        pending: std::collections::VecDeque::new(),
     };
     state.metrics.streams.inc();
     let body = futures_util::stream::unfold(open, |mut open| async move {
@@ -202,8 +201,6 @@ struct OpenStream {
     _listening: Option<super::conn::Streaming>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     opened: bool,
-    /// Messages of changes read and not sent yet (at most one page).
-    pending: std::collections::VecDeque<Bytes>,
 }
 
 impl Drop for OpenStream {
@@ -213,14 +210,11 @@ impl Drop for OpenStream {
 }
 
 impl OpenStream {
-    /// The next bytes to send: the retry hint first, then changes as they come (each its own
-    /// message, shared with every other stream: nothing is copied), or a keep-alive comment when
+    /// The next bytes to send: the retry hint first, then changes as they come (a page of them
+    /// at once: one write, and one chunk for the client to read), or a keep-alive comment when
     /// there were none for a while; `None` to end the stream (shutdown, or the store failed: the
     /// client resumes from the last `id` it got).
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(message) = self.pending.pop_front() {
-            return Some(message);
-        }
         if !self.opened {
             self.opened = true;
             // The position the stream starts after, as an id without data: EventSource does not
@@ -238,8 +232,14 @@ impl OpenStream {
             _ = self.stopping.changed() => None,
             next = self.reader.next() => match next {
                 Ok(changes) => {
-                    self.pending.extend(changes.iter().map(|c| c.message()));
-                    self.pending.pop_front()
+                    // Each change's message is rendered once for all streams; a page of them is
+                    // put together here (a copy costs less than a write and a chunk per change).
+                    let size = changes.iter().map(|c| c.message().len()).sum();
+                    let mut page = bytes::BytesMut::with_capacity(size);
+                    for change in &changes {
+                        page.extend_from_slice(&change.message());
+                    }
+                    Some(page.freeze())
                 }
                 Err(error) => {
                     tracing::warn!(%error, position = self.reader.position(), "ending a live stream: the feed cannot be read; the client resumes from its last id");
