@@ -175,6 +175,10 @@ impl Publisher {
     ) {
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While the store fails, the checks space out (up to 30 s) rather than keep a
+        // connection to an unresponsive database busy at all times.
+        let mut failures = 0u32;
+        let mut next_check = tokio::time::Instant::now();
         loop {
             let outcome = tokio::select! {
                 report = reports.recv() => match report {
@@ -182,10 +186,22 @@ impl Publisher {
                     None => return,
                 },
                 Some(()) = next_wake(&mut others) => self.catch_up().await,
-                _ = check.tick() => self.check().await,
+                _ = check.tick() => {
+                    if tokio::time::Instant::now() < next_check {
+                        continue;
+                    }
+                    self.check().await
+                }
             };
-            if let Err(error) = outcome {
-                tracing::warn!(%error, "the feed could not read new changes from the store; retrying within a second");
+            match outcome {
+                Ok(()) => failures = 0,
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause =
+                        Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30));
+                    next_check = tokio::time::Instant::now() + pause;
+                    tracing::warn!(%error, retry_seconds = pause.as_secs(), "the feed could not read new changes from the store");
+                }
             }
         }
     }

@@ -445,8 +445,8 @@ pub struct CutProxy {
     pub port: u16,
     open: Arc<AtomicBool>,
     frozen: tokio::sync::watch::Sender<bool>,
-    given_up: Arc<std::sync::atomic::AtomicUsize>,
-    stalled: Arc<std::sync::atomic::AtomicUsize>,
+    /// Frozen connections the client has not closed, by number, with when they froze.
+    stalled: Arc<std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>>,
     connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
@@ -456,20 +456,21 @@ impl CutProxy {
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(true));
         let (frozen, _) = tokio::sync::watch::channel(false);
-        let given_up = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let stalled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stalled: Arc<std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>> =
+            Arc::default();
         let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (accept_open, accept_connections) = (open.clone(), connections.clone());
-        let (accept_frozen, accept_given_up, accept_stalled) =
-            (frozen.clone(), given_up.clone(), stalled.clone());
+        let (accept_frozen, accept_stalled) = (frozen.clone(), stalled.clone());
         tokio::spawn(async move {
+            let mut number = 0u64;
             while let Ok((mut inbound, _)) = listener.accept().await {
+                number += 1;
+                let id = number;
                 if !accept_open.load(Ordering::SeqCst) {
                     continue; // dropped: the connection is closed at once
                 }
                 let upstream = upstream.clone();
                 let mut frozen = accept_frozen.subscribe();
-                let given_up = accept_given_up.clone();
                 let stalled = accept_stalled.clone();
                 let task = tokio::spawn(async move {
                     let mut _upstream = None;
@@ -488,8 +489,11 @@ impl CutProxy {
                         // Frozen: the upstream socket stays open and hears nothing more.
                         _upstream = Some(outbound);
                     }
-                    // Whatever the client sends now goes nowhere; count it when it gives up.
-                    stalled.fetch_add(1, Ordering::SeqCst);
+                    // Whatever the client sends now goes nowhere; count it until it gives up.
+                    stalled
+                        .lock()
+                        .unwrap()
+                        .insert(id, std::time::Instant::now());
                     let mut sink = [0u8; 4096];
                     use tokio::io::AsyncReadExt;
                     while let Ok(n) = inbound.read(&mut sink).await {
@@ -497,7 +501,7 @@ impl CutProxy {
                             break;
                         }
                     }
-                    given_up.fetch_add(1, Ordering::SeqCst);
+                    stalled.lock().unwrap().remove(&id);
                 });
                 accept_connections.lock().unwrap().push(task.abort_handle());
             }
@@ -506,7 +510,6 @@ impl CutProxy {
             port,
             open,
             frozen,
-            given_up,
             stalled,
             connections,
         }
@@ -537,6 +540,16 @@ impl CutProxy {
 
     /// Frozen connections the client has not closed yet.
     pub fn stalled(&self) -> usize {
-        self.stalled.load(Ordering::SeqCst) - self.given_up.load(Ordering::SeqCst)
+        self.stalled.lock().unwrap().len()
+    }
+
+    /// Of those, the ones that were frozen at `when` already.
+    pub fn stalled_since(&self, when: std::time::Instant) -> usize {
+        self.stalled
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|&&at| at <= when)
+            .count()
     }
 }

@@ -584,6 +584,7 @@ impl ChangeLog for PgStore {
 async fn listen_for_changes(url: String, wake: tokio::sync::mpsc::Sender<()>) {
     let mut backoff = Duration::from_millis(250);
     loop {
+        let connected = std::time::Instant::now();
         let listened = listen_once(&url, &wake).await;
         if wake.is_closed() {
             return;
@@ -591,11 +592,19 @@ async fn listen_for_changes(url: String, wake: tokio::sync::mpsc::Sender<()>) {
         if let Err(error) = listened {
             tracing::warn!(%error, "lost the PostgreSQL connection that listens for changes; reconnecting");
         }
+        if connected.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_millis(250);
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
         let _ = wake.try_send(());
     }
 }
+
+/// How often the listening connection proves it is alive, and how long it may take: a LISTEN
+/// connection only receives, and one whose peer vanished would otherwise wait forever.
+const LISTEN_HEARTBEAT: Duration = Duration::from_secs(15);
+const LISTEN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn listen_once(url: &str, wake: &tokio::sync::mpsc::Sender<()>) -> Result<(), StoreError> {
     use futures_util::StreamExt;
@@ -603,20 +612,46 @@ async fn listen_once(url: &str, wake: &tokio::sync::mpsc::Sender<()>) -> Result<
     let (client, mut connection) =
         within(READ_TIMEOUT, async { Ok(config.connect(tls).await?) }).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    let statement = format!("LISTEN {CHANGES_CHANNEL}");
-    let listen = client.batch_execute(&statement);
-    // The connection must be driven for LISTEN to be answered.
-    let mut listen = std::pin::pin!(listen);
-    loop {
-        tokio::select! {
-            done = &mut listen => { done?; break; }
-            message = messages.next() => match message {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(StoreError::Database("the connection closed".into())),
-            },
+    // The connection is driven (its messages read) while a statement waits for its answer.
+    let drive = async |statement: &str,
+                       limit: Duration,
+                       messages: &mut (
+                                dyn futures_util::Stream<
+        Item = Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>,
+    > + Unpin
+                                    + Send
+                            )|
+           -> Result<(), StoreError> {
+        let done = client.batch_execute(statement);
+        let mut done = std::pin::pin!(done);
+        let deadline = tokio::time::sleep(limit);
+        let mut deadline = std::pin::pin!(deadline);
+        loop {
+            tokio::select! {
+                result = &mut done => return Ok(result?),
+                message = messages.next() => match message {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                        let _ = wake.try_send(());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(StoreError::Database("the connection closed".into())),
+                },
+                _ = &mut deadline => {
+                    return Err(StoreError::Database(format!(
+                        "PostgreSQL did not answer within {} s",
+                        limit.as_secs()
+                    )))
+                }
+            }
         }
-    }
+    };
+    drive(
+        &format!("LISTEN {CHANGES_CHANNEL}"),
+        READ_TIMEOUT,
+        &mut messages,
+    )
+    .await?;
     // Anything committed before LISTEN took effect is read by the feed's own catch-up.
     let _ = wake.try_send(());
     loop {
@@ -629,6 +664,9 @@ async fn listen_once(url: &str, wake: &tokio::sync::mpsc::Sender<()>) -> Result<
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(StoreError::Database("the connection closed".into())),
             },
+            _ = tokio::time::sleep(LISTEN_HEARTBEAT) => {
+                drive("SELECT 1", LISTEN_HEARTBEAT_TIMEOUT, &mut messages).await?;
+            }
             _ = wake.closed() => return Ok(()),
         }
     }
