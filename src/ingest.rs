@@ -327,10 +327,11 @@ async fn commit_batch(store: &dyn Store, jobs: Vec<Job>, metrics: &Metrics, feed
             metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
+            // The feed first: a stream opened by a client that got its 200 then starts after it.
+            feed.committed(committed.changes);
             for (reply, outcome) in replies.into_iter().zip(committed.outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
-            feed.committed(committed.changes);
             true
         }
         Err(error) => {

@@ -111,6 +111,7 @@ pub async fn run_with_store(
         api_reads: Arc::new(tokio::sync::Semaphore::new(api::API_READS_AT_ONCE)),
         feed,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
+        max_streams: config.max_streams,
         stopping,
     };
     // Field by field, so that a log shipper reading --log-format json gets each one.

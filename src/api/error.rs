@@ -23,6 +23,8 @@ pub enum ApiError {
     },
     /// The store cannot answer now; the client should retry.
     Unavailable,
+    /// A limit is reached; the client should retry later. The detail says which.
+    Busy(String),
 }
 
 impl ApiError {
@@ -102,12 +104,12 @@ impl IntoResponse for ApiError {
                     parameter: Some(name),
                 },
             ),
-            ApiError::Unavailable => {
-                let mut response = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Json(ErrorBody::code("unavailable")),
-                )
-                    .into_response();
+            ApiError::Unavailable | ApiError::Busy(_) => {
+                let body = match self {
+                    ApiError::Busy(detail) => ErrorBody::detail("unavailable", detail),
+                    _ => ErrorBody::code("unavailable"),
+                };
+                let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

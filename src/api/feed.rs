@@ -30,6 +30,8 @@ const STREAM_PARAMS: &[&str] = &[
     "direction",
     "hotline",
     "user_name",
+    "transaction_id",
+    "destination_number",
     "phone",
 ];
 const CHANGES_PARAMS: &[&str] = &[
@@ -42,6 +44,8 @@ const CHANGES_PARAMS: &[&str] = &[
     "direction",
     "hotline",
     "user_name",
+    "transaction_id",
+    "destination_number",
     "phone",
 ];
 /// Changes per page of `/api/changes` when `limit` is not given.
@@ -79,6 +83,8 @@ fn change_filter(params: &Params) -> Result<ChangeFilter, ApiError> {
         direction: params.direction()?,
         hotline: params.text("hotline"),
         user_name: params.text("user_name"),
+        transaction_id: params.text("transaction_id"),
+        destination_number: params.get("destination_number").map(normalize_phone),
         phone: params.get("phone").map(normalize_phone),
     })
 }
@@ -91,6 +97,28 @@ fn position(name: &str, value: &str) -> Result<i64, ApiError> {
         .ok()
         .filter(|n| *n >= 0)
         .ok_or_else(|| ApiError::parameter(name, "must be a non-negative integer (a seq)"))
+}
+
+/// A start position the feed has not reached: the client's position comes from another database
+/// (or one started again), and following it would skip every change up to there. Checked
+/// against the store when the published head is behind it (another instance may have committed
+/// it a moment ago).
+async fn within_the_feed(state: &AppState, name: &str, position: i64) -> Result<(), ApiError> {
+    if position <= state.feed.head() {
+        return Ok(());
+    }
+    let last = state.feed.log().last_seq().await?;
+    if position <= last {
+        return Ok(());
+    }
+    Err(ApiError::parameter(
+        name,
+        format!(
+            "{position} is beyond the newest change of this alohook ({last}): was the position \
+             kept from another database? Start from 0 for everything, or from {last} for new \
+             changes only"
+        ),
+    ))
 }
 
 /// `GET /api/changes?since=N&limit=L&…`: the changes after `since` (default 0), oldest first.
@@ -106,6 +134,7 @@ pub async fn list_changes(
         .map(|s| position("since", s))
         .transpose()?
         .unwrap_or(0);
+    within_the_feed(&state, "since", since).await?;
     let page = state
         .feed
         .log()
@@ -155,11 +184,24 @@ pub async fn stream(
         .get("since")
         .map(|s| position("since", s))
         .transpose()?;
-    let start = last_event_id.or(since).unwrap_or_else(|| state.feed.head());
+    let start = match (last_event_id, since) {
+        (Some(position), _) => {
+            within_the_feed(&state, "Last-Event-ID", position).await?;
+            position
+        }
+        (None, Some(position)) => {
+            within_the_feed(&state, "since", position).await?;
+            position
+        }
+        (None, None) => state.feed.head(),
+    };
     let Ok(place) = state.streams.clone().try_acquire_owned() else {
         state.metrics.streams_refused.inc();
         tracing::warn!("a live stream was refused: --max-streams are open");
-        return Err(ApiError::Unavailable);
+        return Err(ApiError::Busy(format!(
+            "{} live streams are open, the most this alohook takes (--max-streams); retry later",
+            state.max_streams
+        )));
     };
     let open = OpenStream {
         reader: state.feed.reader(start, filter),

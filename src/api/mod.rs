@@ -50,6 +50,8 @@ pub struct AppState {
     pub feed: Feed,
     /// Places for live streams (`--max-streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// `--max-streams`.
+    pub max_streams: usize,
     /// Becomes `true` when the server starts shutting down: live streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }

@@ -31,8 +31,9 @@ pub struct StreamArgs {
     )]
     pub api_token: String,
     /// Start after this position (a change's `seq`) [default: only changes from now on]
-    #[arg(long, value_name = "SEQ", conflicts_with = "from_start")]
-    pub since: Option<u64>,
+    #[arg(long, value_name = "SEQ", conflicts_with = "from_start",
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub since: Option<i64>,
     /// Start from the first change alohook holds
     #[arg(long)]
     pub from_start: bool,
@@ -41,7 +42,7 @@ pub struct StreamArgs {
     #[arg(long, value_name = "LIST")]
     pub types: Option<String>,
     /// Only this call
-    #[arg(long, value_name = "ID")]
+    #[arg(long, alias = "call_id", value_name = "ID")]
     pub call_id: Option<String>,
     /// Only calls with this status (any case), as of the change
     #[arg(long, value_name = "STATUS")]
@@ -56,13 +57,19 @@ pub struct StreamArgs {
     #[arg(long, value_name = "NUMBER")]
     pub hotline: Option<String>,
     /// Only calls of this agent account
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, alias = "user_name", value_name = "NAME")]
     pub user_name: Option<String>,
+    /// Only calls started with this transactionID (makeCall, click-to-call, a campaign)
+    #[arg(long, alias = "transaction_id", value_name = "ID")]
+    pub transaction_id: Option<String>,
+    /// Only calls to or from this agent extension or number
+    #[arg(long, alias = "destination_number", value_name = "NUMBER")]
+    pub destination_number: Option<String>,
     /// Only calls with this caller or destination number, in any form
     #[arg(long, value_name = "NUMBER")]
     pub phone: Option<String>,
     /// Stop after this many changes (for scripts)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 }
 
@@ -98,8 +105,26 @@ pub struct ListenArgs {
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
     /// Seconds the handler has to answer one change
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub forward_timeout: u64,
+    /// A header to send the handler with every change, `Name: value` (repeatable), e.g. its
+    /// own token
+    #[arg(long = "forward-header", value_name = "HEADER", value_parser = parse_header)]
+    pub forward_headers: Vec<(String, String)>,
+}
+
+/// `Name: value`.
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not `Name: value`"))?;
+    let name = name.trim();
+    reqwest::header::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a header name"))?;
+    reqwest::header::HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("the value of {name} is not a header value"))?;
+    Ok((name.to_string(), value.trim().to_string()))
 }
 
 /// A change as received: its position and its JSON, exactly as sent.
@@ -109,9 +134,41 @@ struct Received {
     json: String,
 }
 
-/// What to do with each change; `Ok` when it is handled and the stream may move on.
+/// What to do with each change; `Ok` when it is handled and the stream may move on. An error
+/// ends the command (it is the handler's own failure, not the stream's).
 trait Handler {
     async fn handle(&mut self, change: &Received) -> anyhow::Result<()>;
+
+    /// The stream named where it starts, before any change: the position from which a restart
+    /// must resume if no change comes first.
+    fn started(&mut self, _position: i64) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why reading a stream stopped.
+enum Stopped {
+    /// The connection failed or the server went away: reconnect and resume.
+    Connection(anyhow::Error),
+    /// The handler failed: stop.
+    Handler(anyhow::Error),
+}
+
+/// Whether `error` is a write to a closed pipe (`alohook tail | head -1` once head has exited).
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// `url` without a password, for messages.
+fn shown(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url.to_string()
 }
 
 /// Follows the stream from `start` (`None`: from now on) until `count` changes were handled,
@@ -122,6 +179,7 @@ async fn follow(
     handler: &mut impl Handler,
 ) -> anyhow::Result<()> {
     let url = stream_url(&args.api_url)?;
+    let url_shown = shown(&url);
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // The server sends a keep-alive comment at least every 15 s: this much silence is a
@@ -132,6 +190,7 @@ async fn follow(
     let mut position = start;
     let mut handled = 0u64;
     let mut backoff = Duration::from_millis(250);
+    let mut failed = false;
     loop {
         let mut request = client
             .get(url.clone())
@@ -147,24 +206,40 @@ async fn follow(
                 let status = response.status();
                 if status == reqwest::StatusCode::UNAUTHORIZED {
                     bail!(
-                        "{url} answered 401: --api-token (ALOHOOK_API_TOKEN) is not that alohook's API token"
+                        "{url_shown} answered 401: --api-token (ALOHOOK_API_TOKEN) is not that alohook's API token"
                     );
                 }
                 if status.is_client_error() {
                     let body = response.text().await.unwrap_or_default();
-                    bail!("{url} answered {status}: {body}");
+                    bail!("{url_shown} answered {status}: {body}");
                 }
                 if !status.is_success() {
-                    Err(anyhow::anyhow!("{url} answered {status}"))
+                    Err(anyhow::anyhow!("{url_shown} answered {status}"))
                 } else {
-                    read_stream(response, &mut position, &mut handled, args.count, handler).await
+                    if failed {
+                        eprintln!(
+                            "alohook: connected again{}",
+                            position.map_or(String::new(), |p| format!(", resuming after {p}"))
+                        );
+                    }
+                    match read_stream(response, &mut position, &mut handled, args.count, handler)
+                        .await
+                    {
+                        Ok(()) => Ok(()),
+                        Err(Stopped::Connection(error)) => Err(error),
+                        // `alohook tail | head` once head has what it wants: done.
+                        Err(Stopped::Handler(error)) if is_broken_pipe(&error) => return Ok(()),
+                        Err(Stopped::Handler(error)) => return Err(error),
+                    }
                 }
             }
-            Err(error) => Err(anyhow::Error::from(error)),
+            Err(error) => Err(anyhow::Error::from(error.without_url())
+                .context(format!("cannot reach {url_shown}"))),
         };
         if args.count.is_some_and(|n| handled >= n) {
             return Ok(());
         }
+        failed = true;
         match outcome {
             Ok(()) => eprintln!("alohook: the stream ended; reconnecting"),
             Err(error) => eprintln!(
@@ -189,9 +264,14 @@ async fn read_stream(
     handled: &mut u64,
     count: Option<u64>,
     handler: &mut impl Handler,
-) -> anyhow::Result<()> {
+) -> Result<(), Stopped> {
     let mut parser = Parser::default();
-    while let Some(chunk) = response.chunk().await? {
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(Stopped::Connection(error.without_url().into())),
+        };
         for message in parser.push(&chunk) {
             let Some(seq) = message.id.as_deref().and_then(|id| id.parse::<i64>().ok()) else {
                 continue;
@@ -201,6 +281,7 @@ async fn read_stream(
                 // change: a reconnect resumes there even when no change came.
                 if position.is_none() {
                     *position = Some(seq);
+                    handler.started(seq).map_err(Stopped::Handler)?;
                 }
                 continue;
             };
@@ -212,7 +293,7 @@ async fn read_stream(
                 kind: message.event.unwrap_or_default(),
                 json,
             };
-            handler.handle(&received).await?;
+            handler.handle(&received).await.map_err(Stopped::Handler)?;
             *position = Some(seq);
             *handled += 1;
             if count.is_some_and(|n| *handled >= n) {
@@ -220,7 +301,6 @@ async fn read_stream(
             }
         }
     }
-    Ok(())
 }
 
 /// The stream's URL from a base URL (`http://host:8080`, `host:8080`) or the stream URL itself.
@@ -253,6 +333,8 @@ fn filters(args: &StreamArgs) -> Vec<(&'static str, String)> {
         ("direction", &args.direction),
         ("hotline", &args.hotline),
         ("user_name", &args.user_name),
+        ("transaction_id", &args.transaction_id),
+        ("destination_number", &args.destination_number),
         ("phone", &args.phone),
     ]
     .into_iter()
@@ -261,11 +343,7 @@ fn filters(args: &StreamArgs) -> Vec<(&'static str, String)> {
 }
 
 fn start_position(args: &StreamArgs) -> Option<i64> {
-    if args.from_start {
-        Some(0)
-    } else {
-        args.since.map(|s| s as i64)
-    }
+    if args.from_start { Some(0) } else { args.since }
 }
 
 /// `alohook tail`: prints changes as they happen.
@@ -296,6 +374,12 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
 pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     let target = reqwest::Url::parse(&args.forward_to)
         .with_context(|| format!("--forward-to {:?} is not a URL", args.forward_to))?;
+    if !matches!(target.scheme(), "http" | "https") {
+        bail!("--forward-to {target} must be an http:// or https:// URL");
+    }
+    if let Some(path) = &args.state {
+        check_writable(path)?;
+    }
     let start = match (start_position(&args.stream), &args.state) {
         (Some(p), _) => Some(p),
         (None, Some(path)) => read_state(path)?,
@@ -314,6 +398,7 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     let mut forwarder = Forwarder {
         client,
         target,
+        headers: args.forward_headers.clone(),
         state: args.state.clone(),
     };
     follow(&args.stream, start, &mut forwarder).await
@@ -322,6 +407,7 @@ pub async fn listen(args: ListenArgs) -> anyhow::Result<()> {
 struct Forwarder {
     client: reqwest::Client,
     target: reqwest::Url,
+    headers: Vec<(String, String)>,
     state: Option<PathBuf>,
 }
 
@@ -330,13 +416,14 @@ impl Handler for Forwarder {
         let mut backoff = Duration::from_millis(250);
         loop {
             let started = Instant::now();
-            let sent = self
+            let mut request = self
                 .client
                 .post(self.target.clone())
-                .header("content-type", "application/json")
-                .body(change.json.clone())
-                .send()
-                .await;
+                .header("content-type", "application/json");
+            for (name, value) in &self.headers {
+                request = request.header(name, value);
+            }
+            let sent = request.body(change.json.clone()).send().await;
             let took = started.elapsed().as_millis();
             let failure = match sent {
                 Ok(response) if response.status().is_success() => {
@@ -350,7 +437,7 @@ impl Handler for Forwarder {
                     break;
                 }
                 Ok(response) => format!("{}", response.status()),
-                Err(error) => format!("{:#}", anyhow::Error::from(error)),
+                Err(error) => format!("{:#}", anyhow::Error::from(error.without_url())),
             };
             println!(
                 "{} {} {} -> {failure} ({took} ms); retrying in {:.1} s",
@@ -366,6 +453,15 @@ impl Handler for Forwarder {
             write_state(path, change.seq)?;
         }
         Ok(())
+    }
+
+    /// A first run (no state yet) keeps where the stream started, so that a restart before the
+    /// first change misses nothing committed in between.
+    fn started(&mut self, position: i64) -> anyhow::Result<()> {
+        match &self.state {
+            Some(path) if !path.exists() => write_state(path, position),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -384,6 +480,16 @@ fn read_state(path: &Path) -> anyhow::Result<Option<i64>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Fails at start, rather than after the first change, when the state file cannot be written.
+fn check_writable(path: &Path) -> anyhow::Result<()> {
+    let mut probe = path.as_os_str().to_owned();
+    probe.push(".tmp");
+    let probe = PathBuf::from(probe);
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("--state {}: cannot write beside it", path.display()))
 }
 
 /// Replaces the state file whole (a new file renamed over the old), so that a crash leaves the
@@ -406,8 +512,9 @@ fn call_id(json: &str) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// `2026-11-25 15:00:35  call.ended    C1  answered ended  0389… → 888  agent  ring 5s talk 295s`,
-/// the time being when alohook received the event, in this machine's zone.
+/// `#12  2026-11-25 15:00:35+07:00  call.ended  C1  answered ended  0389… → 888  agent  ring 5s talk 295s`:
+/// the position (what `--since` takes), when alohook received the event (in this machine's
+/// zone), what happened, and the call as of the change.
 fn pretty(change: &Received) -> String {
     let Ok(value) = serde_json::from_str::<Value>(&change.json) else {
         return change.json.clone();
@@ -417,7 +524,7 @@ fn pretty(change: &Received) -> String {
         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .map(|t| {
             t.to_zoned(jiff::tz::TimeZone::system())
-                .strftime("%Y-%m-%d %H:%M:%S")
+                .strftime("%Y-%m-%d %H:%M:%S%:z")
                 .to_string()
         })
         .unwrap_or_default();
@@ -425,7 +532,8 @@ fn pretty(change: &Received) -> String {
     if change.kind == "event.received" {
         let kind = value["event"]["eventType"].as_str().unwrap_or("?");
         return format!(
-            "{received}  {:<14} {} (eventType {kind})",
+            "#{}  {received}  {:<14} {} (eventType {kind})",
+            change.seq,
             change.kind,
             value["event"]["call_id"].as_str().unwrap_or("-")
         );
@@ -436,13 +544,15 @@ fn pretty(change: &Received) -> String {
         ("ring", "ring_seconds"),
         ("talk", "talk_seconds"),
         ("hold", "holding_duration"),
+        ("total", "total_duration"),
     ] {
         if let Some(n) = call[field].as_i64() {
             durations.push(format!("{label} {n}s"));
         }
     }
     format!(
-        "{received}  {:<14} {}  {} {}  {} → {}  {}  {}",
+        "#{}  {received}  {:<14} {}  {} {}  {} → {}  {}  {}",
+        change.seq,
         change.kind,
         text(&call["call_id"]),
         text(&call["call_status"]),

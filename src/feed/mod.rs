@@ -53,10 +53,40 @@ pub type SharedChange = Arc<Change>;
 #[derive(Clone)]
 pub struct Feed {
     log: Arc<dyn ChangeLog>,
-    live: Arc<Mutex<Ring>>,
-    /// The position of the last change published.
-    head: watch::Receiver<i64>,
+    live: Arc<Live>,
     commits: mpsc::Sender<Vec<Change>>,
+}
+
+/// What is published: the ring, and the head (the position of the last change in it), changed
+/// together under the ring's lock.
+struct Live {
+    ring: Mutex<Ring>,
+    head: watch::Sender<i64>,
+}
+
+impl Live {
+    /// Publishes `changes` (in `seq` order) if they follow on from the head, skipping any
+    /// published already; gives them back when one is missing before them.
+    fn publish(&self, changes: Vec<Change>) -> Result<(), Vec<Change>> {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let head = *self.head.borrow();
+        let fresh: Vec<Change> = changes.into_iter().filter(|c| c.seq > head).collect();
+        let (Some(first), Some(last)) = (fresh.first(), fresh.last().map(|c| c.seq)) else {
+            return Ok(());
+        };
+        if first.seq != head + 1 {
+            return Err(fresh);
+        }
+        for change in fresh {
+            ring.push(Arc::new(change));
+        }
+        self.head.send_replace(last);
+        Ok(())
+    }
+
+    fn head(&self) -> i64 {
+        *self.head.borrow()
+    }
 }
 
 /// The newest published changes, consecutive, oldest first, at most [`LIVE_BYTES`] of them.
@@ -78,22 +108,24 @@ impl Ring {
         }
     }
 
-    /// Up to `limit` changes after `after`, or `None` when the ring no longer holds the one
-    /// right after it.
+    /// Up to `limit` changes (and [`READ_BYTES`] of them, one at least) after `after`, or
+    /// `None` when the ring no longer holds the one right after it.
     fn after(&self, after: i64, limit: usize) -> Option<Vec<SharedChange>> {
         let first = self.changes.front().map_or(after + 1, |c| c.seq);
         if first > after + 1 {
             return None;
         }
         let skip = usize::try_from(after + 1 - first).unwrap_or(0);
-        Some(
-            self.changes
-                .iter()
-                .skip(skip)
-                .take(limit)
-                .cloned()
-                .collect(),
-        )
+        let mut bytes = 0;
+        let mut page = Vec::new();
+        for change in self.changes.iter().skip(skip).take(limit) {
+            bytes += crate::store::change_size(change);
+            if !page.is_empty() && bytes > READ_BYTES {
+                break;
+            }
+            page.push(change.clone());
+        }
+        Some(page)
     }
 }
 
@@ -109,31 +141,31 @@ impl Feed {
         log: Arc<dyn ChangeLog>,
         ring_bytes: usize,
     ) -> Result<Feed, StoreError> {
-        let (moved, head) = watch::channel(log.last_seq().await?);
-        let live = Arc::new(Mutex::new(Ring {
-            changes: VecDeque::new(),
-            bytes: 0,
-            limit: ring_bytes,
-        }));
+        let (head, _) = watch::channel(log.last_seq().await?);
+        let live = Arc::new(Live {
+            ring: Mutex::new(Ring {
+                changes: VecDeque::new(),
+                bytes: 0,
+                limit: ring_bytes,
+            }),
+            head,
+        });
         let (commits, reports) = mpsc::channel(COMMITS_QUEUED);
         let others = log.watch_other_writers();
         let publisher = Publisher {
             log: log.clone(),
             live: live.clone(),
-            moved,
         };
         tokio::spawn(publisher.run(reports, others));
-        Ok(Feed {
-            log,
-            live,
-            head,
-            commits,
-        })
+        Ok(Feed { log, live, commits })
     }
 
-    /// Reports the changes a commit appended, in `seq` order. Never waits.
+    /// Reports the changes a commit appended, in `seq` order. Never waits: when they follow on
+    /// from the head (one writer, or an instance nobody else writes beside), they are published
+    /// at once, before the commit's requests are answered; otherwise the publisher reads what is
+    /// missing from the store first.
     pub fn committed(&self, changes: Vec<Change>) {
-        if !changes.is_empty() {
+        if let Err(changes) = self.live.publish(changes) {
             // When full, the publisher is busy reading the store, and will read these too.
             let _ = self.commits.try_send(changes);
         }
@@ -142,7 +174,7 @@ impl Feed {
     /// The position of the last change published: a reader that starts here sees only new
     /// changes.
     pub fn head(&self) -> i64 {
-        *self.head.borrow()
+        self.live.head()
     }
 
     /// A reader of the changes after `after` that match `filter`.
@@ -163,8 +195,7 @@ impl Feed {
 
 struct Publisher {
     log: Arc<dyn ChangeLog>,
-    live: Arc<Mutex<Ring>>,
-    moved: watch::Sender<i64>,
+    live: Arc<Live>,
 }
 
 impl Publisher {
@@ -206,38 +237,12 @@ impl Publisher {
         }
     }
 
-    fn head(&self) -> i64 {
-        *self.moved.borrow()
-    }
-
-    fn publish(&self, changes: Vec<Change>) {
-        let Some(last) = changes.last().map(|c| c.seq) else {
-            return;
-        };
-        {
-            let mut ring = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            for change in changes {
-                ring.push(Arc::new(change));
-            }
-        }
-        self.moved.send_replace(last);
-    }
-
     async fn on_commit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
-        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
-            return Ok(());
-        };
-        let head = self.head();
-        if last.seq <= head {
-            // Published already, from the store.
-            return Ok(());
+        match self.live.publish(changes) {
+            Ok(()) => Ok(()),
+            // Something committed before these is not published yet: the store has it.
+            Err(_) => self.catch_up().await,
         }
-        if first.seq == head + 1 {
-            self.publish(changes);
-            return Ok(());
-        }
-        // Something committed before these is not published yet: the store has it.
-        self.catch_up().await
     }
 
     /// Publishes everything the store holds after the head.
@@ -247,14 +252,19 @@ impl Publisher {
             let page = self
                 .log
                 .changes(
-                    self.head(),
+                    self.live.head(),
                     &everything,
                     READ_PAGE,
                     crate::store::PAGE_BYTES,
                 )
                 .await?;
             let more = page.more;
-            self.publish(page.items);
+            // Read after the head: it follows on, less what the writer published meanwhile.
+            if self.live.publish(page.items).is_err() {
+                return Err(StoreError::Corrupt(
+                    "the feed's positions have a gap".into(),
+                ));
+            }
             if !more {
                 return Ok(());
             }
@@ -262,7 +272,7 @@ impl Publisher {
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        if self.log.last_seq().await? > self.head() {
+        if self.log.last_seq().await? > self.live.head() {
             self.catch_up().await?;
         }
         Ok(())
@@ -295,7 +305,7 @@ impl FeedReader {
     /// The next matching changes (at least one), waiting for them. Cancel-safe: dropped before
     /// it returns, it delivered nothing and the next call goes on from the same position.
     pub async fn next(&mut self) -> Result<Vec<SharedChange>, StoreError> {
-        let mut head = self.feed.head.clone();
+        let mut head = self.feed.live.head.subscribe();
         loop {
             let delivered = match self.live {
                 None => self.read_store().await?,
@@ -306,7 +316,12 @@ impl FeedReader {
                         }
                         continue;
                     }
-                    let ring = self.feed.live.lock().unwrap_or_else(|e| e.into_inner());
+                    let ring = self
+                        .feed
+                        .live
+                        .ring
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
                     match ring.after(scanned, READ_PAGE) {
                         Some(changes) => {
                             drop(ring);
@@ -414,6 +429,39 @@ mod tests {
         async fn last_seq(&self) -> Result<i64, StoreError> {
             Ok(self.changes.lock().unwrap().len() as i64)
         }
+    }
+
+    #[test]
+    fn a_page_from_the_ring_is_bounded_in_bytes_and_holds_one_change_at_least() {
+        let mut ring = Ring {
+            changes: VecDeque::new(),
+            bytes: 0,
+            limit: usize::MAX,
+        };
+        let change = |seq: i64, size: usize| {
+            Arc::new(Change::new(
+                seq,
+                NewChange {
+                    kind: ChangeType::EventReceived,
+                    event_id: seq,
+                    received_at: 0,
+                    subject: ChangeSubject::default(),
+                    data: format!("\"{}\"", "x".repeat(size)),
+                },
+            ))
+        };
+        for seq in 1..=5 {
+            ring.push(change(seq, 200 * 1024));
+        }
+        for seq in 6..=200 {
+            ring.push(change(seq, 100));
+        }
+        let page = |after| ring.after(after, READ_PAGE).unwrap();
+        assert_eq!(page(0).len(), 1, "a large change makes a page of one");
+        let small = page(5);
+        assert_eq!(small.len(), 195);
+        assert!(small.iter().map(|c| c.json().len()).sum::<usize>() < READ_BYTES);
+        assert!(ring.after(-5, READ_PAGE).is_none() || ring.changes[0].seq == 1);
     }
 
     fn random_filter(rng: &mut fastrand::Rng) -> ChangeFilter {

@@ -69,6 +69,7 @@ pub struct ChangeSubject {
     pub direction: Option<String>,
     pub hotline: Option<String>,
     pub user_name: Option<String>,
+    pub transaction_id: Option<String>,
     pub caller_norm: Option<String>,
     pub destination_norm: Option<String>,
 }
@@ -83,6 +84,7 @@ impl ChangeSubject {
             direction: f.direction.as_deref().map(str::to_lowercase),
             hotline: f.hotline.clone(),
             user_name: f.user_name.clone(),
+            transaction_id: f.transaction_id.clone(),
             caller_norm: f.caller_number.as_deref().map(normalize_phone),
             destination_norm: f.destination_number.as_deref().map(normalize_phone),
         }
@@ -223,6 +225,9 @@ pub struct ChangeFilter {
     pub direction: Option<String>,
     pub hotline: Option<String>,
     pub user_name: Option<String>,
+    pub transaction_id: Option<String>,
+    /// In normal form ([`normalize_phone`]).
+    pub destination_number: Option<String>,
     /// In normal form ([`normalize_phone`]): caller or destination.
     pub phone: Option<String>,
 }
@@ -242,6 +247,8 @@ impl ChangeFilter {
             && equal(&self.direction, &s.direction)
             && equal(&self.hotline, &s.hotline)
             && equal(&self.user_name, &s.user_name)
+            && equal(&self.transaction_id, &s.transaction_id)
+            && equal(&self.destination_number, &s.destination_norm)
             && self.phone.as_ref().is_none_or(|p| {
                 s.caller_norm.as_ref() == Some(p) || s.destination_norm.as_ref() == Some(p)
             })

@@ -778,10 +778,10 @@ fn call_filter_terms(
 /// The columns of a change row, in the order [`read_change_row`] reads them and
 /// [`change_columns`] gives them (but `seq`).
 pub const CHANGE_COLUMNS: &str = "seq, type, event_id, received_at, call_id, status_norm, phase, \
-    direction, hotline, user_name, caller_norm, destination_norm, data";
+    direction, hotline, user_name, transaction_id, caller_norm, destination_norm, data";
 
 /// The columns of a new change, all but `seq`, in [`CHANGE_COLUMNS`]'s order.
-pub fn change_columns(change: &NewChange) -> [Column; 12] {
+pub fn change_columns(change: &NewChange) -> [Column; 13] {
     use Column::{Integer, Text};
     let s = &change.subject;
     [
@@ -794,6 +794,7 @@ pub fn change_columns(change: &NewChange) -> [Column; 12] {
         Text(s.direction.clone()),
         Text(s.hotline.clone()),
         Text(s.user_name.clone()),
+        Text(s.transaction_id.clone()),
         Text(s.caller_norm.clone()),
         Text(s.destination_norm.clone()),
         Text(Some(change.data.clone())),
@@ -815,10 +816,11 @@ pub fn read_change_row(row: &impl RowColumns) -> Result<Change, StoreError> {
             direction: row.text(7)?,
             hotline: row.text(8)?,
             user_name: row.text(9)?,
-            caller_norm: row.text(10)?,
-            destination_norm: row.text(11)?,
+            transaction_id: row.text(10)?,
+            caller_norm: row.text(11)?,
+            destination_norm: row.text(12)?,
         },
-        data: row.required_text(12)?,
+        data: row.required_text(13)?,
     };
     Ok(Change::new(row.required_integer(0)?, new))
 }
@@ -848,6 +850,8 @@ pub fn changes_query(after: i64, filter: &ChangeFilter, limit: usize) -> Stateme
     text("direction", &filter.direction);
     text("hotline", &filter.hotline);
     text("user_name", &filter.user_name);
+    text("transaction_id", &filter.transaction_id);
+    text("destination_norm", &filter.destination_number);
     if let Some(phone) = &filter.phone {
         terms.push("(caller_norm = ? OR destination_norm = ?)".into());
         args.push(Column::Text(Some(phone.clone())));

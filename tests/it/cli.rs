@@ -709,3 +709,35 @@ fn help_lists_only_what_a_command_uses() {
         assert!(serve.contains(flag), "serve --help lacks {flag}");
     }
 }
+
+/// SIGTERM while live streams are open (one idle, one replaying): they end, and the process
+/// exits 0 promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_open_streams_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve_in(dir.path(), &[], &[]);
+    let client = reqwest::Client::new();
+    let response = send_event(&client, &running.base, "k").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut streams = Vec::new();
+    for query in ["", "?since=0"] {
+        let mut stream = client
+            .get(format!("{}/api/stream{query}", running.base))
+            .bearer_auth("t")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        // The stream is open: its first bytes have come.
+        assert!(stream.chunk().await.unwrap().is_some());
+        streams.push(stream);
+    }
+    let status = tokio::task::spawn_blocking(move || terminate(running))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    for mut stream in streams {
+        // Whatever was still on its way, then the end.
+        while let Ok(Some(_)) = stream.chunk().await {}
+    }
+}

@@ -288,6 +288,10 @@ async fn one_change_per_new_event_none_for_resends(db) {
     assert_eq!(a2.len(), 1);
     let by_phone = all_changes(&server, 0, "&phone=%2B84389123456&direction=INBOUND&hotline=19001234").await;
     assert_eq!(by_phone.len(), 5, "A2's three (the number stays once known), A3's two");
+    let by_transaction = all_changes(&server, 0, "&transaction_id=TRANSID_1111").await;
+    assert_eq!(by_transaction.len(), 2, "A1's two events");
+    let by_extension = all_changes(&server, 0, "&destination_number=888").await;
+    assert_eq!(by_extension.len(), 6, "A1's two, A2's three, A3 once its late ringing named it");
     let by_agent = all_changes(&server, 0, "&user_name=agent1").await;
     assert_eq!(by_agent.len(), 4, "A2's three, and A3 once its late ringing named the agent");
     // Paged from the middle.
@@ -307,6 +311,8 @@ async fn bad_parameters_are_named(db) {
         ("phase=over", "phase"),
         ("direction=sideways", "direction"),
         ("color=red", "color"),
+        // Beyond the newest change: a position kept from another database.
+        ("since=5000", "since"),
     ] {
         let (status, body) = server.get(&format!("/api/changes?{query}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
@@ -323,14 +329,29 @@ async fn bad_parameters_are_named(db) {
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     drop(response);
-    let bad_id = reqwest::Client::new()
-        .get(server.url("/api/stream"))
-        .bearer_auth(TOKEN)
-        .header("Last-Event-ID", "x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
+    for bad in ["x", "-1", "5000"] {
+        let response = Stream::request(&server.base, "?since=0", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        drop(response);
+        let bad_id = reqwest::Client::new()
+            .get(server.url("/api/stream?since=0"))
+            .bearer_auth(TOKEN)
+            .header("Last-Event-ID", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST, "Last-Event-ID {bad}");
+        let body: Value = bad_id.json().await.unwrap();
+        assert_eq!(body["parameter"], "Last-Event-ID");
+    }
+    // The newest position is fine, before and after it moves.
+    let (status, _) = server.get("/api/changes?since=0").await;
+    assert_eq!(status, StatusCode::OK);
+    server.send(&ringing("P1")).await;
+    let mut at_end = Stream::open(&server.base, "?since=1", None).await;
+    assert!(at_end.next(Duration::from_millis(200)).await.is_none());
+    server.send(&missed("P1")).await;
+    assert_eq!(at_end.next(Duration::from_secs(5)).await.unwrap().seq, 2);
     for path in ["/api/stream", "/api/changes"] {
         let (status, _) = server.get_with_auth(path, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
@@ -451,6 +472,9 @@ async fn streams_beyond_the_limit_are_503(db) {
     let refused = Stream::request(&server.base, "", None).await;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable");
+    assert!(body["detail"].as_str().unwrap().contains("--max-streams"), "{body}");
     // Reads do not count against streams.
     let (status, _) = server.get("/api/changes").await;
     assert_eq!(status, StatusCode::OK);
@@ -531,14 +555,18 @@ async fn finished(child: tokio::process::Child, within: Duration) -> std::proces
     output
 }
 
+crate::on_every_backend! {
 /// `alohook tail --count`: prints every change once, in order, live ones too, and goes on across
 /// a server that is killed and started again (resuming after the last change it printed).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tail_prints_every_change_once_across_a_server_restart() {
-    let db = Db::sqlite();
+async fn tail_prints_every_change_once_across_a_server_restart(db) {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = serve_process(db.path(), port, &[]);
+    let database = db.database();
+    let extra: Vec<&str> = match &database {
+        Some(url) => vec!["--database", url],
+        None => vec![],
+    };
+    let mut server = serve_process(db.path(), port, &extra);
     let client = reqwest::Client::new();
     let send = |body: Value| {
         let client = client.clone();
@@ -572,7 +600,7 @@ async fn tail_prints_every_change_once_across_a_server_restart() {
     server.kill().unwrap();
     server.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    server = serve_process(db.path(), port, &[]);
+    server = serve_process(db.path(), port, &extra);
     for i in 0..4 {
         send(ended(&format!("T{i}"))).await;
     }
@@ -634,8 +662,29 @@ async fn tail_prints_every_change_once_across_a_server_restart() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("401"), "{stderr}");
+
+    // `tail | head -1`: once its reader is gone, tail is done (not reconnecting forever).
+    let mut piped = client_command("tail", &base, &["--from-start", "--format", "json"])
+        .spawn()
+        .unwrap();
+    let mut out = piped.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    tokio::io::AsyncReadExt::read_exact(&mut out, &mut first)
+        .await
+        .unwrap();
+    drop(out);
     server.kill().unwrap();
     server.wait().unwrap();
+    server = serve_process(db.path(), port, &extra);
+    send(ringing("T9")).await;
+    let status = tokio::time::timeout(Duration::from_secs(20), piped.wait())
+        .await
+        .expect("tail stops once its output is closed")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
 }
 
 /// What the test's handler was sent: every request's body and content type, in order.
@@ -643,6 +692,8 @@ async fn tail_prints_every_change_once_across_a_server_restart() {
 struct Handled {
     requests: Vec<(String, String, StatusCode)>,
     answered: usize,
+    /// The `X-Api-Key` header of each request.
+    api_keys: Vec<String>,
 }
 
 /// A handler that fails its first `failures` requests (500), then acknowledges (200).
@@ -666,6 +717,11 @@ async fn failing_handler(failures: usize) -> (String, std::sync::Arc<std::sync::
                     .get("content-type")
                     .map(|v| v.to_str().unwrap().to_string())
                     .unwrap_or_default();
+                let api_key = headers
+                    .get("x-api-key")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default();
+                handled.api_keys.push(api_key);
                 handled.requests.push((body, content_type, status));
                 status
             }
@@ -677,12 +733,11 @@ async fn failing_handler(failures: usize) -> (String, std::sync::Arc<std::sync::
     (url, handled)
 }
 
+crate::on_every_backend! {
 /// `alohook listen`: every change reaches the handler, in order, as the change JSON exactly,
 /// after the handler's failures stop; the state file lets a restart resume after the last
 /// change the handler acknowledged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_forwards_every_change_in_order_past_a_failing_handler() {
-    let db = Db::sqlite();
+async fn listen_forwards_every_change_in_order_past_a_failing_handler(db) {
     let server = TestServer::start(&db).await;
     let (hook, handled) = failing_handler(4).await;
     for i in 0..6 {
@@ -702,6 +757,8 @@ async fn listen_forwards_every_change_in_order_past_a_failing_handler() {
             "9",
             "--state",
             state_arg,
+            "--forward-header",
+            "X-Api-Key: handler-secret",
         ],
     )
     .spawn()
@@ -733,6 +790,14 @@ async fn listen_forwards_every_change_in_order_past_a_failing_handler() {
             serde_json::from_str(body).unwrap()
         })
         .collect();
+    assert!(
+        handled
+            .lock()
+            .unwrap()
+            .api_keys
+            .iter()
+            .all(|k| k == "handler-secret")
+    );
     assert_eq!(
         acknowledged, all,
         "each change once acknowledged, as the stream shows it"
@@ -773,5 +838,52 @@ async fn listen_forwards_every_change_in_order_past_a_failing_handler() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(std::fs::read_to_string(&state).unwrap().trim(), "11");
+
+    // A first run with a state file keeps where the stream started, before any change: what is
+    // committed before it runs again is not skipped.
+    let fresh = dir.path().join("fresh.state");
+    let mut first_run = client_command(
+        "listen",
+        &server.base,
+        &["--forward-to", &hook, "--state", fresh.to_str().unwrap()],
+    )
+    .spawn()
+    .unwrap();
+    for _ in 0..100 {
+        if fresh.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first_run.kill().await.unwrap();
+    assert_eq!(std::fs::read_to_string(&fresh).unwrap().trim(), "11");
+    server.send(&ended("L0")).await;
+    finished(
+        client_command(
+            "listen",
+            &server.base,
+            &["--forward-to", &hook, "--count", "1", "--state", fresh.to_str().unwrap()],
+        )
+        .spawn()
+        .unwrap(),
+        Duration::from_secs(20),
+    )
+    .await;
+    let requests = std::mem::take(&mut handled.lock().unwrap().requests);
+    assert_eq!(requests.len(), 1);
+    assert!(requests[0].0.starts_with("{\"seq\":12,"), "{}", requests[0].0);
+
+    // Mistakes are refused at start, not after the first change.
+    for (args, says) in [
+        (vec!["--forward-to", "ftp://127.0.0.1/x"], "http"),
+        (vec!["--forward-to", &hook, "--state", "/nonexistent/dir/state"], "--state"),
+        (vec!["--forward-to", &hook, "--forward-header", "no colon"], "Name: value"),
+    ] {
+        let output = client_command("listen", &server.base, &args).output().await.unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
     server.stop().await;
+}
 }

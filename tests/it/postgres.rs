@@ -495,3 +495,42 @@ async fn readers_on_two_instances_see_every_change_once_in_order() {
     b.stop().await;
     db.cleanup().await;
 }
+
+/// A change committed by one instance reaches a stream on another within a second of its 200
+/// (typically milliseconds: the other instance is notified at commit), every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+)]
+async fn a_change_on_one_instance_reaches_a_stream_on_another_at_once() {
+    use crate::feed::Stream;
+    let db = Db::postgres().await;
+    let a = TestServer::start(&db).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut settings_b = settings(&db);
+    settings_b.data_dir = Some(dir_b.path().to_path_buf());
+    let b = TestServer::start_with(settings_b, None).await;
+    let mut on_a = Stream::open(&a.base, "", None).await;
+    let mut delays = Vec::new();
+    for i in 0..10 {
+        let sent = b.send(&in_progress(&format!("X{i}"))).await;
+        let answered = std::time::Instant::now();
+        let seen = on_a
+            .next(Duration::from_secs(5))
+            .await
+            .expect("the change reaches the other instance's stream");
+        assert_eq!(seen.change["event_id"], sent);
+        delays.push(answered.elapsed());
+        // Spaced out, so that most arrivals fall between the feed's once-a-second checks: only
+        // the notification explains them being fast.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    delays.sort();
+    println!("delays from the 200 on B to the stream on A: {delays:?}");
+    assert!(delays[9] < Duration::from_secs(1), "{delays:?}");
+    assert!(delays[5] < Duration::from_millis(500), "{delays:?}");
+    a.stop().await;
+    b.stop().await;
+    db.cleanup().await;
+}

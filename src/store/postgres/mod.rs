@@ -36,6 +36,10 @@ mod write;
 /// - `synchronous_commit` never `off`, whatever the server, role or database says: a 200
 ///   promises the event is on disk, and with `off` COMMIT returns before it is there. Any other
 ///   setting flushes locally and is kept (`remote_write`, `remote_apply` also wait for standbys).
+/// - A batch's transaction never sits idle for more than 20 s: an instance cut off half-way
+///   (say between its last statement and COMMIT) would otherwise hold its row locks, the feed
+///   counter's among them, until the server notices the dead client, and every instance's
+///   batches would wait for it. Its own requests have given up at 10 s.
 /// - No JIT: a statement that would have to scan (the feed counter's one row) costs more than
 ///   `jit_above_cost` once scans are ruled out, and compiling it took 80-120 ms per batch.
 ///
@@ -43,6 +47,7 @@ mod write;
 const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
     SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
     SET LOCAL enable_mergejoin = off; SET LOCAL jit = off; \
+    SET LOCAL idle_in_transaction_session_timeout = '20s'; \
     SELECT set_config('synchronous_commit', CASE WHEN current_setting('synchronous_commit') \
     = 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, true)";
 
@@ -67,11 +72,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_merge_lattice.sql"),
     include_str!("migrations/0003_changes.sql"),
 ];
-/// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance.
+/// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance (the
+/// notification goes out at commit, and only if the transaction commits; see write.rs).
 const CHANGES_CHANNEL: &str = "alohook_changes";
-/// What ends a batch that appended changes: the notification is delivered at commit, and only if
-/// the transaction commits.
-const NOTIFY_AND_COMMIT: &str = "SELECT pg_notify('alohook_changes', ''); COMMIT";
 /// Key of the advisory lock that serialises migrations between instances starting together.
 const MIGRATION_LOCK: i64 = 0x616c_6f68_6f6f_6b01;
 /// Batches committed side by side, each on a connection of its own. Two keep one batch filling
@@ -323,11 +326,7 @@ impl PgStore {
                 write::write_batch(client, &self.sql, &self.cache, &self.settings, batch),
             )
             .await?;
-            if done.changes.is_empty() {
-                client.batch_execute("COMMIT").await?;
-            } else {
-                client.batch_execute(NOTIFY_AND_COMMIT).await?;
-            }
+            client.batch_execute("COMMIT").await?;
             Ok(done)
         })
         .await?;
@@ -573,19 +572,24 @@ impl ChangeLog for PgStore {
 
     fn watch_other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(listen_for_changes(self.url.clone(), tx));
+        tokio::spawn(listen_for_changes(
+            self.url.clone(),
+            self.sql.instance().to_string(),
+            tx,
+        ));
         Some(rx)
     }
 }
 
 /// Listens on [`CHANGES_CHANNEL`] for as long as `wake` has a receiver, and sends on it for every
-/// notification (at most one message waits: a reader reads everything new anyway). A lost
+/// notification of another instance's commit (at most one message waits: a reader reads
+/// everything new anyway; this instance's own commits reach its feed from the writer). A lost
 /// connection is made again, with a message, since notifications may have been missed meanwhile.
-async fn listen_for_changes(url: String, wake: tokio::sync::mpsc::Sender<()>) {
+async fn listen_for_changes(url: String, instance: String, wake: tokio::sync::mpsc::Sender<()>) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let connected = std::time::Instant::now();
-        let listened = listen_once(&url, &wake).await;
+        let listened = listen_once(&url, &instance, &wake).await;
         if wake.is_closed() {
             return;
         }
@@ -606,7 +610,11 @@ async fn listen_for_changes(url: String, wake: tokio::sync::mpsc::Sender<()>) {
 const LISTEN_HEARTBEAT: Duration = Duration::from_secs(15);
 const LISTEN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn listen_once(url: &str, wake: &tokio::sync::mpsc::Sender<()>) -> Result<(), StoreError> {
+async fn listen_once(
+    url: &str,
+    instance: &str,
+    wake: &tokio::sync::mpsc::Sender<()>,
+) -> Result<(), StoreError> {
     use futures_util::StreamExt;
     let (config, tls) = client_config(url)?;
     let (client, mut connection) =
@@ -630,8 +638,10 @@ async fn listen_once(url: &str, wake: &tokio::sync::mpsc::Sender<()>) -> Result<
             tokio::select! {
                 result = &mut done => return Ok(result?),
                 message = messages.next() => match message {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                        let _ = wake.try_send(());
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if n.payload() != instance {
+                            let _ = wake.try_send(());
+                        }
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(e.into()),
@@ -657,8 +667,10 @@ async fn listen_once(url: &str, wake: &tokio::sync::mpsc::Sender<()>) -> Result<
     loop {
         tokio::select! {
             message = messages.next() => match message {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                    let _ = wake.try_send(());
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if n.payload() != instance {
+                        let _ = wake.try_send(());
+                    }
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),

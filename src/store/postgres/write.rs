@@ -49,22 +49,29 @@ pub(super) struct BatchSql {
     lock_calls: String,
     /// The hash of this instance's merge settings (see [`INSERT_CHANGES`]).
     settings_hash: String,
+    /// A random name of this instance, in its notifications (see [`INSERT_CHANGES`]).
+    instance: String,
 }
 
 /// Appends a batch's changes to the feed at the next positions of the counter; `$1` is how many.
-/// The counter moves only while the records follow this instance's merge settings (`$14`, the
+/// The counter moves only while the records follow this instance's merge settings (`$15`, the
 /// fingerprint's hash; the function raises otherwise): checked here, after the batch's writes,
 /// it sees a recomputation by another instance that committed while this batch waited for it.
+/// It also queues the notification that tells the other instances (`$16`: this instance, so that
+/// it can ignore its own), sent when the batch commits: COMMIT follows in the next round trip,
+/// and the counter's lock is held no longer than that.
 const INSERT_CHANGES: &str = "WITH c AS (UPDATE alohook_feed SET last_seq = last_seq + $1 \
-    WHERE id AND alohook_merge_settings_are($14) RETURNING last_seq) \
+    WHERE id AND alohook_merge_settings_are($15) RETURNING last_seq), \
+    told AS (SELECT pg_notify('alohook_changes', $16)) \
     INSERT INTO changes (seq, type, event_id, received_at, call_id, status_norm, phase, \
-    direction, hotline, user_name, caller_norm, destination_norm, data) \
+    direction, hotline, user_name, transaction_id, caller_norm, destination_norm, data) \
     SELECT c.last_seq - $1 + u.n, u.type, u.event_id, u.received_at, u.call_id, u.status_norm, \
-    u.phase, u.direction, u.hotline, u.user_name, u.caller_norm, u.destination_norm, u.data \
-    FROM c, UNNEST($2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], \
-    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY \
-    AS u(type, event_id, received_at, call_id, status_norm, phase, direction, hotline, \
-    user_name, caller_norm, destination_norm, data, n) \
+    u.phase, u.direction, u.hotline, u.user_name, u.transaction_id, u.caller_norm, \
+    u.destination_norm, u.data \
+    FROM c, told, UNNEST($2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], \
+    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) \
+    WITH ORDINALITY AS u(type, event_id, received_at, call_id, status_norm, phase, direction, \
+    hotline, user_name, transaction_id, caller_norm, destination_norm, data, n) \
     RETURNING seq";
 
 const INSERT_EVENTS: &str = "INSERT INTO events (scope, dedupe_key, event_type, call_id, \
@@ -86,7 +93,21 @@ const QUARANTINE: &str = "INSERT INTO rejected (body_hash, reason, detail, recei
     ON CONFLICT (body_hash) DO UPDATE SET deliveries = rejected.deliveries + 1, \
     last_delivery_at = excluded.received_at RETURNING id";
 
+/// A random number, for naming this instance.
+fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without randomness, every instance names itself 0: each then ignores the others'
+    // notifications and relies on the feed's check once a second.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
 impl BatchSql {
+    /// This instance's name in its notifications.
+    pub(super) fn instance(&self) -> &str {
+        &self.instance
+    }
+
     pub(super) fn new(settings: &MergeSettings) -> Self {
         let finals = &settings.finals;
         // Names and types of the call columns, read off any record.
@@ -141,6 +162,7 @@ impl BatchSql {
             update_calls,
             lock_calls,
             settings_hash: settings.fingerprint_hash(),
+            instance: format!("{:016x}", rand_u64()),
         }
     }
 }
@@ -269,7 +291,8 @@ pub(super) async fn write_batch(
     // The new events of each call, oldest first. (The merge is a join, so the record does not
     // depend on their order; a new call's listing position is its first event's.)
     let mut calls: CallEvents = BTreeMap::new();
-    let mut new_changes: Vec<NewChange> = Vec::with_capacity(stored.len());
+    let stored_count = stored.len();
+    let mut new_changes: Vec<NewChange> = Vec::with_capacity(stored_count);
     for (i, event_id) in stored {
         let Incoming::Event { event, received_at } = &batch[i] else {
             continue;
@@ -298,7 +321,13 @@ pub(super) async fn write_batch(
     }
     // In the order the events were stored, which is the order each call's events were merged.
     new_changes.sort_unstable_by_key(|c| c.event_id);
-    let changes = insert_changes(tx, new_changes, &sql.settings_hash).await?;
+    if new_changes.len() != stored_count {
+        return Err(StoreError::Corrupt(format!(
+            "{stored_count} events stored but {} changes made",
+            new_changes.len()
+        )));
+    }
+    let changes = insert_changes(tx, new_changes, sql).await?;
     let outcomes = outcomes
         .into_iter()
         .map(|o| o.ok_or_else(|| StoreError::Corrupt("a batch item got no outcome".into())))
@@ -347,7 +376,7 @@ fn call_changes(
 async fn insert_changes(
     tx: &Tx,
     changes: Vec<NewChange>,
-    settings_hash: &str,
+    sql: &BatchSql,
 ) -> Result<Vec<Change>, StoreError> {
     if changes.is_empty() {
         return Ok(Vec::new());
@@ -371,7 +400,8 @@ async fn insert_changes(
     let count = changes.len() as i64;
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&count];
     params.extend(arrays.iter().map(ColumnArray::sql));
-    params.push(&settings_hash);
+    params.push(&sql.settings_hash);
+    params.push(&sql.instance);
     let rows = tx
         .query(&tx.prepare_cached(INSERT_CHANGES).await?, &params)
         .await?;

@@ -443,8 +443,8 @@ fn insert_change(conn: &Connection, change: NewChange) -> Result<Change, StoreEr
     let columns = change_columns(&change);
     conn.prepare_cached(
         "INSERT INTO changes (type, event_id, received_at, call_id, status_norm, phase, \
-         direction, hotline, user_name, caller_norm, destination_norm, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         direction, hotline, user_name, transaction_id, caller_norm, destination_norm, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params_from_iter(columns.into_iter().map(sql_value)))?;
     Ok(Change::new(conn.last_insert_rowid(), change))

@@ -21,6 +21,7 @@ CREATE TABLE changes (
     direction        TEXT,
     hotline          TEXT,
     user_name        TEXT,
+    transaction_id   TEXT,
     caller_norm      TEXT,
     destination_norm TEXT,
     data             TEXT    NOT NULL
