@@ -95,10 +95,25 @@ struct Ring {
     bytes: usize,
     /// At most this many bytes are kept.
     limit: usize,
+    /// Readers following the feed: while there are none, the ring stays empty (a reader reads
+    /// the store up to the head first anyway), so an instance nobody follows keeps no changes.
+    followers: usize,
 }
 
 impl Ring {
     fn push(&mut self, change: SharedChange) {
+        if self.followers == 0 {
+            self.clear();
+            return;
+        }
+        // Consecutive or nothing: a reader asks for the change after a position.
+        if self
+            .changes
+            .back()
+            .is_some_and(|last| last.seq + 1 != change.seq)
+        {
+            self.clear();
+        }
         self.bytes += crate::store::change_size(&change);
         self.changes.push_back(change);
         while self.bytes > self.limit && self.changes.len() > 1 {
@@ -106,6 +121,11 @@ impl Ring {
                 self.bytes -= crate::store::change_size(&old);
             }
         }
+    }
+
+    fn clear(&mut self) {
+        self.changes.clear();
+        self.bytes = 0;
     }
 
     /// Up to `limit` changes (and [`READ_BYTES`] of them, one at least) after `after`, or
@@ -147,6 +167,7 @@ impl Feed {
                 changes: VecDeque::new(),
                 bytes: 0,
                 limit: ring_bytes,
+                followers: 0,
             }),
             head,
         });
@@ -179,6 +200,13 @@ impl Feed {
 
     /// A reader of the changes after `after` that match `filter`.
     pub fn reader(&self, after: i64, filter: ChangeFilter) -> FeedReader {
+        // Under the ring's lock: a publish either comes before (and the reader finds it in the
+        // store) or sees the follower and keeps its changes.
+        self.live
+            .ring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .followers += 1;
         FeedReader {
             feed: self.clone(),
             filter,
@@ -296,6 +324,18 @@ pub struct FeedReader {
     live: Option<i64>,
 }
 
+impl Drop for FeedReader {
+    fn drop(&mut self) {
+        let mut ring = self
+            .feed
+            .live
+            .ring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        ring.followers = ring.followers.saturating_sub(1);
+    }
+}
+
 impl FeedReader {
     /// The position of the last change delivered (or the starting position).
     pub fn position(&self) -> i64 {
@@ -367,7 +407,7 @@ impl FeedReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::change::{ChangeSubject, ChangeType, NewChange};
+    use crate::model::change::{ChangeBody, ChangeSubject, ChangeType, NewChange};
     use crate::store::ChangePage;
     use async_trait::async_trait;
 
@@ -398,8 +438,11 @@ mod tests {
                             ..ChangeSubject::default()
                         },
                         // Sizes vary, so the ring holds a varying number of changes.
-                        data: format!("{{\"pad\":\"{}\"}}", "x".repeat(rng.usize(..400))),
+                        body: ChangeBody::Event {
+                            payload: format!("{{\"pad\":\"{}\"}}", "x".repeat(rng.usize(..400))),
+                        },
                     },
+                    &jiff::tz::TimeZone::UTC,
                 );
                 all.push(change.clone());
                 added.push(change);
@@ -437,6 +480,7 @@ mod tests {
             changes: VecDeque::new(),
             bytes: 0,
             limit: usize::MAX,
+            followers: 1,
         };
         let change = |seq: i64, size: usize| {
             Arc::new(Change::new(
@@ -446,8 +490,11 @@ mod tests {
                     event_id: seq,
                     received_at: 0,
                     subject: ChangeSubject::default(),
-                    data: format!("\"{}\"", "x".repeat(size)),
+                    body: ChangeBody::Event {
+                        payload: format!("\"{}\"", "x".repeat(size)),
+                    },
                 },
+                &jiff::tz::TimeZone::UTC,
             ))
         };
         for seq in 1..=5 {
@@ -495,13 +542,18 @@ mod tests {
             // A ring of about ten changes: slow readers fall off it often.
             let feed = Feed::start_with_ring(log.clone(), 4000).await.unwrap();
             let mut readers: Vec<(i64, ChangeFilter, FeedReader, Vec<i64>)> = Vec::new();
-            for _ in 0..4 {
-                let filter = random_filter(&mut rng);
-                let start = if rng.bool() { 0 } else { feed.head() };
-                let reader = feed.reader(start, filter.clone());
-                readers.push((start, filter, reader, Vec::new()));
-            }
-            for _ in 0..60 {
+            // Half the readers come later, some to a feed nobody followed until then.
+            let early = rng.usize(0..=2);
+            for step in 0..60 {
+                if step == 0 || step == 30 {
+                    let count = if step == 0 { early } else { 4 - early };
+                    for _ in 0..count {
+                        let filter = random_filter(&mut rng);
+                        let start = if rng.bool() { 0 } else { feed.head() };
+                        let reader = feed.reader(start, filter.clone());
+                        readers.push((start, filter, reader, Vec::new()));
+                    }
+                }
                 if rng.u8(..3) == 0 {
                     let count = rng.usize(1..25);
                     let batch = log.append(&mut rng, count);
@@ -511,7 +563,11 @@ mod tests {
                     }
                 }
                 tokio::task::yield_now().await;
-                let (_, _, reader, seen) = &mut readers[rng.usize(..4)];
+                if readers.is_empty() {
+                    continue;
+                }
+                let pick = rng.usize(..readers.len());
+                let (_, _, reader, seen) = &mut readers[pick];
                 if let Ok(Ok(changes)) =
                     tokio::time::timeout(Duration::from_millis(1), reader.next()).await
                 {

@@ -104,7 +104,11 @@ mod tests {
 
     #[test]
     fn a_written_change_reads_back() {
-        let change = Change::new(42, NewChange::event(7, 0, "{\"eventType\":\"sms\"}"));
+        let change = Change::new(
+            42,
+            NewChange::event(7, 0, "{\"eventType\":\"sms\"}"),
+            &jiff::tz::TimeZone::UTC,
+        );
         let mut text = format!("retry: {RETRY_MILLIS}\nid: 40\n\n{KEEP_ALIVE}");
         text.push_str(std::str::from_utf8(&change.message()).unwrap());
         let mut parser = Parser::default();
@@ -132,7 +136,11 @@ mod tests {
         fn any_chunking_gives_the_same_messages(cuts in proptest::collection::vec(0usize..400, 0..12), crlf in any::<bool>()) {
             let mut text = String::new();
             for seq in 1..=4 {
-                let change = Change::new(seq, NewChange::event(seq, 0, "{\"a\":\"b: c\"}"));
+                let change = Change::new(
+                    seq,
+                    NewChange::event(seq, 0, "{\"a\":\"b: c\"}"),
+                    &jiff::tz::TimeZone::UTC,
+                );
                 text.push_str(std::str::from_utf8(&change.message()).unwrap());
                 text.push_str(KEEP_ALIVE);
             }

@@ -91,6 +91,18 @@ impl ChangeSubject {
     }
 }
 
+/// What a change carries: the call as of the change, or a non-call event's payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeBody {
+    /// The call record right after the change's event was merged, in its phase then.
+    Call {
+        record: Box<CallRecord>,
+        phase: Phase,
+    },
+    /// The payload of an event whose `eventType` is not `call`, as sent, on one line.
+    Event { payload: String },
+}
+
 /// A change being committed: everything but its position, which the store gives it.
 #[derive(Debug, Clone)]
 pub struct NewChange {
@@ -99,9 +111,7 @@ pub struct NewChange {
     /// Unix microseconds: the first receipt of the event.
     pub received_at: i64,
     pub subject: ChangeSubject,
-    /// The call record as the API shows it (for call changes) or the event's payload as sent
-    /// (for `event.received`), as one line of JSON.
-    pub data: String,
+    pub body: ChangeBody,
 }
 
 impl NewChange {
@@ -113,17 +123,26 @@ impl NewChange {
         before: Option<Phase>,
         record: &CallRecord,
         phase: Phase,
-        tz: &TimeZone,
     ) -> Self {
-        let subject = ChangeSubject::of_call(record, phase);
-        let view = CallView::of(record.clone(), phase, tz);
+        // What the call shows, without what only merging needs (which a stored change does not
+        // keep either).
+        let record = CallRecord {
+            fields: record.fields.clone(),
+            sources: [None; super::merge::MERGED_FIELDS],
+            event_count: record.event_count,
+            first_received_at: record.first_received_at,
+            last_received_at: record.last_received_at,
+            sort_time: None,
+        };
         NewChange {
             kind: ChangeType::of_call(before, phase),
             event_id,
             received_at,
-            subject,
-            // A struct of strings, numbers and options: serialising it cannot fail.
-            data: serde_json::to_string(&view).unwrap_or_default(),
+            subject: ChangeSubject::of_call(&record, phase),
+            body: ChangeBody::Call {
+                record: Box::new(record),
+                phase,
+            },
         }
     }
 
@@ -131,7 +150,7 @@ impl NewChange {
     /// written over several lines; line breaks between JSON tokens are only whitespace (inside a
     /// JSON string they are escaped), so the one-line form is the same JSON value.
     pub fn event(event_id: i64, received_at: i64, payload: &str) -> Self {
-        let data = if payload.contains(['\n', '\r']) {
+        let payload = if payload.contains(['\n', '\r']) {
             payload.replace(['\n', '\r'], " ")
         } else {
             payload.to_string()
@@ -141,73 +160,120 @@ impl NewChange {
             event_id,
             received_at,
             subject: ChangeSubject::default(),
-            data,
+            body: ChangeBody::Event { payload },
         }
     }
 }
 
-/// A committed change, at its position in the feed, with its two wire forms rendered once for
-/// every reader: the JSON, and the Server-Sent Events message that carries it (which shares its
-/// bytes).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A committed change, at its position in the feed.
+///
+/// Its two wire forms, the JSON and the Server-Sent Events message that carries it (sharing its
+/// bytes), are rendered when first asked for, once for every reader: a commit does not pay for
+/// them, and a change nobody reads is never rendered. Call times render in the zone the change
+/// was made (or read) with, the configured one.
+#[derive(Debug, Clone)]
 pub struct Change {
     pub seq: i64,
     pub kind: ChangeType,
     pub event_id: i64,
     pub received_at: i64,
     pub subject: ChangeSubject,
+    pub body: ChangeBody,
+    tz: TimeZone,
+    rendered: std::sync::OnceLock<Rendered>,
+}
+
+#[derive(Debug, Clone)]
+struct Rendered {
     /// `id: <seq>\nevent: <type>\ndata: <json>\n\n`.
     message: Bytes,
     /// The JSON, within `message`.
     json: Bytes,
 }
 
+impl PartialEq for Change {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.seq,
+            self.kind,
+            self.event_id,
+            self.received_at,
+            &self.body,
+        ) == (
+            other.seq,
+            other.kind,
+            other.event_id,
+            other.received_at,
+            &other.body,
+        )
+    }
+}
+
+impl Eq for Change {}
+
 impl Change {
-    /// `{"seq":…,"type":…,"event_id":…,"received_at":…,"call":{…}}` (or `"event":{…}`).
-    pub fn new(seq: i64, change: NewChange) -> Self {
-        let field = match change.kind {
-            ChangeType::EventReceived => "event",
-            _ => "call",
-        };
-        let head = format!("id: {seq}\nevent: {}\ndata: ", change.kind.as_str());
-        let json = format!(
-            r#"{{"seq":{seq},"type":"{}","event_id":{},"received_at":"{}","{field}":{}}}"#,
-            change.kind.as_str(),
-            change.event_id,
-            format_utc_micros(change.received_at),
-            change.data
-        );
-        let mut message = String::with_capacity(head.len() + json.len() + 2);
-        message.push_str(&head);
-        message.push_str(&json);
-        message.push_str("\n\n");
-        let message = Bytes::from(message);
-        let json = message.slice(head.len()..head.len() + json.len());
+    /// The change `change` at position `seq`, its call times to be shown in `tz`.
+    pub fn new(seq: i64, change: NewChange, tz: &TimeZone) -> Self {
         Change {
             seq,
             kind: change.kind,
             event_id: change.event_id,
             received_at: change.received_at,
             subject: change.subject,
-            message,
-            json,
+            body: change.body,
+            tz: tz.clone(),
+            rendered: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `{"seq":…,"type":…,"event_id":…,"received_at":…,"call":{…}}` (or `"event":{…}`).
+    fn rendered(&self) -> &Rendered {
+        self.rendered.get_or_init(|| {
+            let (field, data) = match &self.body {
+                ChangeBody::Call { record, phase } => {
+                    let view = CallView::of((**record).clone(), *phase, &self.tz);
+                    // A struct of strings, numbers and options: serialising it cannot fail.
+                    ("call", serde_json::to_string(&view).unwrap_or_default())
+                }
+                ChangeBody::Event { payload } => ("event", payload.clone()),
+            };
+            let head = format!("id: {}\nevent: {}\ndata: ", self.seq, self.kind.as_str());
+            let json = format!(
+                r#"{{"seq":{},"type":"{}","event_id":{},"received_at":"{}","{field}":{data}}}"#,
+                self.seq,
+                self.kind.as_str(),
+                self.event_id,
+                format_utc_micros(self.received_at),
+            );
+            let mut message = String::with_capacity(head.len() + json.len() + 2);
+            message.push_str(&head);
+            message.push_str(&json);
+            message.push_str("\n\n");
+            let message = Bytes::from(message);
+            let json = message.slice(head.len()..head.len() + json.len());
+            Rendered { message, json }
+        })
     }
 
     /// The change as the API shows it: one line of JSON.
     pub fn json(&self) -> &str {
-        // Made from a String in `new`: always UTF-8.
-        std::str::from_utf8(&self.json).unwrap_or_default()
-    }
-
-    /// The JSON's bytes, shared (no copy).
-    pub fn json_bytes(&self) -> Bytes {
-        self.json.clone()
+        // Made from a String: always UTF-8.
+        std::str::from_utf8(&self.rendered().json).unwrap_or_default()
     }
 
     /// The change as one Server-Sent Events message, shared (no copy).
     pub fn message(&self) -> Bytes {
-        self.message.clone()
+        self.rendered().message.clone()
+    }
+
+    /// About how many bytes the change takes in memory before it is rendered, and its JSON
+    /// after: what pages and the live ring count.
+    pub fn size(&self) -> usize {
+        let body = match &self.body {
+            ChangeBody::Call { .. } => 900,
+            ChangeBody::Event { payload } => payload.len() * 2 + 200,
+        };
+        body + 200
     }
 }
 
@@ -296,7 +362,8 @@ mod tests {
         let call = record("Missed", "0389123456");
         let change = Change::new(
             7,
-            NewChange::call(3, 1_000_000, None, &call, Phase::Ended, &tz),
+            NewChange::call(3, 1_000_000, None, &call, Phase::Ended),
+            &tz,
         );
         let value: serde_json::Value = serde_json::from_str(change.json()).unwrap();
         assert_eq!(value["seq"], 7);
@@ -311,6 +378,7 @@ mod tests {
         let event = Change::new(
             8,
             NewChange::event(4, 0, "{\"eventType\":\"sms\",\r\n\"a\":1}"),
+            &tz,
         );
         assert!(!event.json().contains('\n') && !event.json().contains('\r'));
         let value: serde_json::Value = serde_json::from_str(event.json()).unwrap();
@@ -328,16 +396,10 @@ mod tests {
         let tz = TimeZone::UTC;
         let call = Change::new(
             1,
-            NewChange::call(
-                1,
-                0,
-                None,
-                &record("MISSED", "84389123456"),
-                Phase::Ended,
-                &tz,
-            ),
+            NewChange::call(1, 0, None, &record("MISSED", "84389123456"), Phase::Ended),
+            &tz,
         );
-        let event = Change::new(2, NewChange::event(2, 0, "{}"));
+        let event = Change::new(2, NewChange::event(2, 0, "{}"), &tz);
         let all = ChangeFilter::default();
         assert!(all.matches(&call) && all.matches(&event));
         let missed = ChangeFilter {

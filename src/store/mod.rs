@@ -5,7 +5,9 @@ use async_trait::async_trait;
 use jiff::tz::TimeZone;
 use sha2::{Digest, Sha256};
 
-use crate::model::change::{Change, ChangeFilter, ChangeSubject, ChangeType, NewChange};
+use crate::model::change::{
+    Change, ChangeBody, ChangeFilter, ChangeSubject, ChangeType, NewChange,
+};
 use crate::model::merge::MERGED_FIELDS;
 use crate::model::phone::normalize_phone;
 use crate::model::{
@@ -776,53 +778,125 @@ fn call_filter_terms(
 }
 
 /// The columns of a change row, in the order [`read_change_row`] reads them and
-/// [`change_columns`] gives them (but `seq`).
-pub const CHANGE_COLUMNS: &str = "seq, type, event_id, received_at, call_id, status_norm, phase, \
-    direction, hotline, user_name, transaction_id, caller_norm, destination_norm, data";
+/// [`change_columns`] gives them (`seq` first, which the store gives). A call change keeps the
+/// call's columns as of the change (and their normal forms, for the filters); a non-call event's
+/// change keeps its payload.
+pub const CHANGE_COLUMNS: &str = "seq, type, event_id, received_at, payload, call_id, phase, \
+    call_status, status_norm, direction, caller_number, caller_norm, destination_number, \
+    destination_norm, hotline, user_name, transaction_id, object_id, start_time, answer_time, \
+    end_time, hangup_by, total_duration, holding_duration, recording_url, event_count, \
+    first_received_at, last_received_at";
 
-/// The columns of a new change, all but `seq`, in [`CHANGE_COLUMNS`]'s order.
-pub fn change_columns(change: &NewChange) -> [Column; 13] {
+/// The columns of a new change, all but `seq`, by name, in [`CHANGE_COLUMNS`]'s order.
+pub fn change_columns(change: &NewChange) -> Vec<(&'static str, Column)> {
     use Column::{Integer, Text};
     let s = &change.subject;
-    [
-        Text(Some(change.kind.as_str().to_string())),
-        Integer(Some(change.event_id)),
-        Integer(Some(change.received_at)),
-        Text(s.call_id.clone()),
-        Text(s.status_norm.clone()),
-        Text(s.phase.clone()),
-        Text(s.direction.clone()),
-        Text(s.hotline.clone()),
-        Text(s.user_name.clone()),
-        Text(s.transaction_id.clone()),
-        Text(s.caller_norm.clone()),
-        Text(s.destination_norm.clone()),
-        Text(Some(change.data.clone())),
+    let (payload, record, phase) = match &change.body {
+        ChangeBody::Call { record, phase } => (None, Some(record.as_ref()), Some(*phase)),
+        ChangeBody::Event { payload } => (Some(payload.clone()), None, None),
+    };
+    let f = record.map(|r| &r.fields);
+    let text = |get: fn(&EventFields) -> &Option<String>| Text(f.and_then(|f| get(f).clone()));
+    let integer = |get: fn(&EventFields) -> Option<i64>| Integer(f.and_then(get));
+    vec![
+        ("type", Text(Some(change.kind.as_str().to_string()))),
+        ("event_id", Integer(Some(change.event_id))),
+        ("received_at", Integer(Some(change.received_at))),
+        ("payload", Text(payload)),
+        ("call_id", Text(s.call_id.clone())),
+        ("phase", Text(phase.map(|p| p.as_str().to_string()))),
+        ("call_status", text(|f| &f.call_status)),
+        ("status_norm", Text(s.status_norm.clone())),
+        ("direction", Text(s.direction.clone())),
+        ("caller_number", text(|f| &f.caller_number)),
+        ("caller_norm", Text(s.caller_norm.clone())),
+        ("destination_number", text(|f| &f.destination_number)),
+        ("destination_norm", Text(s.destination_norm.clone())),
+        ("hotline", Text(s.hotline.clone())),
+        ("user_name", Text(s.user_name.clone())),
+        ("transaction_id", Text(s.transaction_id.clone())),
+        ("object_id", integer(|f| f.object_id)),
+        ("start_time", integer(|f| f.start_time)),
+        ("answer_time", integer(|f| f.answer_time)),
+        ("end_time", integer(|f| f.end_time)),
+        ("hangup_by", text(|f| &f.hangup_by)),
+        ("total_duration", integer(|f| f.total_duration)),
+        ("holding_duration", integer(|f| f.holding_duration)),
+        ("recording_url", text(|f| &f.recording_url)),
+        ("event_count", Integer(record.map(|r| r.event_count))),
+        (
+            "first_received_at",
+            Integer(record.map(|r| r.first_received_at)),
+        ),
+        (
+            "last_received_at",
+            Integer(record.map(|r| r.last_received_at)),
+        ),
     ]
 }
 
-/// A change selected with [`CHANGE_COLUMNS`].
-pub fn read_change_row(row: &impl RowColumns) -> Result<Change, StoreError> {
+/// A change selected with [`CHANGE_COLUMNS`], its call times to be shown in `tz`.
+pub fn read_change_row(row: &impl RowColumns, tz: &TimeZone) -> Result<Change, StoreError> {
     let kind = row.required_text(1)?;
+    let kind = ChangeType::parse(&kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown change type {kind:?}")))?;
+    let subject = ChangeSubject {
+        call_id: row.text(5)?,
+        status_norm: row.text(8)?,
+        phase: row.text(6)?,
+        direction: row.text(9)?,
+        hotline: row.text(14)?,
+        user_name: row.text(15)?,
+        transaction_id: row.text(16)?,
+        caller_norm: row.text(11)?,
+        destination_norm: row.text(13)?,
+    };
+    let body = match kind {
+        ChangeType::EventReceived => ChangeBody::Event {
+            payload: row.required_text(4)?,
+        },
+        _ => {
+            let phase = row.required_text(6)?;
+            let fields = EventFields {
+                call_id: row.text(5)?,
+                call_status: row.text(7)?,
+                direction: row.text(9)?,
+                caller_number: row.text(10)?,
+                destination_number: row.text(12)?,
+                hotline: row.text(14)?,
+                user_name: row.text(15)?,
+                transaction_id: row.text(16)?,
+                object_id: row.integer(17)?,
+                start_time: row.integer(18)?,
+                answer_time: row.integer(19)?,
+                end_time: row.integer(20)?,
+                hangup_by: row.text(21)?,
+                total_duration: row.integer(22)?,
+                holding_duration: row.integer(23)?,
+                recording_url: row.text(24)?,
+            };
+            ChangeBody::Call {
+                record: Box::new(CallRecord {
+                    fields,
+                    sources: [None; MERGED_FIELDS],
+                    event_count: row.required_integer(25)?,
+                    first_received_at: row.required_integer(26)?,
+                    last_received_at: row.required_integer(27)?,
+                    sort_time: None,
+                }),
+                phase: Phase::parse(&phase)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {phase:?}")))?,
+            }
+        }
+    };
     let new = NewChange {
-        kind: ChangeType::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown change type {kind:?}")))?,
+        kind,
         event_id: row.required_integer(2)?,
         received_at: row.required_integer(3)?,
-        subject: ChangeSubject {
-            call_id: row.text(4)?,
-            status_norm: row.text(5)?,
-            phase: row.text(6)?,
-            direction: row.text(7)?,
-            hotline: row.text(8)?,
-            user_name: row.text(9)?,
-            transaction_id: row.text(10)?,
-            caller_norm: row.text(11)?,
-            destination_norm: row.text(12)?,
-        },
-        data: row.required_text(13)?,
+        subject,
+        body,
     };
-    Ok(Change::new(row.required_integer(0)?, new))
+    Ok(Change::new(row.required_integer(0)?, new, tz))
 }
 
 /// The query of the feed: changes after `after` matching `filter`, in `seq` order, `limit + 1`
@@ -882,13 +956,12 @@ pub fn call_change(
         before.map(|r| r.phase(&settings.finals)),
         after,
         after.phase(&settings.finals),
-        &settings.timezone,
     )
 }
 
-/// How many bytes a change counts for in a page: its JSON and the message that holds it.
+/// How many bytes a change counts for in a page.
 pub fn change_size(change: &Change) -> usize {
-    change.json().len() * 2 + 200
+    change.size()
 }
 
 /// About how many bytes a call takes in memory and in its JSON: what a listing page counts.

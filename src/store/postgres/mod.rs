@@ -550,7 +550,14 @@ impl ChangeLog for PgStore {
             let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
             let rows = client.query_raw(&sql, params).await?;
             let mut pager = Pager::with_bytes(limit, max_bytes);
-            fill(rows, &mut pager, read_change_row, change_size).await?;
+            let tz = &self.settings.timezone;
+            fill(
+                rows,
+                &mut pager,
+                |row| read_change_row(row, tz),
+                change_size,
+            )
+            .await?;
             let (items, next) = pager.finish(|c| c.seq);
             Ok(ChangePage {
                 items,

@@ -47,32 +47,22 @@ pub(super) struct BatchSql {
     insert_calls: String,
     update_calls: String,
     lock_calls: String,
-    /// The hash of this instance's merge settings (see [`INSERT_CHANGES`]).
+    /// Appends a batch's changes to the feed at the next positions of the counter; `$1` is how
+    /// many, then one array per change column. The counter moves only while the records follow
+    /// this instance's merge settings (the fingerprint's hash, the next parameter; the function
+    /// raises otherwise): checked here, after the batch's writes, it sees a recomputation by
+    /// another instance that committed while this batch waited for it. It also queues the
+    /// notification that tells the other instances (the last parameter: this instance, so that
+    /// it can ignore its own), sent when the batch commits: COMMIT follows in the next round
+    /// trip, and the counter's lock is held no longer than that.
+    insert_changes: String,
+    /// The hash of this instance's merge settings (see `insert_changes`).
     settings_hash: String,
-    /// A random name of this instance, in its notifications (see [`INSERT_CHANGES`]).
+    /// A random name of this instance, in its notifications (see `insert_changes`).
     instance: String,
+    /// The zone changes show call times in.
+    timezone: jiff::tz::TimeZone,
 }
-
-/// Appends a batch's changes to the feed at the next positions of the counter; `$1` is how many.
-/// The counter moves only while the records follow this instance's merge settings (`$15`, the
-/// fingerprint's hash; the function raises otherwise): checked here, after the batch's writes,
-/// it sees a recomputation by another instance that committed while this batch waited for it.
-/// It also queues the notification that tells the other instances (`$16`: this instance, so that
-/// it can ignore its own), sent when the batch commits: COMMIT follows in the next round trip,
-/// and the counter's lock is held no longer than that.
-const INSERT_CHANGES: &str = "WITH c AS (UPDATE alohook_feed SET last_seq = last_seq + $1 \
-    WHERE id AND alohook_merge_settings_are($15) RETURNING last_seq), \
-    told AS (SELECT pg_notify('alohook_changes', $16)) \
-    INSERT INTO changes (seq, type, event_id, received_at, call_id, status_norm, phase, \
-    direction, hotline, user_name, transaction_id, caller_norm, destination_norm, data) \
-    SELECT c.last_seq - $1 + u.n, u.type, u.event_id, u.received_at, u.call_id, u.status_norm, \
-    u.phase, u.direction, u.hotline, u.user_name, u.transaction_id, u.caller_norm, \
-    u.destination_norm, u.data \
-    FROM c, told, UNNEST($2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], \
-    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) \
-    WITH ORDINALITY AS u(type, event_id, received_at, call_id, status_norm, phase, direction, \
-    hotline, user_name, transaction_id, caller_norm, destination_norm, data, n) \
-    RETURNING seq";
 
 const INSERT_EVENTS: &str = "INSERT INTO events (scope, dedupe_key, event_type, call_id, \
     received_at, last_delivery_at, deliveries, warnings, body) \
@@ -157,12 +147,40 @@ impl BatchSql {
             "SELECT {CALL_COLUMNS} FROM calls WHERE call_id = ANY($1::text[]) \
              ORDER BY call_id FOR UPDATE"
         );
+        let change_columns: Vec<(&str, &str)> = change_columns(&NewChange::event(0, 0, ""))
+            .iter()
+            .map(|(name, value)| (*name, array_type(value)))
+            .collect();
+        let names = change_columns
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let after = change_columns.len() + 2;
+        let insert_changes = format!(
+            "WITH c AS (UPDATE alohook_feed SET last_seq = last_seq + $1 \
+             WHERE id AND alohook_merge_settings_are(${after}) RETURNING last_seq), \
+             told AS (SELECT pg_notify('alohook_changes', ${})) \
+             INSERT INTO changes (seq, {names}) \
+             SELECT c.last_seq - $1 + u.n, {unnested} \
+             FROM c, told, UNNEST({arrays}) WITH ORDINALITY AS u({names}, n) \
+             RETURNING seq",
+            after + 1,
+            unnested = change_columns
+                .iter()
+                .map(|(name, _)| format!("u.{name}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            arrays = arrays(2, &mut change_columns.iter().map(|(_, t)| *t)),
+        );
         BatchSql {
             insert_calls,
             update_calls,
             lock_calls,
+            insert_changes,
             settings_hash: settings.fingerprint_hash(),
             instance: format!("{:016x}", rand_u64()),
+            timezone: settings.timezone.clone(),
         }
     }
 }
@@ -383,7 +401,10 @@ async fn insert_changes(
     }
     let mut arrays: Vec<ColumnArray> = Vec::new();
     for change in &changes {
-        let row = change_columns(change);
+        let row: Vec<Column> = change_columns(change)
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect();
         if arrays.is_empty() {
             arrays = row
                 .iter()
@@ -403,7 +424,7 @@ async fn insert_changes(
     params.push(&sql.settings_hash);
     params.push(&sql.instance);
     let rows = tx
-        .query(&tx.prepare_cached(INSERT_CHANGES).await?, &params)
+        .query(&tx.prepare_cached(&sql.insert_changes).await?, &params)
         .await?;
     let first = rows
         .iter()
@@ -414,7 +435,7 @@ async fn insert_changes(
     Ok(changes
         .into_iter()
         .enumerate()
-        .map(|(i, change)| Change::new(first + i as i64, change))
+        .map(|(i, change)| Change::new(first + i as i64, change, &sql.timezone))
         .collect())
 }
 

@@ -410,7 +410,7 @@ fn commit_batch(
             Incoming::Event { event, received_at } => {
                 let (outcome, change) = store_event(&tx, calls, &event, received_at, settings)?;
                 if let Some(change) = change {
-                    changes.push(insert_change(&tx, change)?);
+                    changes.push(insert_change(&tx, change, settings)?);
                 }
                 outcome
             }
@@ -439,15 +439,27 @@ fn commit_batch(
 
 /// Appends a change to the feed: its position is the next one (one writer, so positions follow
 /// commit order).
-fn insert_change(conn: &Connection, change: NewChange) -> Result<Change, StoreError> {
+fn insert_change(
+    conn: &Connection,
+    change: NewChange,
+    settings: &MergeSettings,
+) -> Result<Change, StoreError> {
     let columns = change_columns(&change);
-    conn.prepare_cached(
-        "INSERT INTO changes (type, event_id, received_at, call_id, status_norm, phase, \
-         direction, hotline, user_name, transaction_id, caller_norm, destination_norm, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params_from_iter(columns.into_iter().map(sql_value)))?;
-    Ok(Change::new(conn.last_insert_rowid(), change))
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    // The same text every time: prepared once, then found in the statement cache.
+    let sql = format!(
+        "INSERT INTO changes ({}) VALUES ({})",
+        names.join(", "),
+        vec!["?"; names.len()].join(", ")
+    );
+    conn.prepare_cached(&sql)?.execute(params_from_iter(
+        columns.into_iter().map(|(_, value)| sql_value(value)),
+    ))?;
+    Ok(Change::new(
+        conn.last_insert_rowid(),
+        change,
+        &settings.timezone,
+    ))
 }
 
 /// Stores an event (or counts a resend) and merges it into its call; with the change it makes
@@ -674,13 +686,14 @@ impl ChangeLog for SqliteStore {
     ) -> Result<ChangePage, StoreError> {
         let query = changes_query(after, filter, limit);
         self.blocking(move |inner| {
+            let tz = inner.settings.timezone.clone();
             inner.with_reader(|conn| {
                 let mut stmt = conn.prepare_cached(&query.sql)?;
                 let mut rows =
                     stmt.query(params_from_iter(query.args.into_iter().map(sql_value)))?;
                 let mut pager = Pager::with_bytes(limit, max_bytes);
                 while let Some(row) = rows.next()? {
-                    let change = read_change_row(row)?;
+                    let change = read_change_row(row, &tz)?;
                     let size = change_size(&change);
                     if !pager.push(change, size) {
                         break;

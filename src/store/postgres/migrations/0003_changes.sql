@@ -11,20 +11,34 @@ CREATE TABLE alohook_feed (
 INSERT INTO alohook_feed (id, last_seq) VALUES (TRUE, 0);
 
 CREATE TABLE changes (
-    seq              BIGINT  PRIMARY KEY,
-    type             TEXT    NOT NULL,
-    event_id         BIGINT  NOT NULL,
-    received_at      BIGINT  NOT NULL,
-    call_id          TEXT,
-    status_norm      TEXT,
-    phase            TEXT,
-    direction        TEXT,
-    hotline          TEXT,
-    user_name        TEXT,
-    transaction_id   TEXT,
-    caller_norm      TEXT,
-    destination_norm TEXT,
-    data             TEXT    NOT NULL
+    seq                BIGINT  PRIMARY KEY,
+    type               TEXT    NOT NULL,
+    event_id           BIGINT NOT NULL,
+    received_at        BIGINT NOT NULL,
+    payload            TEXT,
+    call_id            TEXT,
+    phase              TEXT,
+    call_status        TEXT,
+    status_norm        TEXT,
+    direction          TEXT,
+    caller_number      TEXT,
+    caller_norm        TEXT,
+    destination_number TEXT,
+    destination_norm   TEXT,
+    hotline            TEXT,
+    user_name          TEXT,
+    transaction_id     TEXT,
+    object_id          BIGINT,
+    start_time         BIGINT,
+    answer_time        BIGINT,
+    end_time           BIGINT,
+    hangup_by          TEXT,
+    total_duration     BIGINT,
+    holding_duration   BIGINT,
+    recording_url      TEXT,
+    event_count        BIGINT,
+    first_received_at  BIGINT,
+    last_received_at   BIGINT
 );
 
 -- The check of store::postgres::begin_batch (migration 0002) as a condition: batches make it
