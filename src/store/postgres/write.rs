@@ -51,10 +51,8 @@ pub(super) struct BatchSql {
     /// many, then one array per change column. The counter moves only while the records follow
     /// this instance's merge settings (the fingerprint's hash, the next parameter; the function
     /// raises otherwise): checked here, after the batch's writes, it sees a recomputation by
-    /// another instance that committed while this batch waited for it. It also queues the
-    /// notification that tells the other instances (the last parameter: this instance, so that
-    /// it can ignore its own), sent when the batch commits: COMMIT follows in the next round
-    /// trip, and the counter's lock is held no longer than that.
+    /// another instance that committed while this batch waited for it. COMMIT follows in the
+    /// next round trip: the counter's lock is held no longer than that.
     insert_changes: String,
     /// The hash of this instance's merge settings (see `insert_changes`).
     settings_hash: String,
@@ -159,13 +157,11 @@ impl BatchSql {
         let after = change_columns.len() + 2;
         let insert_changes = format!(
             "WITH c AS (UPDATE alohook_feed SET last_seq = last_seq + $1 \
-             WHERE id AND alohook_merge_settings_are(${after}) RETURNING last_seq), \
-             told AS (SELECT pg_notify('alohook_changes', ${})) \
+             WHERE id AND alohook_merge_settings_are(${after}) RETURNING last_seq) \
              INSERT INTO changes (seq, {names}) \
              SELECT c.last_seq - $1 + u.n, {unnested} \
-             FROM c, told, UNNEST({arrays}) WITH ORDINALITY AS u({names}, n) \
+             FROM c, UNNEST({arrays}) WITH ORDINALITY AS u({names}, n) \
              RETURNING seq",
-            after + 1,
             unnested = change_columns
                 .iter()
                 .map(|(name, _)| format!("u.{name}"))
@@ -422,7 +418,6 @@ async fn insert_changes(
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&count];
     params.extend(arrays.iter().map(ColumnArray::sql));
     params.push(&sql.settings_hash);
-    params.push(&sql.instance);
     let rows = tx
         .query(&tx.prepare_cached(&sql.insert_changes).await?, &params)
         .await?;
