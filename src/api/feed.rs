@@ -20,9 +20,8 @@ use crate::feed::sse::{KEEP_ALIVE, RETRY_MILLIS};
 use crate::model::change::{ChangeFilter, ChangeType};
 use crate::model::phone::normalize_phone;
 
-/// Parameters of the stream; `/api/changes` takes `limit` too.
-const STREAM_PARAMS: &[&str] = &[
-    "since",
+/// The filters of the stream and of `/api/changes`.
+const FILTERS: &[&str] = &[
     "types",
     "call_id",
     "status",
@@ -34,20 +33,11 @@ const STREAM_PARAMS: &[&str] = &[
     "destination_number",
     "phone",
 ];
-const CHANGES_PARAMS: &[&str] = &[
-    "since",
-    "limit",
-    "types",
-    "call_id",
-    "status",
-    "phase",
-    "direction",
-    "hotline",
-    "user_name",
-    "transaction_id",
-    "destination_number",
-    "phone",
-];
+
+/// The parameters a request of the feed takes: `since`, `extra`, and the filters.
+fn feed_params(extra: &[&'static str]) -> Vec<&'static str> {
+    [&["since"], extra, FILTERS].concat()
+}
 /// Changes per page of `/api/changes` when `limit` is not given.
 const DEFAULT_CHANGES_LIMIT: usize = 100;
 /// An idle stream sends a comment this often.
@@ -126,7 +116,7 @@ pub async fn list_changes(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let params = Params::new(query, CHANGES_PARAMS)?;
+    let params = Params::new(query, &feed_params(&["limit"]))?;
     let filter = change_filter(&params)?;
     let limit = params.limit_or(DEFAULT_CHANGES_LIMIT)?;
     let since = params
@@ -169,7 +159,7 @@ pub async fn stream(
     peer: Option<Extension<ConnectInfo<Peer>>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let params = Params::new(query, STREAM_PARAMS)?;
+    let params = Params::new(query, &feed_params(&[]))?;
     let filter = change_filter(&params)?;
     // What an EventSource sends when it reconnects wins over the URL it was opened with.
     let last_event_id = headers

@@ -168,12 +168,23 @@ pub async fn received_until(
 /// Every change after `since` that matches `query` (`&`-joined filters), paged through
 /// `/api/changes`.
 pub async fn all_changes(server: &TestServer, since: i64, query: &str) -> Vec<Value> {
+    changes_of(&server.base, since, query).await
+}
+
+/// [`all_changes`] of the alohook at `base`.
+pub async fn changes_of(base: &str, since: i64, query: &str) -> Vec<Value> {
+    let client = reqwest::Client::new();
     let mut since = since;
     let mut all = Vec::new();
     loop {
-        let (status, page) = server
-            .get(&format!("/api/changes?since={since}&limit=37{query}"))
-            .await;
+        let response = client
+            .get(format!("{base}/api/changes?since={since}&limit=37{query}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let page: Value = response.json().await.unwrap();
         assert_eq!(status, StatusCode::OK, "{page}");
         let items = page["items"].as_array().unwrap().clone();
         let next = page["next_since"].as_i64().unwrap();
@@ -612,25 +623,7 @@ async fn tail_prints_every_change_once_across_a_server_restart(db) {
         .collect();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("reconnecting"), "{stderr}");
-    let mut all = Vec::new();
-    let mut since = 0;
-    loop {
-        let page: Value = client
-            .get(format!("{base}/api/changes?since={since}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = page["items"].as_array().unwrap().clone();
-        if items.is_empty() {
-            break;
-        }
-        since = page["next_since"].as_i64().unwrap();
-        all.extend(items);
-    }
+    let all = changes_of(&base, 0, "").await;
     assert_eq!(all.len(), 12);
     assert_eq!(printed, all);
 

@@ -406,6 +406,17 @@ async fn migrate_creates_the_current_schema() {
     db.cleanup().await;
 }
 
+/// Two servers on `db`'s database, each with a data dir of its own (the second's is returned, to
+/// be kept while it runs).
+async fn two_instances(db: &Db) -> (TestServer, TestServer, tempfile::TempDir) {
+    let a = TestServer::start(db).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut settings_b = settings(db);
+    settings_b.data_dir = Some(dir_b.path().to_path_buf());
+    let b = TestServer::start_with(settings_b, None).await;
+    (a, b, dir_b)
+}
+
 /// Two instances on one database, webhooks alternating between them at high concurrency, one
 /// stream reader on each: both see every change exactly once, in increasing `seq`, whichever
 /// instance committed it. (With positions taken from a sequence, which hands them out in one
@@ -417,28 +428,10 @@ async fn migrate_creates_the_current_schema() {
     ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
 )]
 async fn readers_on_two_instances_see_every_change_once_in_order() {
-    use crate::feed::{Seen, Stream, all_changes};
+    use crate::feed::{all_changes, follow, received_until};
     let db = Db::postgres().await;
-    let a = TestServer::start(&db).await;
-    let dir_b = tempfile::tempdir().unwrap();
-    let mut settings_b = settings(&db);
-    settings_b.data_dir = Some(dir_b.path().to_path_buf());
-    let b = TestServer::start_with(settings_b, None).await;
-
-    let mut readers = Vec::new();
-    for base in [&a.base, &b.base] {
-        let stream = Stream::open(base, "?since=0", None).await;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
-        let task = tokio::spawn(async move {
-            let mut stream = stream;
-            while let Some(s) = stream.next(Duration::from_secs(60)).await {
-                if tx.send(s).is_err() {
-                    break;
-                }
-            }
-        });
-        readers.push((task, rx));
-    }
+    let (a, b, _dir_b) = two_instances(&db).await;
+    let readers = [follow(a.base.clone()), follow(b.base.clone())];
     let mut args = sim_args(
         &a.base,
         1500,
@@ -468,18 +461,8 @@ async fn readers_on_two_instances_see_every_change_once_in_order() {
         "no gaps"
     );
     let last = *seqs.last().unwrap();
-    for (i, (task, mut rx)) in readers.into_iter().enumerate() {
-        let mut seen: Vec<Seen> = Vec::new();
-        while seen.last().is_none_or(|s| s.seq < last) {
-            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-                Ok(Some(s)) => seen.push(s),
-                _ => panic!(
-                    "reader {i} stopped at {:?} of {last}, after {} changes",
-                    seen.last().map(|s| s.seq),
-                    seen.len()
-                ),
-            }
-        }
+    for (i, mut rx) in readers.into_iter().enumerate() {
+        let seen = received_until(&mut rx, last).await;
         let got: Vec<i64> = seen.iter().map(|s| s.seq).collect();
         let missed: Vec<&i64> = seqs.iter().filter(|s| !got.contains(s)).collect();
         assert!(missed.is_empty(), "reader {i} never saw {missed:?}");
@@ -489,7 +472,6 @@ async fn readers_on_two_instances_see_every_change_once_in_order() {
         );
         let values: Vec<Value> = seen.into_iter().map(|s| s.change).collect();
         assert_eq!(values, changes, "reader {i}");
-        task.abort();
     }
     a.stop().await;
     b.stop().await;
@@ -506,11 +488,7 @@ async fn readers_on_two_instances_see_every_change_once_in_order() {
 async fn a_change_on_one_instance_reaches_a_stream_on_another_at_once() {
     use crate::feed::Stream;
     let db = Db::postgres().await;
-    let a = TestServer::start(&db).await;
-    let dir_b = tempfile::tempdir().unwrap();
-    let mut settings_b = settings(&db);
-    settings_b.data_dir = Some(dir_b.path().to_path_buf());
-    let b = TestServer::start_with(settings_b, None).await;
+    let (a, b, _dir_b) = two_instances(&db).await;
     let mut on_a = Stream::open(&a.base, "", None).await;
     let mut delays = Vec::new();
     for i in 0..10 {

@@ -251,24 +251,11 @@ async fn crash_test_sigkill_twice_loses_nothing(db) {
         .expect("the simulation finishes")
         .unwrap();
     // Every acknowledged event has its change, and the reader got each once, in order.
-    let client = reqwest::Client::new();
-    let mut changes: Vec<i64> = Vec::new();
-    loop {
-        let page: Value = client
-            .get(format!("{base}/api/changes?limit=1000&since={}", changes.last().unwrap_or(&0)))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = page["items"].as_array().unwrap();
-        if items.is_empty() {
-            break;
-        }
-        changes.extend(items.iter().map(|c| c["seq"].as_i64().unwrap()));
-    }
+    let changes: Vec<i64> = crate::feed::changes_of(&base, 0, "")
+        .await
+        .iter()
+        .map(|c| c["seq"].as_i64().unwrap())
+        .collect();
     let seen = crate::feed::received_until(&mut reader, *changes.last().unwrap()).await;
     server.kill().unwrap();
     server.wait().unwrap();

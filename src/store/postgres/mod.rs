@@ -663,16 +663,7 @@ async fn listen_once(
         loop {
             tokio::select! {
                 result = &mut done => return Ok(result?),
-                message = messages.next() => match message {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                        if n.payload() != instance {
-                            let _ = wake.try_send(());
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e.into()),
-                    None => return Err(StoreError::Database("the connection closed".into())),
-                },
+                message = messages.next() => heard(message, instance, wake)?,
                 _ = &mut deadline => {
                     return Err(StoreError::Database(format!(
                         "PostgreSQL did not answer within {} s",
@@ -692,16 +683,7 @@ async fn listen_once(
     let _ = wake.try_send(());
     loop {
         tokio::select! {
-            message = messages.next() => match message {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    if n.payload() != instance {
-                        let _ = wake.try_send(());
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(StoreError::Database("the connection closed".into())),
-            },
+            message = messages.next() => heard(message, instance, wake)?,
             _ = tokio::time::sleep(LISTEN_HEARTBEAT) => {
                 drive("SELECT 1", LISTEN_HEARTBEAT_TIMEOUT, &mut messages).await?;
             }
@@ -712,6 +694,26 @@ async fn listen_once(
             }
             _ = wake.closed() => return Ok(()),
         }
+    }
+}
+
+/// What the listening connection heard: another instance's notification wakes the feed; the
+/// connection's end or failure is an error.
+fn heard(
+    message: Option<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>,
+    instance: &str,
+    wake: &tokio::sync::mpsc::Sender<()>,
+) -> Result<(), StoreError> {
+    match message {
+        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+            if n.payload() != instance {
+                let _ = wake.try_send(());
+            }
+            Ok(())
+        }
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(StoreError::Database("the connection closed".into())),
     }
 }
 
