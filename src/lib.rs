@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod feed;
+pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
