@@ -2,5 +2,6 @@
 //! built). So far: the Standard Webhooks signature every delivery carries ([`sign`]) and when a
 //! failed delivery is tried again ([`retry`]).
 
+pub mod destination;
 pub mod retry;
 pub mod sign;
