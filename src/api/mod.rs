@@ -20,6 +20,7 @@ use crate::store::Store;
 pub mod auth;
 pub mod calls;
 pub mod conn;
+pub mod destinations;
 pub mod error;
 pub mod feed;
 pub mod webhook;
@@ -64,6 +65,21 @@ pub fn app(state: AppState) -> Router {
         .route("/calls/{call_id}/events", get(calls::call_events))
         .route("/rejected", get(calls::list_rejected))
         .route("/changes", get(feed::list_changes))
+        .route(
+            "/destinations",
+            get(destinations::list).post(destinations::post),
+        )
+        .route(
+            "/destinations/{id}",
+            get(destinations::get)
+                .patch(destinations::patch)
+                .delete(destinations::delete),
+        )
+        .route("/destinations/{id}/secret", get(destinations::secret))
+        .route(
+            "/destinations/{id}/rotate-secret",
+            post(destinations::rotate_secret),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::limit_reads,

@@ -491,6 +491,22 @@ mod tests {
         async fn last_seq(&self) -> Result<i64, StoreError> {
             Ok(self.changes.lock().unwrap().len() as i64)
         }
+
+        async fn count_changes(
+            &self,
+            after: i64,
+            filter: &ChangeFilter,
+        ) -> Result<(i64, Option<i64>), StoreError> {
+            let all = self.changes.lock().unwrap();
+            let matching: Vec<&Change> = all
+                .iter()
+                .filter(|c| c.seq > after && filter.matches(c))
+                .collect();
+            Ok((
+                matching.len() as i64,
+                matching.first().map(|c| c.received_at),
+            ))
+        }
     }
 
     #[test]

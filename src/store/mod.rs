@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use jiff::tz::TimeZone;
 use sha2::{Digest, Sha256};
 
+use crate::forward::destination::DestinationSpec;
 use crate::model::change::{
     Change, ChangeBody, ChangeFilter, ChangeSubject, ChangeType, NewChange,
 };
@@ -333,6 +334,14 @@ pub trait ChangeLog: Send + Sync + 'static {
     /// The position of the last committed change; 0 before the first.
     async fn last_seq(&self) -> Result<i64, StoreError>;
 
+    /// How many changes after `after` match `filter`, and when the first of them was received
+    /// (Unix microseconds).
+    async fn count_changes(
+        &self,
+        after: i64,
+        filter: &ChangeFilter,
+    ) -> Result<(i64, Option<i64>), StoreError>;
+
     /// A channel that gets a message whenever another process may have committed changes
     /// (PostgreSQL: its LISTEN/NOTIFY), so that this process's live readers see them too. `None`
     /// when no other process writes (SQLite). Called once, by the feed.
@@ -341,9 +350,190 @@ pub trait ChangeLog: Send + Sync + 'static {
     }
 }
 
+/// A forwarding destination as stored (see [`crate::forward`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDestination {
+    pub id: String,
+    pub spec: DestinationSpec,
+    pub enabled: bool,
+    /// Why it was disabled (a receiver's 410, or an operator), while it is.
+    pub disabled_reason: Option<String>,
+    /// `whsec_…`: what signs its deliveries.
+    pub secret: String,
+    /// The secret before the last rotation, which signs alongside until `previous_secret_until`.
+    pub previous_secret: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    /// Every matching change up to this position has its delivery.
+    pub cursor: i64,
+    /// Unix microseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What a destination's deliveries come to so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Deliveries waiting for an attempt (not counting the matching changes not handed to the
+    /// destination yet).
+    pub pending: i64,
+    pub delivered: i64,
+    pub dead: i64,
+    /// Attempts that did not deliver.
+    pub failed_attempts: i64,
+    /// When the change of the oldest pending delivery was received, Unix microseconds.
+    pub oldest_pending_received_at: Option<i64>,
+    /// When the last attempt that delivered was made, Unix microseconds.
+    pub last_success_at: Option<i64>,
+    /// What the last attempt that did not deliver came to.
+    pub last_error: Option<String>,
+}
+
+/// Forwarding destinations, kept in the store so that every instance shares them.
+#[async_trait]
+pub trait Destinations: Send + Sync + 'static {
+    /// Stores a new destination, which starts after `cursor`.
+    async fn create_destination(
+        &self,
+        id: &str,
+        spec: &DestinationSpec,
+        secret: &str,
+        cursor: i64,
+    ) -> Result<StoredDestination, StoreError>;
+
+    /// Every destination, oldest first.
+    async fn destinations(&self) -> Result<Vec<StoredDestination>, StoreError>;
+
+    async fn destination(&self, id: &str) -> Result<Option<StoredDestination>, StoreError>;
+
+    /// Saves what an operator or a receiver changes: the spec, whether it is enabled and why
+    /// not, the secrets. `false` when there is no such destination.
+    async fn update_destination(&self, destination: &StoredDestination)
+    -> Result<bool, StoreError>;
+
+    /// Removes a destination and its deliveries. `false` when there is no such destination.
+    async fn delete_destination(&self, id: &str) -> Result<bool, StoreError>;
+
+    async fn delivery_counts(&self, id: &str) -> Result<DeliveryCounts, StoreError>;
+}
+
+/// The columns of a destination, in the order [`read_destination_row`] reads them.
+pub const DESTINATION_COLUMNS: &str = "id, spec, enabled, disabled_reason, secret, \
+    previous_secret, previous_secret_until, cursor, created_at, updated_at";
+
+pub const INSERT_DESTINATION: &str = "INSERT INTO destinations (id, spec, enabled, secret, \
+    cursor, created_at, updated_at) VALUES (?, ?, 1, ?, ?, ?, ?)";
+
+pub const UPDATE_DESTINATION: &str = "UPDATE destinations SET spec = ?, enabled = ?, \
+    disabled_reason = ?, secret = ?, previous_secret = ?, previous_secret_until = ?, \
+    updated_at = ? WHERE id = ?";
+
+/// Removing a destination: its attempts, its deliveries, itself (each takes its id).
+pub const DELETE_DESTINATION: [&str; 3] = [
+    "DELETE FROM delivery_attempts WHERE delivery_id IN \
+     (SELECT id FROM deliveries WHERE destination_id = ?)",
+    "DELETE FROM deliveries WHERE destination_id = ?",
+    "DELETE FROM destinations WHERE id = ?",
+];
+
+/// A destination's delivery counts: each query takes its id.
+pub const DELIVERY_COUNTS: &str = "SELECT \
+    count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'delivered'), \
+    count(*) FILTER (WHERE state = 'dead') FROM deliveries WHERE destination_id = ?";
+pub const DELIVERY_ATTEMPT_COUNTS: &str = "SELECT \
+    count(*) FILTER (WHERE a.status IS NULL OR a.status < 200 OR a.status > 299), \
+    max(a.at) FILTER (WHERE a.status BETWEEN 200 AND 299) \
+    FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+    WHERE d.destination_id = ?";
+pub const LAST_DELIVERY_ERROR: &str = "SELECT a.status, a.error FROM delivery_attempts a \
+    JOIN deliveries d ON d.id = a.delivery_id WHERE d.destination_id = ? \
+    AND (a.status IS NULL OR a.status < 200 OR a.status > 299) ORDER BY a.at DESC LIMIT 1";
+pub const OLDEST_PENDING: &str = "SELECT min(c.received_at) FROM deliveries d \
+    JOIN changes c ON c.seq = d.seq WHERE d.destination_id = ? AND d.state = 'pending'";
+
+/// A destination selected with [`DESTINATION_COLUMNS`].
+pub fn read_destination_row(row: &impl RowColumns) -> Result<StoredDestination, StoreError> {
+    let spec = row.required_text(1)?;
+    Ok(StoredDestination {
+        id: row.required_text(0)?,
+        spec: serde_json::from_str(&spec)
+            .map_err(|e| StoreError::Corrupt(format!("a destination's spec: {e}")))?,
+        enabled: row.required_integer(2)? != 0,
+        disabled_reason: row.text(3)?,
+        secret: row.required_text(4)?,
+        previous_secret: row.text(5)?,
+        previous_secret_until: row.integer(6)?,
+        cursor: row.required_integer(7)?,
+        created_at: row.required_integer(8)?,
+        updated_at: row.required_integer(9)?,
+    })
+}
+
+/// The spec as it is stored.
+pub fn spec_json(spec: &DestinationSpec) -> String {
+    // Strings, numbers and maps of strings: serialising cannot fail.
+    serde_json::to_string(spec).unwrap_or_default()
+}
+
+/// The last error of a failed attempt, as `DeliveryCounts::last_error` says it.
+pub fn describe_failure(status: Option<i64>, error: Option<String>) -> String {
+    match (status, error) {
+        (_, Some(error)) => error,
+        (Some(status), None) => format!("answered {status}"),
+        (None, None) => "failed".to_string(),
+    }
+}
+
+/// The terms of a change filter against the `changes` table: SQL with `?` and the arguments.
+fn change_filter_terms(filter: &ChangeFilter) -> (Vec<String>, Vec<Column>) {
+    let mut terms = Vec::new();
+    let mut args = Vec::new();
+    if let Some(types) = &filter.types {
+        if types.is_empty() {
+            terms.push("1 = 0".into());
+        } else {
+            terms.push(format!("type IN ({})", vec!["?"; types.len()].join(", ")));
+            args.extend(types.iter().map(|t| Column::Text(Some(t.as_str().into()))));
+        }
+    }
+    let mut text = |column: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            terms.push(format!("{column} = ?"));
+            args.push(Column::Text(Some(v.clone())));
+        }
+    };
+    text("call_id", &filter.call_id);
+    text("status_norm", &filter.status);
+    text("phase", &filter.phase.map(|p| p.as_str().to_string()));
+    text("direction", &filter.direction);
+    text("hotline", &filter.hotline);
+    text("user_name", &filter.user_name);
+    text("transaction_id", &filter.transaction_id);
+    text("destination_norm", &filter.destination_number);
+    if let Some(phone) = &filter.phone {
+        terms.push("(caller_norm = ? OR destination_norm = ?)".into());
+        args.push(Column::Text(Some(phone.clone())));
+        args.push(Column::Text(Some(phone.clone())));
+    }
+    (terms, args)
+}
+
+/// How many changes after `after` match `filter`, and the first one's receipt time.
+pub fn count_changes_query(after: i64, filter: &ChangeFilter) -> Statement {
+    let (mut terms, mut args) = change_filter_terms(filter);
+    terms.insert(0, "seq > ?".into());
+    args.insert(0, Column::Integer(Some(after)));
+    Statement {
+        sql: format!(
+            "SELECT count(*), min(received_at) FROM changes WHERE {}",
+            terms.join(" AND ")
+        ),
+        args,
+    }
+}
+
 /// The domain operations alohook needs from a database.
 #[async_trait]
-pub trait Store: ChangeLog {
+pub trait Store: ChangeLog + Destinations {
     /// Commits a batch in one durable transaction: stores new events, counts resends, merges
     /// call events into their calls, quarantines bad bodies, and writes one change for every
     /// event stored now. Either all of it commits or none. An empty batch writes a heartbeat row
@@ -902,35 +1092,9 @@ pub fn read_change_row(row: &impl RowColumns, tz: &TimeZone) -> Result<Change, S
 /// The query of the feed: changes after `after` matching `filter`, in `seq` order, `limit + 1`
 /// rows (so that the reader knows whether there are more). The terms compare the same normal forms as [`ChangeFilter::matches`].
 pub fn changes_query(after: i64, filter: &ChangeFilter, limit: usize) -> Statement {
-    let mut terms = vec!["seq > ?".to_string()];
-    let mut args = vec![Column::Integer(Some(after))];
-    if let Some(types) = &filter.types {
-        if types.is_empty() {
-            terms.push("1 = 0".into());
-        } else {
-            terms.push(format!("type IN ({})", vec!["?"; types.len()].join(", ")));
-            args.extend(types.iter().map(|t| Column::Text(Some(t.as_str().into()))));
-        }
-    }
-    let mut text = |column: &str, value: &Option<String>| {
-        if let Some(v) = value {
-            terms.push(format!("{column} = ?"));
-            args.push(Column::Text(Some(v.clone())));
-        }
-    };
-    text("call_id", &filter.call_id);
-    text("status_norm", &filter.status);
-    text("phase", &filter.phase.map(|p| p.as_str().to_string()));
-    text("direction", &filter.direction);
-    text("hotline", &filter.hotline);
-    text("user_name", &filter.user_name);
-    text("transaction_id", &filter.transaction_id);
-    text("destination_norm", &filter.destination_number);
-    if let Some(phone) = &filter.phone {
-        terms.push("(caller_norm = ? OR destination_norm = ?)".into());
-        args.push(Column::Text(Some(phone.clone())));
-        args.push(Column::Text(Some(phone.clone())));
-    }
+    let (mut terms, mut args) = change_filter_terms(filter);
+    terms.insert(0, "seq > ?".into());
+    args.insert(0, Column::Integer(Some(after)));
     args.push(Column::Integer(Some(limit as i64 + 1)));
     Statement {
         sql: format!(

@@ -8,6 +8,8 @@ mod cli;
 mod dedupe;
 /// The change feed: one change per new event, `/api/changes`, the SSE stream, resume, limits.
 mod feed;
+/// Forwarding: destinations through the API and the command line.
+mod forward;
 /// One record per call whatever the arrival order; typing of loose fields.
 mod merge;
 /// PostgreSQL only: two instances on one database, and a database outage mid-load.

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use alohook::config::Settings;
+use alohook::forward::destination::DestinationSpec;
 use alohook::model::change::ChangeFilter;
 use alohook::server::{self, ServerError};
 use alohook::store::{
-    CallCursor, CallFilter, CallPage, ChangeLog, ChangePage, Committed, EventPage, Incoming,
-    RejectedPage, Store, StoreError, StoredCall,
+    CallCursor, CallFilter, CallPage, ChangeLog, ChangePage, Committed, DeliveryCounts,
+    Destinations, EventPage, Incoming, RejectedPage, Store, StoreError, StoredCall,
+    StoredDestination,
 };
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -324,8 +326,45 @@ impl ChangeLog for FlakyStore {
     async fn last_seq(&self) -> Result<i64, StoreError> {
         self.inner.last_seq().await
     }
+    async fn count_changes(
+        &self,
+        after: i64,
+        filter: &ChangeFilter,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        self.inner.count_changes(after, filter).await
+    }
     fn watch_other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
         self.inner.watch_other_writers()
+    }
+}
+
+#[async_trait]
+impl Destinations for FlakyStore {
+    async fn create_destination(
+        &self,
+        id: &str,
+        spec: &DestinationSpec,
+        secret: &str,
+        cursor: i64,
+    ) -> Result<StoredDestination, StoreError> {
+        self.inner
+            .create_destination(id, spec, secret, cursor)
+            .await
+    }
+    async fn destinations(&self) -> Result<Vec<StoredDestination>, StoreError> {
+        self.inner.destinations().await
+    }
+    async fn destination(&self, id: &str) -> Result<Option<StoredDestination>, StoreError> {
+        self.inner.destination(id).await
+    }
+    async fn update_destination(&self, d: &StoredDestination) -> Result<bool, StoreError> {
+        self.inner.update_destination(d).await
+    }
+    async fn delete_destination(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_destination(id).await
+    }
+    async fn delivery_counts(&self, id: &str) -> Result<DeliveryCounts, StoreError> {
+        self.inner.delivery_counts(id).await
     }
 }
 

@@ -16,11 +16,15 @@ use tokio_postgres::types::ToSql;
 
 use super::{
     CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, ChangeLog,
-    ChangePage, Column, Committed, EventPage, Incoming, MERGE_SETTINGS_KEY, MergeSettings, Pager,
-    REJECTED_QUERY, RejectedPage, RowColumns, Store, StoreError, StoredCall, call_page, call_size,
-    change_size, changes_query, list_calls_query, read_call_row, read_change_row, read_event_row,
-    read_rejected_row, rewrite_call,
+    ChangePage, Column, Committed, DELETE_DESTINATION, DELIVERY_ATTEMPT_COUNTS, DELIVERY_COUNTS,
+    DESTINATION_COLUMNS, DeliveryCounts, Destinations, EventPage, INSERT_DESTINATION, Incoming,
+    LAST_DELIVERY_ERROR, MERGE_SETTINGS_KEY, MergeSettings, OLDEST_PENDING, Pager, REJECTED_QUERY,
+    RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredDestination, UPDATE_DESTINATION,
+    call_page, call_size, change_size, changes_query, count_changes_query, describe_failure,
+    list_calls_query, read_call_row, read_change_row, read_destination_row, read_event_row,
+    read_rejected_row, rewrite_call, spec_json,
 };
+use crate::forward::destination::DestinationSpec;
 use crate::model::change::ChangeFilter;
 
 mod tls;
@@ -71,6 +75,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_merge_lattice.sql"),
     include_str!("migrations/0003_changes.sql"),
+    include_str!("migrations/0004_forwarding.sql"),
 ];
 /// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance (the
 /// notification goes out at commit, and only if the transaction commits; see write.rs).
@@ -574,6 +579,21 @@ impl ChangeLog for PgStore {
         .await
     }
 
+    async fn count_changes(
+        &self,
+        after: i64,
+        filter: &ChangeFilter,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        let query = count_changes_query(after, filter);
+        let sql = numbered(&query.sql);
+        self.read(async |client| {
+            let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
+            let row = client.query_one(&sql, &params).await?;
+            Ok((row.get(0), row.get(1)))
+        })
+        .await
+    }
+
     async fn last_seq(&self) -> Result<i64, StoreError> {
         self.read(async |client| {
             Ok(client
@@ -714,6 +734,127 @@ fn heard(
         Some(Ok(_)) => Ok(()),
         Some(Err(e)) => Err(e.into()),
         None => Err(StoreError::Database("the connection closed".into())),
+    }
+}
+
+#[async_trait]
+impl Destinations for PgStore {
+    async fn create_destination(
+        &self,
+        id: &str,
+        spec: &DestinationSpec,
+        secret: &str,
+        cursor: i64,
+    ) -> Result<StoredDestination, StoreError> {
+        let now = crate::model::time::now_micros();
+        let spec_text = spec_json(spec);
+        self.read(async |client| {
+            client
+                .execute(
+                    &numbered(INSERT_DESTINATION),
+                    &[&id, &spec_text, &secret, &cursor, &now, &now],
+                )
+                .await?;
+            Ok(())
+        })
+        .await?;
+        self.destination(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a destination vanished as it was made".into()))
+    }
+
+    async fn destinations(&self) -> Result<Vec<StoredDestination>, StoreError> {
+        let sql = format!("SELECT {DESTINATION_COLUMNS} FROM destinations ORDER BY created_at, id");
+        self.read(async |client| {
+            client
+                .query(&sql, &[])
+                .await?
+                .iter()
+                .map(read_destination_row)
+                .collect()
+        })
+        .await
+    }
+
+    async fn destination(&self, id: &str) -> Result<Option<StoredDestination>, StoreError> {
+        let sql = format!("SELECT {DESTINATION_COLUMNS} FROM destinations WHERE id = $1");
+        self.read(async |client| {
+            client
+                .query_opt(&sql, &[&id])
+                .await?
+                .map(|row| read_destination_row(&row))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn update_destination(
+        &self,
+        destination: &StoredDestination,
+    ) -> Result<bool, StoreError> {
+        let d = destination;
+        let now = crate::model::time::now_micros();
+        let (spec, enabled) = (spec_json(&d.spec), d.enabled as i64);
+        self.read(async |client| {
+            let updated = client
+                .execute(
+                    &numbered(UPDATE_DESTINATION),
+                    &[
+                        &spec,
+                        &enabled,
+                        &d.disabled_reason,
+                        &d.secret,
+                        &d.previous_secret,
+                        &d.previous_secret_until,
+                        &now,
+                        &d.id,
+                    ],
+                )
+                .await?;
+            Ok(updated == 1)
+        })
+        .await
+    }
+
+    async fn delete_destination(&self, id: &str) -> Result<bool, StoreError> {
+        let mut connection = Checkout::new(self.reads.get().await?);
+        let deleted = within(READ_TIMEOUT, async {
+            let client = connection.client();
+            client.batch_execute("BEGIN").await?;
+            let mut deleted = 0;
+            for sql in DELETE_DESTINATION {
+                deleted = client.execute(&numbered(sql), &[&id]).await?;
+            }
+            client.batch_execute("COMMIT").await?;
+            Ok(deleted == 1)
+        })
+        .await?;
+        connection.finished();
+        Ok(deleted)
+    }
+
+    async fn delivery_counts(&self, id: &str) -> Result<DeliveryCounts, StoreError> {
+        self.read(async |client| {
+            let counts = client.query_one(&numbered(DELIVERY_COUNTS), &[&id]).await?;
+            let attempts = client
+                .query_one(&numbered(DELIVERY_ATTEMPT_COUNTS), &[&id])
+                .await?;
+            let last_error = client
+                .query_opt(&numbered(LAST_DELIVERY_ERROR), &[&id])
+                .await?
+                .map(|row| describe_failure(row.get(0), row.get(1)));
+            let oldest = client.query_one(&numbered(OLDEST_PENDING), &[&id]).await?;
+            Ok(DeliveryCounts {
+                pending: counts.get(0),
+                delivered: counts.get(1),
+                dead: counts.get(2),
+                failed_attempts: attempts.get(0),
+                oldest_pending_received_at: oldest.get(0),
+                last_success_at: attempts.get(1),
+                last_error,
+            })
+        })
+        .await
     }
 }
 

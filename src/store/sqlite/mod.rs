@@ -14,12 +14,16 @@ use sha2::{Digest, Sha256};
 
 use super::{
     CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, ChangeLog,
-    ChangePage, Column, Committed, EventPage, HEARTBEAT, Incoming, MERGE_SETTINGS_KEY,
-    MergeSettings, Outcome, Pager, REJECTED_QUERY, RejectedPage, RowColumns, Statement, Store,
-    StoreError, StoredCall, call_change, call_columns, call_page, call_size, change_columns,
-    change_size, changes_query, list_calls_query, read_call_row, read_change_row, read_event_row,
-    read_rejected_row, rewrite_call,
+    ChangePage, Column, Committed, DELETE_DESTINATION, DELIVERY_ATTEMPT_COUNTS, DELIVERY_COUNTS,
+    DESTINATION_COLUMNS, DeliveryCounts, Destinations, EventPage, HEARTBEAT, INSERT_DESTINATION,
+    Incoming, LAST_DELIVERY_ERROR, MERGE_SETTINGS_KEY, MergeSettings, OLDEST_PENDING, Outcome,
+    Pager, REJECTED_QUERY, RejectedPage, RowColumns, Statement, Store, StoreError, StoredCall,
+    StoredDestination, UPDATE_DESTINATION, call_change, call_columns, call_page, call_size,
+    change_columns, change_size, changes_query, count_changes_query, describe_failure,
+    list_calls_query, read_call_row, read_change_row, read_destination_row, read_event_row,
+    read_rejected_row, rewrite_call, spec_json,
 };
+use crate::forward::destination::DestinationSpec;
 use crate::model::change::{Change, ChangeFilter, NewChange};
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, SourceKey};
 
@@ -27,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_merge_lattice.sql"),
     include_str!("migrations/0003_changes.sql"),
+    include_str!("migrations/0004_forwarding.sql"),
 ];
 /// Below this much free space on the database's file system, the store says it is not ready:
 /// a batch of large events, the WAL's growth and a checkpoint need room.
@@ -380,6 +385,20 @@ impl Inner {
         result
     }
 
+    /// Runs `work` in a write transaction of the writer connection, beside the batches.
+    fn write<T>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut writer = self.writer.lock().map_err(|_| StoreError::Closed)?;
+        let tx = writer
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let result = work(&tx)?;
+        tx.commit()?;
+        Ok(result)
+    }
+
     fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError> {
         let mut writer = self.writer.lock().map_err(|_| StoreError::Closed)?;
         let Writer { conn, calls } = &mut *writer;
@@ -709,6 +728,23 @@ impl ChangeLog for SqliteStore {
         .await
     }
 
+    async fn count_changes(
+        &self,
+        after: i64,
+        filter: &ChangeFilter,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        let query = count_changes_query(after, filter);
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                Ok(conn.prepare_cached(&query.sql)?.query_row(
+                    params_from_iter(query.args.into_iter().map(sql_value)),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+        })
+        .await
+    }
+
     async fn last_seq(&self) -> Result<i64, StoreError> {
         self.blocking(|inner| {
             inner.with_reader(|conn| {
@@ -718,6 +754,134 @@ impl ChangeLog for SqliteStore {
                         "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
                     )?
                     .query_row([], |r| r.get(0))?)
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Destinations for SqliteStore {
+    async fn create_destination(
+        &self,
+        id: &str,
+        spec: &DestinationSpec,
+        secret: &str,
+        cursor: i64,
+    ) -> Result<StoredDestination, StoreError> {
+        let now = crate::model::time::now_micros();
+        let (id, spec_text, secret) = (id.to_string(), spec_json(spec), secret.to_string());
+        let created = self
+            .blocking(move |inner| {
+                inner.write(|tx| {
+                    tx.prepare_cached(INSERT_DESTINATION)?
+                        .execute(params![id, spec_text, secret, cursor, now, now])?;
+                    Ok(id)
+                })
+            })
+            .await?;
+        self.destination(&created)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a destination vanished as it was made".into()))
+    }
+
+    async fn destinations(&self) -> Result<Vec<StoredDestination>, StoreError> {
+        self.blocking(|inner| {
+            inner.with_reader(|conn| {
+                query_rows(
+                    conn,
+                    &format!(
+                        "SELECT {DESTINATION_COLUMNS} FROM destinations ORDER BY created_at, id"
+                    ),
+                    [],
+                    |row| read_destination_row(row),
+                )
+            })
+        })
+        .await
+    }
+
+    async fn destination(&self, id: &str) -> Result<Option<StoredDestination>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                Ok(query_rows(
+                    conn,
+                    &format!("SELECT {DESTINATION_COLUMNS} FROM destinations WHERE id = ?1"),
+                    [&id],
+                    |row| read_destination_row(row),
+                )?
+                .pop())
+            })
+        })
+        .await
+    }
+
+    async fn update_destination(
+        &self,
+        destination: &StoredDestination,
+    ) -> Result<bool, StoreError> {
+        let d = destination.clone();
+        let now = crate::model::time::now_micros();
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                let updated = tx.prepare_cached(UPDATE_DESTINATION)?.execute(params![
+                    spec_json(&d.spec),
+                    d.enabled as i64,
+                    d.disabled_reason,
+                    d.secret,
+                    d.previous_secret,
+                    d.previous_secret_until,
+                    now,
+                    d.id
+                ])?;
+                Ok(updated == 1)
+            })
+        })
+        .await
+    }
+
+    async fn delete_destination(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                let mut deleted = 0;
+                for sql in DELETE_DESTINATION {
+                    deleted = tx.prepare_cached(sql)?.execute([&id])?;
+                }
+                Ok(deleted == 1)
+            })
+        })
+        .await
+    }
+
+    async fn delivery_counts(&self, id: &str) -> Result<DeliveryCounts, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                let (pending, delivered, dead) = conn
+                    .prepare_cached(DELIVERY_COUNTS)?
+                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                let (failed_attempts, last_success_at) = conn
+                    .prepare_cached(DELIVERY_ATTEMPT_COUNTS)?
+                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let last_error = conn
+                    .prepare_cached(LAST_DELIVERY_ERROR)?
+                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+                    .map(|(status, error)| describe_failure(status, error));
+                let oldest_pending_received_at = conn
+                    .prepare_cached(OLDEST_PENDING)?
+                    .query_row([&id], |r| r.get(0))?;
+                Ok(DeliveryCounts {
+                    pending,
+                    delivered,
+                    dead,
+                    failed_attempts,
+                    oldest_pending_received_at,
+                    last_success_at,
+                    last_error,
+                })
             })
         })
         .await

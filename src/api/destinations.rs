@@ -1,0 +1,226 @@
+//! `/api/destinations`: where forwarded changes go (see [`crate::forward`]).
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::forward::destination::{DestinationSpec, FieldError, Start, new_id};
+use crate::forward::sign::new_secret;
+use crate::model::time::{format_utc_micros, now_micros};
+use crate::store::{Store, StoreError, StoredDestination};
+
+/// How long the secret before a rotation keeps signing beside the new one.
+pub const ROTATION_OVERLAP_MICROS: i64 = 24 * 60 * 60 * 1_000_000;
+
+/// A destination as the API shows it: as created, its state, and live figures.
+#[derive(Debug, Serialize)]
+pub struct DestinationView {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: DestinationSpec,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub created_at: String,
+    pub stats: Stats,
+    /// Only in the answer that creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    /// Deliveries waiting, and matching changes not handed to the destination yet.
+    pub pending: i64,
+    pub delivered: i64,
+    pub failed_attempts: i64,
+    pub dead: i64,
+    /// How long the oldest pending change has waited since alohook received it.
+    pub oldest_pending_seconds: Option<i64>,
+    pub last_success_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// The view of `destination`, with its figures as they are now.
+pub async fn view(
+    store: &dyn Store,
+    destination: StoredDestination,
+) -> Result<DestinationView, StoreError> {
+    let counts = store.delivery_counts(&destination.id).await?;
+    let (waiting, first_waiting) = store
+        .count_changes(destination.cursor, &destination.spec.change_filter())
+        .await?;
+    let oldest = [counts.oldest_pending_received_at, first_waiting]
+        .into_iter()
+        .flatten()
+        .min();
+    let now = now_micros();
+    Ok(DestinationView {
+        id: destination.id,
+        spec: destination.spec,
+        enabled: destination.enabled,
+        disabled_reason: destination.disabled_reason,
+        created_at: format_utc_micros(destination.created_at),
+        stats: Stats {
+            pending: counts.pending + waiting,
+            delivered: counts.delivered,
+            failed_attempts: counts.failed_attempts,
+            dead: counts.dead,
+            oldest_pending_seconds: oldest.map(|at| ((now - at) / 1_000_000).max(0)),
+            last_success_at: counts.last_success_at.map(format_utc_micros),
+            last_error: counts.last_error,
+        },
+        secret: None,
+    })
+}
+
+fn field(error: FieldError) -> ApiError {
+    ApiError::parameter(&error.field, error.detail)
+}
+
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::parameter("body", format!("not a JSON object: {e}")))
+}
+
+fn destination_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id)
+        .map_err(|e| ApiError::parameter("id", e.body_text()))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<StoredDestination, ApiError> {
+    state.store.destination(id).await?.ok_or(ApiError::NotFound)
+}
+
+/// Creates a destination from `spec`: a new id and secret, and its place in the feed.
+pub async fn create(
+    store: &dyn Store,
+    spec: DestinationSpec,
+) -> Result<StoredDestination, ApiError> {
+    let last = store.last_seq().await?;
+    let cursor = match spec.start {
+        Start::Now => last,
+        Start::Beginning => 0,
+        Start::After(seq) if seq <= last => seq,
+        Start::After(seq) => {
+            return Err(ApiError::parameter(
+                "start",
+                format!("{seq} is beyond the newest change ({last})"),
+            ));
+        }
+    };
+    let unavailable = |e: getrandom::Error| {
+        tracing::error!(error = %e, "no randomness for a destination's id or secret");
+        ApiError::Unavailable
+    };
+    let id = new_id().map_err(unavailable)?;
+    let secret = new_secret().map_err(unavailable)?;
+    let created = store
+        .create_destination(&id, &spec, &secret, cursor)
+        .await?;
+    tracing::info!(destination = %created.id, url = %created.spec.url, cursor, "destination created");
+    Ok(created)
+}
+
+/// `POST /api/destinations`: 201 with the destination and its secret.
+pub async fn post(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let spec = DestinationSpec::from_json(&json_body(&body)?).map_err(field)?;
+    let created = create(state.store.as_ref(), spec).await?;
+    let secret = created.secret.clone();
+    let mut shown = view(state.store.as_ref(), created).await?;
+    shown.secret = Some(secret);
+    Ok((StatusCode::CREATED, Json(shown)).into_response())
+}
+
+/// `GET /api/destinations`.
+pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut items = Vec::new();
+    for destination in state.store.destinations().await? {
+        items.push(view(state.store.as_ref(), destination).await?);
+    }
+    Ok(Json(json!({ "items": items })))
+}
+
+/// `GET /api/destinations/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<DestinationView>, ApiError> {
+    let destination = find(&state, &destination_id(path)?).await?;
+    Ok(Json(view(state.store.as_ref(), destination).await?))
+}
+
+/// `GET /api/destinations/{id}/secret`.
+pub async fn secret(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let destination = find(&state, &destination_id(path)?).await?;
+    Ok(Json(json!({ "secret": destination.secret })))
+}
+
+/// `PATCH /api/destinations/{id}`: the fields given change; `enabled: true` clears the reason
+/// it was disabled for.
+pub async fn patch(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<DestinationView>, ApiError> {
+    let mut destination = find(&state, &destination_id(path)?).await?;
+    let enabled = destination.spec.patch(&json_body(&body)?).map_err(field)?;
+    match enabled {
+        Some(true) => {
+            destination.enabled = true;
+            destination.disabled_reason = None;
+        }
+        Some(false) if destination.enabled => {
+            destination.enabled = false;
+            destination.disabled_reason = Some("disabled through the API".to_string());
+        }
+        _ => {}
+    }
+    if !state.store.update_destination(&destination).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(destination = %destination.id, enabled = destination.enabled, "destination changed");
+    Ok(Json(view(state.store.as_ref(), destination).await?))
+}
+
+/// `DELETE /api/destinations/{id}`: 204; its pending deliveries are dropped.
+pub async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = destination_id(path)?;
+    if !state.store.delete_destination(&id).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(destination = %id, "destination removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/destinations/{id}/rotate-secret`: a new secret; the old one signs beside it for
+/// 24 h, so that receivers can switch without missing a delivery.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let mut destination = find(&state, &destination_id(path)?).await?;
+    let secret = new_secret().map_err(|e| {
+        tracing::error!(error = %e, "no randomness for a secret");
+        ApiError::Unavailable
+    })?;
+    destination.previous_secret = Some(std::mem::replace(&mut destination.secret, secret));
+    destination.previous_secret_until = Some(now_micros() + ROTATION_OVERLAP_MICROS);
+    if !state.store.update_destination(&destination).await? {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(destination = %destination.id, "secret rotated; the previous one signs for 24 h more");
+    Ok(Json(json!({ "secret": destination.secret })))
+}

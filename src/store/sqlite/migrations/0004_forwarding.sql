@@ -1,0 +1,42 @@
+-- Forwarding (see src/forward): destinations, and the deliveries of changes to them.
+CREATE TABLE destinations (
+    id                    TEXT    PRIMARY KEY,
+    spec                  TEXT    NOT NULL,  -- JSON: url, types, filter, headers, ordering, … as created
+    enabled               INTEGER NOT NULL DEFAULT 1,
+    disabled_reason       TEXT,
+    secret                TEXT    NOT NULL,
+    previous_secret       TEXT,              -- still signs until previous_secret_until
+    previous_secret_until INTEGER,           -- Unix microseconds
+    cursor                INTEGER NOT NULL,  -- every matching change up to here has its delivery
+    created_at            INTEGER NOT NULL,  -- Unix microseconds
+    updated_at            INTEGER NOT NULL
+);
+
+-- One row per change handed to a destination. webhook-id is derived from (destination_id, seq).
+CREATE TABLE deliveries (
+    id              INTEGER PRIMARY KEY,
+    destination_id  TEXT    NOT NULL,
+    seq             INTEGER NOT NULL,
+    type            TEXT    NOT NULL,
+    call_id         TEXT,
+    state           TEXT    NOT NULL,   -- pending, delivered, dead
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,            -- Unix microseconds; NULL while held behind its call
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (destination_id, seq)
+);
+CREATE INDEX deliveries_by_state ON deliveries (destination_id, state, next_attempt_at);
+CREATE INDEX deliveries_by_call ON deliveries (destination_id, call_id, seq);
+
+CREATE TABLE delivery_attempts (
+    delivery_id INTEGER NOT NULL,
+    at          INTEGER NOT NULL,   -- Unix microseconds
+    status      INTEGER,
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    response    TEXT                -- the first KiB of the answer
+);
+CREATE INDEX delivery_attempts_by_delivery ON delivery_attempts (delivery_id, at);
