@@ -49,6 +49,13 @@ enum Command {
     /// POST each call change to your local handler, in order, as it happens (a handler that
     /// fails is retried; the stream never moves past a change it has not acknowledged).
     Listen(alohook::feed::client::ListenArgs),
+    /// Manage where changes are forwarded, in the configured database (no server needed).
+    Destinations {
+        #[command(flatten)]
+        settings: args::Migrate,
+        #[command(subcommand)]
+        command: alohook::forward::cli::DestinationsCommand,
+    },
     /// Apply the database migrations (and recompute the calls if the merge settings changed),
     /// then exit. `serve` does the same at start.
     Migrate(args::Migrate),
@@ -100,6 +107,7 @@ fn main() -> ExitCode {
             runtime().and_then(|r| r.block_on(alohook::feed::client::listen(args)))
         }
         Command::Migrate(a) => migrate(a.into()),
+        Command::Destinations { settings, command } => destinations(settings.into(), command),
         Command::Healthcheck {
             settings,
             url,
@@ -336,6 +344,28 @@ fn migrate(settings: Settings) -> anyhow::Result<()> {
         config::redact_url(&config.database)
     );
     Ok(())
+}
+
+fn destinations(
+    settings: Settings,
+    command: alohook::forward::cli::DestinationsCommand,
+) -> anyhow::Result<()> {
+    let config = settings.resolve()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let store = alohook::server::open_store(&config).await.with_context(|| {
+            if config.database.starts_with("sqlite") {
+                "while `alohook serve` runs on this SQLite database, manage destinations through \
+                 its API (POST /api/destinations)"
+            } else {
+                "cannot open the database"
+            }
+        })?;
+        alohook::forward::cli::run(command, store.as_ref()).await
+    })
 }
 
 fn simulate(options: alohook::sim::SimOptions) -> anyhow::Result<()> {

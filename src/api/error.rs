@@ -36,6 +36,23 @@ impl ApiError {
     }
 }
 
+/// What went wrong, for people (the command line says it this way).
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Unauthorized => write!(f, "unauthorized"),
+            ApiError::NotFound => write!(f, "not found"),
+            ApiError::MethodNotAllowed => write!(f, "method not allowed"),
+            ApiError::PayloadTooLarge => write!(f, "payload too large"),
+            ApiError::RequestTimeout => write!(f, "the request took too long"),
+            ApiError::InvalidJson(detail) | ApiError::InvalidEvent(detail) => write!(f, "{detail}"),
+            ApiError::InvalidParameter { name, detail } => write!(f, "{name}: {detail}"),
+            ApiError::Unavailable => write!(f, "the database is unavailable (the log says why)"),
+            ApiError::Busy(detail) => write!(f, "{detail}"),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         tracing::error!(%error, "store error");

@@ -148,3 +148,56 @@ async fn bad_fields_are_named_and_start_backfills(db) {
     server.stop().await;
 }
 }
+
+crate::on_every_backend! {
+/// `alohook destinations add / list / show / remove` against the configured database.
+async fn destinations_from_the_command_line(db) {
+    let run = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_alohook"));
+        command.arg("destinations").arg("--data-dir").arg(db.path());
+        if let Some(url) = db.database() {
+            command.args(["--database", &url]);
+        }
+        let output = command.args(args).env("ALOHOOK_LOG", "warn").output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = run(&["list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("no destinations"), "{out}");
+    let (ok, out, err) = run(&[
+        "add", "https://crm.example.com/hook", "--types", "call.ended", "--status", "missed",
+        "--header", "X-Api-Key: k", "--start", "beginning", "--description", "CRM",
+    ]);
+    assert!(ok, "{err}");
+    let id = out.lines().find_map(|l| l.strip_prefix("id:")).unwrap().trim().to_string();
+    let secret = out.lines().find_map(|l| l.strip_prefix("secret:")).unwrap().trim().to_string();
+    assert!(id.starts_with("dst_") && secret.starts_with("whsec_"), "{out}");
+    let (ok, out, _) = run(&["list"]);
+    assert!(ok && out.contains(&id) && out.contains("(CRM)"), "{out}");
+    let (ok, out, _) = run(&["show", &id]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["filter"]["status"], "missed");
+    assert_eq!(shown["headers"]["X-Api-Key"], "k");
+    assert_eq!(shown["start"], "beginning");
+    assert!(shown.get("secret").is_none());
+    // The server sees what the command line made.
+    let server = TestServer::start(&db).await;
+    let (status, listed) = server.get("/api/destinations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["items"][0]["id"], id);
+    server.stop().await;
+    let (ok, _, err) = run(&["add", "ftp://x/y"]);
+    assert!(!ok && err.contains("URL"), "{err}");
+    let (ok, _, err) = run(&["add", "https://h/x", "--ordering", "random"]);
+    assert!(!ok && err.contains("--ordering"), "{err}");
+    let (ok, out, _) = run(&["remove", &id]);
+    assert!(ok && out.contains(&id));
+    let (ok, _, err) = run(&["show", &id]);
+    assert!(!ok && err.contains("no destination"), "{err}");
+}
+}
