@@ -13,7 +13,7 @@ pub enum DestinationsCommand {
     /// Every destination: id, whether it is enabled, where it goes, what waits for it.
     List,
     /// Add a destination; prints its id and its secret (shown this once; `show` omits it).
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// One destination, as the API shows it (JSON).
     Show {
         /// The destination's id (dst_…)
