@@ -15,8 +15,14 @@ use crate::model::{
     CallRecord, EventFields, FinalStatuses, ParsedEvent, Phase, SourceKey, parse_body,
 };
 
+pub mod deliveries;
 pub mod postgres;
 pub mod sqlite;
+
+pub use deliveries::{
+    Attempt, Deliveries, DeliveryFilter, DeliveryPage, DeliveryState, DeliveryUpdate,
+    StoredDelivery,
+};
 
 /// The settings a stored call record depends on: which statuses end a call (they rank an event
 /// and set the phase) and the zone Alohub's local times are read in. Records merged under other
@@ -533,7 +539,7 @@ pub fn count_changes_query(after: i64, filter: &ChangeFilter) -> Statement {
 
 /// The domain operations alohook needs from a database.
 #[async_trait]
-pub trait Store: ChangeLog + Destinations {
+pub trait Store: ChangeLog + Destinations + Deliveries {
     /// Commits a batch in one durable transaction: stores new events, counts resends, merges
     /// call events into their calls, quarantines bad bodies, and writes one change for every
     /// event stored now. Either all of it commits or none. An empty batch writes a heartbeat row

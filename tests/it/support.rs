@@ -9,9 +9,9 @@ use alohook::forward::destination::DestinationSpec;
 use alohook::model::change::ChangeFilter;
 use alohook::server::{self, ServerError};
 use alohook::store::{
-    CallCursor, CallFilter, CallPage, ChangeLog, ChangePage, Committed, DeliveryCounts,
-    Destinations, EventPage, Incoming, RejectedPage, Store, StoreError, StoredCall,
-    StoredDestination,
+    CallCursor, CallFilter, CallPage, ChangeLog, ChangePage, Committed, Deliveries, DeliveryCounts,
+    DeliveryFilter, DeliveryPage, DeliveryUpdate, Destinations, EventPage, Incoming, RejectedPage,
+    Store, StoreError, StoredCall, StoredDelivery, StoredDestination,
 };
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -365,6 +365,68 @@ impl Destinations for FlakyStore {
     }
     async fn delivery_counts(&self, id: &str) -> Result<DeliveryCounts, StoreError> {
         self.inner.delivery_counts(id).await
+    }
+}
+
+#[async_trait]
+impl Deliveries for FlakyStore {
+    async fn save_deliveries(
+        &self,
+        destination_id: &str,
+        updates: Vec<DeliveryUpdate>,
+        cursor: i64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .save_deliveries(destination_id, updates, cursor)
+            .await
+    }
+    async fn due_deliveries(
+        &self,
+        destination_id: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        self.inner.due_deliveries(destination_id, now, limit).await
+    }
+    async fn release_call(
+        &self,
+        destination_id: &str,
+        call_id: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.inner.release_call(destination_id, call_id, now).await
+    }
+    async fn calls_pending(&self, destination_id: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.calls_pending(destination_id).await
+    }
+    async fn delivered_positions(
+        &self,
+        destination_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.inner
+            .delivered_positions(destination_id, from, to)
+            .await
+    }
+    async fn lease_destination(
+        &self,
+        destination_id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .lease_destination(destination_id, owner, now, until)
+            .await
+    }
+    async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<DeliveryPage, StoreError> {
+        self.inner.deliveries(filter, limit, before).await
     }
 }
 

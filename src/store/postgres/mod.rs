@@ -14,6 +14,7 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+use super::deliveries;
 use super::{
     CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, ChangeLog,
     ChangePage, Column, Committed, DELETE_DESTINATION, DELIVERY_ATTEMPT_COUNTS, DELIVERY_COUNTS,
@@ -24,6 +25,7 @@ use super::{
     list_calls_query, read_call_row, read_change_row, read_destination_row, read_event_row,
     read_rejected_row, rewrite_call, spec_json,
 };
+use super::{Deliveries, DeliveryFilter, DeliveryPage, DeliveryUpdate, StoredDelivery};
 use crate::forward::destination::DestinationSpec;
 use crate::model::change::ChangeFilter;
 
@@ -853,6 +855,214 @@ impl Destinations for PgStore {
                 last_success_at: attempts.get(1),
                 last_error,
             })
+        })
+        .await
+    }
+}
+
+impl PgStore {
+    /// Runs `work` in a transaction on a reading connection, within [`READ_TIMEOUT`].
+    async fn transaction<T>(
+        &self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut connection = Checkout::new(self.reads.get().await?);
+        let client = connection.client();
+        let result = within(READ_TIMEOUT, async {
+            client.batch_execute("BEGIN").await?;
+            let result = work(client).await?;
+            client.batch_execute("COMMIT").await?;
+            Ok(result)
+        })
+        .await?;
+        connection.finished();
+        Ok(result)
+    }
+}
+
+#[async_trait]
+impl Deliveries for PgStore {
+    async fn save_deliveries(
+        &self,
+        destination_id: &str,
+        updates: Vec<DeliveryUpdate>,
+        cursor: i64,
+    ) -> Result<(), StoreError> {
+        let now = crate::model::time::now_micros();
+        self.transaction(async |client| {
+            let upsert = client
+                .prepare_cached(&numbered(deliveries::UPSERT_DELIVERY))
+                .await?;
+            let insert = client
+                .prepare_cached(&numbered(deliveries::INSERT_ATTEMPT))
+                .await?;
+            for u in &updates {
+                let (last_status, last_error) = match &u.attempt {
+                    Some(a) => (a.status, a.error.clone()),
+                    None => (None, None),
+                };
+                let row = client
+                    .query_one(
+                        &upsert,
+                        &[
+                            &destination_id,
+                            &u.seq,
+                            &u.kind,
+                            &u.call_id,
+                            &u.state.as_str(),
+                            &u.attempts,
+                            &u.next_attempt_at,
+                            &last_status,
+                            &last_error,
+                            &now,
+                            &now,
+                        ],
+                    )
+                    .await?;
+                let id: i64 = row.get(0);
+                if let Some(a) = &u.attempt {
+                    client
+                        .execute(
+                            &insert,
+                            &[&id, &a.at, &a.status, &a.error, &a.duration_ms, &a.response],
+                        )
+                        .await?;
+                }
+            }
+            client
+                .execute(
+                    &numbered(deliveries::RAISE_CURSOR),
+                    &[&cursor, &cursor, &destination_id],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        destination_id: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        let limit = limit as i64;
+        self.read(async |client| {
+            client
+                .query(
+                    &numbered(deliveries::DUE_DELIVERIES),
+                    &[&destination_id, &now, &limit],
+                )
+                .await?
+                .iter()
+                .map(deliveries::read_delivery_row)
+                .collect()
+        })
+        .await
+    }
+
+    async fn release_call(
+        &self,
+        destination_id: &str,
+        call_id: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.read(async |client| {
+            Ok(client
+                .query_opt(
+                    &numbered(deliveries::RELEASE_CALL),
+                    &[&now, &destination_id, &call_id],
+                )
+                .await?
+                .map(|row| row.get(0)))
+        })
+        .await
+    }
+
+    async fn calls_pending(&self, destination_id: &str) -> Result<Vec<String>, StoreError> {
+        self.read(async |client| {
+            Ok(client
+                .query(&numbered(deliveries::CALLS_PENDING), &[&destination_id])
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect())
+        })
+        .await
+    }
+
+    async fn delivered_positions(
+        &self,
+        destination_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.read(async |client| {
+            Ok(client
+                .query(
+                    &numbered(deliveries::DELIVERED_POSITIONS),
+                    &[&destination_id, &from, &to],
+                )
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect())
+        })
+        .await
+    }
+
+    async fn lease_destination(
+        &self,
+        destination_id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        self.read(async |client| {
+            let taken = client
+                .execute(
+                    &numbered(deliveries::LEASE_DESTINATION),
+                    &[&owner, &until, &destination_id, &owner, &now],
+                )
+                .await?;
+            Ok(taken == 1)
+        })
+        .await
+    }
+
+    async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<DeliveryPage, StoreError> {
+        let query = deliveries::deliveries_query(filter, before, limit);
+        let sql = numbered(&query.sql);
+        self.read(async |client| {
+            let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
+            let rows = client.query(&sql, &params).await?;
+            let mut pager = Pager::new(limit);
+            for row in &rows {
+                if !pager.push(deliveries::read_delivery_row(row)?, 300) {
+                    break;
+                }
+            }
+            let (mut items, next) = pager.finish(|d| d.id);
+            let ids: Vec<i64> = items.iter().map(|d| d.id).collect();
+            if !ids.is_empty() {
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    ids.iter().map(|id| id as &(dyn ToSql + Sync)).collect();
+                for row in client
+                    .query(&numbered(&deliveries::attempts_query(ids.len())), &params)
+                    .await?
+                {
+                    let (id, attempt) = deliveries::read_attempt_row(&row)?;
+                    if let Some(d) = items.iter_mut().find(|d| d.id == id) {
+                        d.attempt_log.push(attempt);
+                    }
+                }
+            }
+            Ok(DeliveryPage { items, next })
         })
         .await
     }

@@ -12,6 +12,7 @@ use rusqlite::{
 };
 use sha2::{Digest, Sha256};
 
+use super::deliveries;
 use super::{
     CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, ChangeLog,
     ChangePage, Column, Committed, DELETE_DESTINATION, DELIVERY_ATTEMPT_COUNTS, DELIVERY_COUNTS,
@@ -23,6 +24,7 @@ use super::{
     list_calls_query, read_call_row, read_change_row, read_destination_row, read_event_row,
     read_rejected_row, rewrite_call, spec_json,
 };
+use super::{Deliveries, DeliveryFilter, DeliveryPage, DeliveryUpdate, StoredDelivery};
 use crate::forward::destination::DestinationSpec;
 use crate::model::change::{Change, ChangeFilter, NewChange};
 use crate::model::{CallRecord, EventFields, FinalStatuses, ParsedEvent, SourceKey};
@@ -882,6 +884,191 @@ impl Destinations for SqliteStore {
                     last_success_at,
                     last_error,
                 })
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Deliveries for SqliteStore {
+    async fn save_deliveries(
+        &self,
+        destination_id: &str,
+        updates: Vec<DeliveryUpdate>,
+        cursor: i64,
+    ) -> Result<(), StoreError> {
+        let destination_id = destination_id.to_string();
+        let now = crate::model::time::now_micros();
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                for u in &updates {
+                    let (last_status, last_error) = match &u.attempt {
+                        Some(a) => (a.status, a.error.clone()),
+                        None => (None, None),
+                    };
+                    let id: i64 = tx.prepare_cached(deliveries::UPSERT_DELIVERY)?.query_row(
+                        params![
+                            destination_id,
+                            u.seq,
+                            u.kind,
+                            u.call_id,
+                            u.state.as_str(),
+                            u.attempts,
+                            u.next_attempt_at,
+                            last_status,
+                            last_error,
+                            now,
+                            now
+                        ],
+                        |r| r.get(0),
+                    )?;
+                    if let Some(a) = &u.attempt {
+                        tx.prepare_cached(deliveries::INSERT_ATTEMPT)?
+                            .execute(params![
+                                id,
+                                a.at,
+                                a.status,
+                                a.error,
+                                a.duration_ms,
+                                a.response
+                            ])?;
+                    }
+                }
+                tx.prepare_cached(deliveries::RAISE_CURSOR)?
+                    .execute(params![cursor, cursor, destination_id])?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        destination_id: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        let destination_id = destination_id.to_string();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                query_rows(
+                    conn,
+                    deliveries::DUE_DELIVERIES,
+                    params![destination_id, now, limit as i64],
+                    |row| deliveries::read_delivery_row(row),
+                )
+            })
+        })
+        .await
+    }
+
+    async fn release_call(
+        &self,
+        destination_id: &str,
+        call_id: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (destination_id, call_id) = (destination_id.to_string(), call_id.to_string());
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                Ok(tx
+                    .prepare_cached(deliveries::RELEASE_CALL)?
+                    .query_row(params![now, destination_id, call_id], |r| r.get(0))
+                    .optional()?)
+            })
+        })
+        .await
+    }
+
+    async fn calls_pending(&self, destination_id: &str) -> Result<Vec<String>, StoreError> {
+        let destination_id = destination_id.to_string();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                query_rows(conn, deliveries::CALLS_PENDING, [&destination_id], |row| {
+                    row.required_text(0)
+                })
+            })
+        })
+        .await
+    }
+
+    async fn delivered_positions(
+        &self,
+        destination_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let destination_id = destination_id.to_string();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                query_rows(
+                    conn,
+                    deliveries::DELIVERED_POSITIONS,
+                    params![destination_id, from, to],
+                    |row| row.required_integer(0),
+                )
+            })
+        })
+        .await
+    }
+
+    async fn lease_destination(
+        &self,
+        destination_id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let (destination_id, owner) = (destination_id.to_string(), owner.to_string());
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                let taken = tx
+                    .prepare_cached(deliveries::LEASE_DESTINATION)?
+                    .execute(params![owner, until, destination_id, owner, now])?;
+                Ok(taken == 1)
+            })
+        })
+        .await
+    }
+
+    async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<DeliveryPage, StoreError> {
+        let query = deliveries::deliveries_query(filter, before, limit);
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                let rows = query_rows(
+                    conn,
+                    &query.sql,
+                    params_from_iter(query.args.into_iter().map(sql_value)),
+                    |row| deliveries::read_delivery_row(row),
+                )?;
+                let mut pager = Pager::new(limit);
+                for row in rows {
+                    if !pager.push(row, 300) {
+                        break;
+                    }
+                }
+                let (mut items, next) = pager.finish(|d| d.id);
+                let ids: Vec<i64> = items.iter().map(|d| d.id).collect();
+                if !ids.is_empty() {
+                    let attempts = query_rows(
+                        conn,
+                        &deliveries::attempts_query(ids.len()),
+                        params_from_iter(ids.iter()),
+                        |row| deliveries::read_attempt_row(row),
+                    )?;
+                    for (id, attempt) in attempts {
+                        if let Some(d) = items.iter_mut().find(|d| d.id == id) {
+                            d.attempt_log.push(attempt);
+                        }
+                    }
+                }
+                Ok(DeliveryPage { items, next })
             })
         })
         .await

@@ -9,7 +9,9 @@ CREATE TABLE destinations (
     previous_secret_until BIGINT,           -- Unix microseconds
     cursor                BIGINT  NOT NULL,  -- every matching change up to here has its delivery
     created_at            BIGINT  NOT NULL,  -- Unix microseconds
-    updated_at            BIGINT  NOT NULL
+    updated_at            BIGINT  NOT NULL,
+    lease_owner           TEXT,              -- the instance delivering to it now
+    lease_until           BIGINT                -- Unix microseconds
 );
 
 -- One row per change handed to a destination. webhook-id is derived from (destination_id, seq).

@@ -9,7 +9,9 @@ CREATE TABLE destinations (
     previous_secret_until INTEGER,           -- Unix microseconds
     cursor                INTEGER NOT NULL,  -- every matching change up to here has its delivery
     created_at            INTEGER NOT NULL,  -- Unix microseconds
-    updated_at            INTEGER NOT NULL
+    updated_at            INTEGER NOT NULL,
+    lease_owner           TEXT,              -- the instance delivering to it now
+    lease_until           INTEGER               -- Unix microseconds
 );
 
 -- One row per change handed to a destination. webhook-id is derived from (destination_id, seq).

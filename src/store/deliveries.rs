@@ -1,0 +1,268 @@
+//! What the store keeps of deliveries: one row per change handed to a destination, with its
+//! attempts. The SQL is written once, with `?` placeholders (PostgreSQL numbers them).
+
+use async_trait::async_trait;
+
+use super::{RowColumns, StoreError};
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryState {
+    /// Waiting for its next attempt (or, without a time, for an earlier change of its call).
+    Pending,
+    Delivered,
+    /// Every attempt failed: given up.
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryState> {
+        match text {
+            "pending" => Some(DeliveryState::Pending),
+            "delivered" => Some(DeliveryState::Delivered),
+            "dead" => Some(DeliveryState::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// One attempt to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Unix microseconds.
+    pub at: i64,
+    /// The HTTP status answered, if one was.
+    pub status: Option<i64>,
+    /// What went wrong, when it did (a timeout, a refused connection, a status that is not 2xx).
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    /// The first KiB of the answer.
+    pub response: Option<String>,
+}
+
+/// A delivery as it is to be saved: its state after what just happened to it, and the attempt
+/// made, if one was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryUpdate {
+    pub seq: i64,
+    pub kind: String,
+    pub call_id: Option<String>,
+    pub state: DeliveryState,
+    /// Attempts made so far, this one included.
+    pub attempts: i64,
+    /// Unix microseconds; `None` while held behind an earlier change of its call, or once done.
+    pub next_attempt_at: Option<i64>,
+    pub attempt: Option<Attempt>,
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDelivery {
+    pub id: i64,
+    pub destination_id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub call_id: Option<String>,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    /// Its attempts, oldest first (the listing fills them in).
+    pub attempt_log: Vec<Attempt>,
+}
+
+/// Which deliveries a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub destination_id: Option<String>,
+    pub state: Option<DeliveryState>,
+    pub call_id: Option<String>,
+}
+
+/// A page of deliveries, newest first, and the id to continue below.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryPage {
+    pub items: Vec<StoredDelivery>,
+    pub next: Option<i64>,
+}
+
+/// The deliveries of forwarding (see [`crate::forward`]).
+#[async_trait]
+pub trait Deliveries: Send + Sync + 'static {
+    /// Saves what became of deliveries of one destination, in one transaction: each delivery's
+    /// row (made or changed), the attempt it had, and the destination's cursor, raised to
+    /// `cursor` (every matching change up to it now has its delivery).
+    async fn save_deliveries(
+        &self,
+        destination_id: &str,
+        updates: Vec<DeliveryUpdate>,
+        cursor: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Pending deliveries of a destination due at `now`, the earliest first.
+    async fn due_deliveries(
+        &self,
+        destination_id: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredDelivery>, StoreError>;
+
+    /// Makes the next change of a call that was held behind an earlier one due at `now`;
+    /// answers its position, if there was one.
+    async fn release_call(
+        &self,
+        destination_id: &str,
+        call_id: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// The calls of a destination with pending deliveries (a later change of them waits).
+    async fn calls_pending(&self, destination_id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Of the positions from `from` to `to`, those that have a delivery to the destination.
+    async fn delivered_positions(
+        &self,
+        destination_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<i64>, StoreError>;
+
+    /// Takes (or keeps) the lease of a destination for `owner` until `until`, unless another
+    /// owner holds one that has not run out at `now`. Only the holder delivers to it.
+    async fn lease_destination(
+        &self,
+        destination_id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Deliveries matching `filter`, newest first, with ids below `before`, each with its
+    /// attempts.
+    async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<DeliveryPage, StoreError>;
+}
+
+/// Columns of a delivery, in the order [`read_delivery_row`] reads them.
+pub const DELIVERY_COLUMNS: &str =
+    "id, destination_id, seq, type, call_id, state, attempts, next_attempt_at";
+
+pub fn read_delivery_row(row: &impl RowColumns) -> Result<StoredDelivery, StoreError> {
+    let state = row.required_text(5)?;
+    Ok(StoredDelivery {
+        id: row.required_integer(0)?,
+        destination_id: row.required_text(1)?,
+        seq: row.required_integer(2)?,
+        kind: row.required_text(3)?,
+        call_id: row.text(4)?,
+        state: DeliveryState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown delivery state {state:?}")))?,
+        attempts: row.required_integer(6)?,
+        next_attempt_at: row.integer(7)?,
+        attempt_log: Vec::new(),
+    })
+}
+
+/// Columns of an attempt, in the order [`read_attempt_row`] reads them (after the delivery's id).
+pub const ATTEMPT_COLUMNS: &str = "delivery_id, at, status, error, duration_ms, response";
+
+pub fn read_attempt_row(row: &impl RowColumns) -> Result<(i64, Attempt), StoreError> {
+    Ok((
+        row.required_integer(0)?,
+        Attempt {
+            at: row.required_integer(1)?,
+            status: row.integer(2)?,
+            error: row.text(3)?,
+            duration_ms: row.required_integer(4)?,
+            response: row.text(5)?,
+        },
+    ))
+}
+
+/// Makes or changes a delivery (the destination, position, type, call, state, attempts, next
+/// attempt, last status, last error, time); answers its id.
+pub const UPSERT_DELIVERY: &str = "INSERT INTO deliveries (destination_id, seq, type, call_id, \
+    state, attempts, next_attempt_at, last_status, last_error, created_at, updated_at) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    ON CONFLICT (destination_id, seq) DO UPDATE SET state = excluded.state, \
+    attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
+    last_status = excluded.last_status, last_error = excluded.last_error, \
+    updated_at = excluded.updated_at RETURNING id";
+
+pub const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (delivery_id, at, status, error, \
+    duration_ms, response) VALUES (?, ?, ?, ?, ?, ?)";
+
+/// Raises a destination's cursor (never lowers it): the cursor, the destination.
+pub const RAISE_CURSOR: &str =
+    "UPDATE destinations SET cursor = CASE WHEN cursor < ? THEN ? ELSE cursor END WHERE id = ?";
+
+/// The destination, the time, the limit.
+pub const DUE_DELIVERIES: &str = "SELECT id, destination_id, seq, type, call_id, state, attempts, \
+    next_attempt_at FROM deliveries WHERE destination_id = ? AND state = 'pending' \
+    AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?";
+
+/// The time, the destination, the call: the earliest held change of the call becomes due.
+pub const RELEASE_CALL: &str = "UPDATE deliveries SET next_attempt_at = ? WHERE id = \
+    (SELECT id FROM deliveries WHERE destination_id = ? AND call_id = ? AND state = 'pending' \
+    AND next_attempt_at IS NULL ORDER BY seq LIMIT 1) RETURNING seq";
+
+pub const CALLS_PENDING: &str = "SELECT DISTINCT call_id FROM deliveries \
+    WHERE destination_id = ? AND state = 'pending' AND call_id IS NOT NULL";
+
+pub const DELIVERED_POSITIONS: &str =
+    "SELECT seq FROM deliveries WHERE destination_id = ? AND seq >= ? AND seq <= ? ORDER BY seq";
+
+/// The owner, the time it runs out, the destination, the owner again, the time now.
+pub const LEASE_DESTINATION: &str = "UPDATE destinations SET lease_owner = ?, lease_until = ? \
+    WHERE id = ? AND (lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)";
+
+/// The query of a deliveries listing: its filters, ids below the cursor, newest first.
+pub fn deliveries_query(
+    filter: &DeliveryFilter,
+    before: Option<i64>,
+    limit: usize,
+) -> super::Statement {
+    use super::Column;
+    let mut terms = vec!["id < ?".to_string()];
+    let mut args = vec![Column::Integer(Some(before.unwrap_or(i64::MAX)))];
+    if let Some(d) = &filter.destination_id {
+        terms.push("destination_id = ?".into());
+        args.push(Column::Text(Some(d.clone())));
+    }
+    if let Some(s) = filter.state {
+        terms.push("state = ?".into());
+        args.push(Column::Text(Some(s.as_str().into())));
+    }
+    if let Some(c) = &filter.call_id {
+        terms.push("call_id = ?".into());
+        args.push(Column::Text(Some(c.clone())));
+    }
+    args.push(Column::Integer(Some(limit as i64 + 1)));
+    super::Statement {
+        sql: format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {} ORDER BY id DESC LIMIT ?",
+            terms.join(" AND ")
+        ),
+        args,
+    }
+}
+
+/// The attempts of the deliveries whose ids are listed (as `?`s, `count` of them).
+pub fn attempts_query(count: usize) -> String {
+    format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE delivery_id IN ({}) \
+         ORDER BY delivery_id, at",
+        vec!["?"; count.max(1)].join(", ")
+    )
+}
