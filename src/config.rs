@@ -36,6 +36,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "ALOHOOK_CLIENT_TIMEOUT",
     "ALOHOOK_MAX_STREAMS",
     "ALOHOOK_MAX_CONNECTIONS",
+    "ALOHOOK_RETRY_SCHEDULE",
     "ALOHOOK_FINAL_STATUSES",
     "ALOHOOK_LOG",
     "ALOHOOK_LOG_FORMAT",
@@ -58,6 +59,7 @@ pub struct Settings {
     pub client_timeout: Option<u64>,
     pub max_streams: Option<usize>,
     pub max_connections: Option<usize>,
+    pub retry_schedule: Option<String>,
     pub final_statuses: Vec<String>,
 }
 
@@ -162,6 +164,15 @@ pub mod args {
         pub max_connections: Option<u64>,
     }
 
+    #[derive(clap::Args, Clone, Default)]
+    pub struct Forwarding {
+        /// Waits between the attempts of a forwarded change that fails: comma-separated
+        /// durations (5s, 5m, 2h, 1d); N of them are N retries after the first attempt
+        /// [default: 5s,5m,30m,2h,5h,10h,14h,20h,24h]
+        #[arg(long, env = "ALOHOOK_RETRY_SCHEDULE", value_name = "LIST")]
+        pub retry_schedule: Option<String>,
+    }
+
     /// `alohook serve`.
     #[derive(clap::Args, Clone, Default)]
     pub struct Serve {
@@ -177,6 +188,8 @@ pub mod args {
         pub credentials: Credentials,
         #[command(flatten)]
         pub limits: Limits,
+        #[command(flatten)]
+        pub forwarding: Forwarding,
     }
 
     /// `alohook migrate`.
@@ -246,6 +259,7 @@ pub mod args {
                 client_timeout: a.limits.client_timeout,
                 max_streams: a.limits.max_streams.map(|n| n as usize),
                 max_connections: a.limits.max_connections.map(|n| n as usize),
+                retry_schedule: a.forwarding.retry_schedule,
                 final_statuses: a.database.final_statuses,
             }
         }
@@ -336,6 +350,7 @@ struct FileSettings {
     client_timeout: Option<u64>,
     max_streams: Option<usize>,
     max_connections: Option<usize>,
+    retry_schedule: Option<String>,
     final_statuses: Option<Vec<String>>,
 }
 
@@ -358,6 +373,8 @@ pub struct Config {
     pub max_streams: usize,
     /// See `--max-connections`.
     pub max_connections: usize,
+    /// See `--retry-schedule`.
+    pub retry_schedule: crate::forward::retry::Schedule,
     pub final_statuses: FinalStatuses,
 }
 
@@ -378,6 +395,7 @@ impl std::fmt::Debug for Config {
             .field("client_timeout", &self.client_timeout)
             .field("max_streams", &self.max_streams)
             .field("max_connections", &self.max_connections)
+            .field("retry_schedule", &self.retry_schedule)
             .field("final_statuses", &self.final_statuses.as_slice())
             .finish()
     }
@@ -408,6 +426,8 @@ pub enum ConfigError {
     MaxStreams,
     #[error("max_connections must be at least 1")]
     MaxConnections,
+    #[error("retry_schedule: {0}")]
+    RetrySchedule(String),
     #[error("cannot keep credentials in {path}: {source}")]
     Credentials {
         path: PathBuf,
@@ -464,6 +484,12 @@ impl Settings {
             Some(n) => n,
             None => DEFAULT_MAX_CONNECTIONS,
         };
+        let retry_schedule = match self.retry_schedule.or(file.retry_schedule) {
+            Some(text) => {
+                crate::forward::retry::Schedule::parse(&text).map_err(ConfigError::RetrySchedule)?
+            }
+            None => crate::forward::retry::Schedule::default(),
+        };
         let webhook_keys: Vec<String> = if self.webhook_keys.is_empty() {
             file.webhook_keys.unwrap_or_default()
         } else {
@@ -502,6 +528,7 @@ impl Settings {
             client_timeout,
             max_streams,
             max_connections,
+            retry_schedule,
             final_statuses,
         })
     }
@@ -756,6 +783,10 @@ max_streams = 256
 # Client connections open at once; more wait to be accepted until one closes. Each may hold up to
 # about 400 KiB while a request head is read, so this bounds that memory.
 max_connections = 1024
+
+# Waits between the attempts of a forwarded change that fails (N waits: N retries after the first
+# attempt); after the last, the delivery is dead.
+retry_schedule = "5s,5m,30m,2h,5h,10h,14h,20h,24h"
 
 # Statuses that end a call even without an end time. Changing the list recomputes the stored
 # calls at the next start.

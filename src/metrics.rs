@@ -14,6 +14,17 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub destination: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub destination: String,
+}
+
 /// Every figure alohook reports.
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +50,12 @@ pub struct Metrics {
     pub streams: Gauge,
     /// Streams refused because `--max-streams` were open.
     pub streams_refused: Counter,
+    /// Delivery attempts, by destination and outcome (delivered, failed, gone).
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Time of one delivery attempt.
+    pub delivery_attempt_seconds: Histogram,
+    /// Deliveries given up after their last attempt, by destination.
+    pub delivery_dead: Family<DestinationLabels, Counter>,
 }
 
 impl Metrics {
@@ -55,6 +72,24 @@ impl Metrics {
         let ack_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let streams = Gauge::default();
         let streams_refused = Counter::default();
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        let delivery_attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let delivery_dead = Family::<DestinationLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Delivery attempts, by destination and outcome",
+            deliveries.clone(),
+        );
+        registry.register(
+            "delivery_attempt_seconds",
+            "Duration of one delivery attempt",
+            delivery_attempt_seconds.clone(),
+        );
+        registry.register(
+            "delivery_dead",
+            "Deliveries given up after their last attempt, by destination",
+            delivery_dead.clone(),
+        );
         registry.register("streams", "Live streams open now", streams.clone());
         registry.register(
             "streams_refused",
@@ -119,6 +154,9 @@ impl Metrics {
             ack_latency,
             streams,
             streams_refused,
+            deliveries,
+            delivery_attempt_seconds,
+            delivery_dead,
         }
     }
 
@@ -126,6 +164,26 @@ impl Metrics {
         self.rejected
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// One delivery attempt to `destination` came to `outcome` in `duration_ms`.
+    pub fn delivery(&self, destination: &str, outcome: &str, duration_ms: i64) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                destination: destination.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.delivery_attempt_seconds
+            .observe(duration_ms.max(0) as f64 / 1000.0);
+    }
+
+    pub fn delivery_dead(&self, destination: &str) {
+        self.delivery_dead
+            .get_or_create(&DestinationLabels {
+                destination: destination.to_string(),
             })
             .inc();
     }

@@ -100,6 +100,9 @@ pub async fn run_with_store(
         feed.clone(),
     );
     let (stop_streams, stopping) = tokio::sync::watch::channel(false);
+    let (store_for_forwarding, feed_for_forwarding, metrics_for_forwarding) =
+        (store.clone(), feed.clone(), metrics.clone());
+    let stopping_for_forwarding = stopping.clone();
     let state = AppState {
         ingest,
         store,
@@ -138,9 +141,17 @@ pub async fn run_with_store(
         shutdown.await;
         let _ = stop_streams.send(true);
     };
+    let forwarder = crate::forward::worker::start(
+        store_for_forwarding,
+        feed_for_forwarding,
+        metrics_for_forwarding,
+        config.retry_schedule.clone(),
+        stopping_for_forwarding,
+    );
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), forwarder).await;
     // Every request (and with it every handle on the writer) is gone: the writer drains what is
     // queued, commits it and stops.
     if tokio::time::timeout(Duration::from_secs(30), writer.finished())

@@ -224,3 +224,26 @@ pub async fn rotate_secret(
     tracing::info!(destination = %destination.id, "secret rotated; the previous one signs for 24 h more");
     Ok(Json(json!({ "secret": destination.secret })))
 }
+
+/// `POST /api/destinations/{id}/ping`: a `test.ping` through the real signing and sending path,
+/// whatever the destination's filter; answers what came of it.
+pub async fn ping(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let destination = find(&state, &destination_id(path)?).await?;
+    let sender = crate::forward::send::Sender::new().map_err(|e| {
+        tracing::error!(error = %e, "cannot make an HTTP client");
+        ApiError::Unavailable
+    })?;
+    let (id, body) = crate::forward::send::Sender::ping(&destination);
+    let sent = sender.post(&destination, &id, body).await;
+    Ok(Json(json!({
+        "delivered": sent.status.is_some_and(|s| (200..300).contains(&s)),
+        "webhook_id": id,
+        "status": sent.status,
+        "error": sent.error,
+        "duration_ms": sent.duration_ms,
+        "response": sent.response,
+    })))
+}

@@ -20,6 +20,7 @@ use crate::store::Store;
 pub mod auth;
 pub mod calls;
 pub mod conn;
+pub mod deliveries;
 pub mod destinations;
 pub mod error;
 pub mod feed;
@@ -80,6 +81,8 @@ pub fn app(state: AppState) -> Router {
             "/destinations/{id}/rotate-secret",
             post(destinations::rotate_secret),
         )
+        .route("/destinations/{id}/ping", post(destinations::ping))
+        .route("/deliveries", get(deliveries::list))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::limit_reads,

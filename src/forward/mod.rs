@@ -6,4 +6,6 @@
 pub mod cli;
 pub mod destination;
 pub mod retry;
+pub mod send;
 pub mod sign;
+pub mod worker;

@@ -201,3 +201,234 @@ async fn destinations_from_the_command_line(db) {
     assert!(!ok && err.contains("no destination"), "{err}");
 }
 }
+
+/// What a test receiver was sent: each request's headers and body, and what it answered.
+#[derive(Default)]
+struct Received {
+    requests: Vec<(axum::http::HeaderMap, String, u16)>,
+}
+
+/// A receiver on loopback that answers each request with `answer(n)` (n counts from 0): a
+/// status and, optionally, a Retry-After.
+async fn receiver(
+    answer: impl Fn(usize) -> (u16, Option<&'static str>) + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Received>>) {
+    use axum::http::HeaderMap;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
+    let state = received.clone();
+    let answer = std::sync::Arc::new(answer);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let (state, answer) = (state.clone(), answer.clone());
+            async move {
+                let mut received = state.lock().unwrap();
+                let (status, retry_after) = answer(received.requests.len());
+                received.requests.push((headers, body, status));
+                let mut response = axum::response::Response::new(axum::body::Body::from("thanks"));
+                *response.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+                if let Some(r) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert("retry-after", axum::http::HeaderValue::from_static(r));
+                }
+                response
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+/// Waits until `done` holds of what the receiver got (or 20 s pass).
+async fn until_received(
+    received: &std::sync::Arc<std::sync::Mutex<Received>>,
+    done: impl Fn(&Received) -> bool,
+) {
+    for _ in 0..400 {
+        if done(&received.lock().unwrap()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let got: Vec<(String, u16)> = received
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .map(|(h, _, s)| (h["webhook-id"].to_str().unwrap().to_string(), *s))
+        .collect();
+    panic!("the receiver did not get what was expected within 20 s: {got:?}");
+}
+
+async fn create(server: &TestServer, body: Value) -> Value {
+    let (status, created) = send_json(
+        server,
+        reqwest::Method::POST,
+        "/api/destinations",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    created
+}
+
+fn fast_retries(db: &Db) -> alohook::config::Settings {
+    let mut settings = settings(db);
+    settings.retry_schedule = Some("200ms,200ms,200ms".into());
+    settings
+}
+
+crate::on_every_backend! {
+/// Every matching change is POSTed once delivered, as the stream shows it, signed so that the
+/// Standard Webhooks organisation's own verifier accepts it; what does not match is not sent.
+async fn changes_are_delivered_signed_and_filtered(db) {
+    let server = TestServer::start(&db).await;
+    let (url, received) = receiver(|_| (200, None)).await;
+    let created = create(&server, json!({"url": url, "types": ["call.ended"],
+        "filter": {"hotline": "19001234"}, "headers": {"X-Api-Key": "crm-key"}})).await;
+    let (id, secret) = (created["id"].as_str().unwrap().to_string(),
+        created["secret"].as_str().unwrap().to_string());
+    for i in 0..5 {
+        server.send(&missed(&format!("F{i}"))).await;
+    }
+    server.send(&json!({"call_id": "other", "call_status": "missed", "hotline": "1800"})).await;
+    server.send(&json!({"call_id": "F0", "call_status": "ringing"})).await;
+    until_received(&received, |r| r.requests.len() >= 5).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let changes = crate::feed::all_changes(&server, 0, "&types=call.ended&hotline=19001234").await;
+    assert_eq!(changes.len(), 5);
+    let requests = std::mem::take(&mut received.lock().unwrap().requests);
+    assert_eq!(requests.len(), 5, "only what matches, once each");
+    let verifier = standardwebhooks::Webhook::new(&secret).unwrap();
+    for (headers, body, _) in &requests {
+        let change: Value = serde_json::from_str(body).unwrap();
+        let seq = change["seq"].as_i64().unwrap();
+        assert!(changes.contains(&change), "the change as the stream shows it");
+        assert_eq!(headers["webhook-id"], format!("msg_{id}_{seq}").as_str());
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(headers["user-agent"].to_str().unwrap().starts_with("alohook/"));
+        assert_eq!(headers["x-api-key"], "crm-key");
+        verifier.verify(body.as_bytes(), headers).expect("the signature verifies");
+    }
+    let (_, deliveries) = server.get(&format!("/api/deliveries?destination={id}&state=delivered")).await;
+    let items = deliveries["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    assert_eq!(items[0]["attempts"][0]["status"], 200);
+    assert_eq!(items[0]["attempts"][0]["response"], "thanks");
+    let (_, shown) = server.get(&format!("/api/destinations/{id}")).await;
+    assert_eq!(shown["stats"]["delivered"], 5);
+    assert_eq!(shown["stats"]["pending"], 0);
+    assert!(shown["stats"]["last_success_at"].is_string());
+    // A ping goes through the same signing, whatever the filter.
+    let (status, ping) = send_json(&server, reqwest::Method::POST,
+        &format!("/api/destinations/{id}/ping"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ping["delivered"], true, "{ping}");
+    let requests = std::mem::take(&mut received.lock().unwrap().requests);
+    let (headers, body, _) = &requests[0];
+    let sent: Value = serde_json::from_str(body).unwrap();
+    assert_eq!((sent["type"].clone(), sent["seq"].clone()), (json!("test.ping"), Value::Null));
+    assert_eq!(sent["destination_id"], id);
+    verifier.verify(body.as_bytes(), headers).expect("the ping's signature verifies");
+    server.stop().await;
+}
+
+/// A receiver that fails for a while: each change is tried again on the schedule with the same
+/// webhook-id, a call's later change waits for its earlier one, and all arrive, in order per call.
+async fn failures_are_retried_in_order_per_call(db) {
+    let server = TestServer::start_with(fast_retries(&db), None).await;
+    let (url, received) = receiver(|n| if n < 6 { (500, None) } else { (200, None) }).await;
+    let created = create(&server, json!({"url": url, "max_in_flight": 4})).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    for call in ["R1", "R2"] {
+        server.send(&json!({"call_id": call, "call_status": "ringing"})).await;
+        server.send(&json!({"call_id": call, "call_status": "answered", "answertime": "2024-01-13 15:00:35"})).await;
+        server.send(&missed(call)).await;
+    }
+    until_received(&received, |r| r.requests.iter().filter(|q| q.2 == 200).count() >= 6).await;
+    let requests = std::mem::take(&mut received.lock().unwrap().requests);
+    let mut delivered: Vec<(String, i64)> = Vec::new();
+    let mut ids: std::collections::HashMap<i64, std::collections::HashSet<String>> = Default::default();
+    for (headers, body, status) in &requests {
+        let change: Value = serde_json::from_str(body).unwrap();
+        let seq = change["seq"].as_i64().unwrap();
+        ids.entry(seq).or_default().insert(headers["webhook-id"].to_str().unwrap().to_string());
+        if *status == 200 {
+            delivered.push((change["call"]["call_id"].as_str().unwrap().to_string(), seq));
+        }
+    }
+    assert!(ids.values().all(|set| set.len() == 1), "one webhook-id per change: {ids:?}");
+    for call in ["R1", "R2"] {
+        let seqs: Vec<i64> = delivered.iter().filter(|(c, _)| c == call).map(|(_, s)| *s).collect();
+        assert_eq!(seqs.len(), 3, "{call}: {delivered:?}");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{call} in order: {seqs:?}");
+    }
+    // Nothing of a call went out while an earlier change of it was pending.
+    for (i, (headers, body, _)) in requests.iter().enumerate() {
+        let change: Value = serde_json::from_str(body).unwrap();
+        let (call, seq) = (change["call"]["call_id"].clone(), change["seq"].as_i64().unwrap());
+        let earlier_undelivered = requests[..i].iter().all(|(_, b, s)| {
+            let c: Value = serde_json::from_str(b).unwrap();
+            !(c["call"]["call_id"] == call && c["seq"].as_i64().unwrap() < seq && *s == 200)
+        });
+        let first_of_call = delivered.iter().filter(|(c, _)| *c == call.as_str().unwrap()).map(|(_, s)| *s).min().unwrap();
+        if seq != first_of_call {
+            assert!(!earlier_undelivered, "{} went out before its call's earlier change was delivered", headers["webhook-id"].to_str().unwrap());
+        }
+    }
+    let (_, shown) = server.get(&format!("/api/destinations/{id}")).await;
+    assert_eq!(shown["stats"]["delivered"], 6);
+    assert!(shown["stats"]["failed_attempts"].as_i64().unwrap() >= 6);
+    assert!(shown["stats"]["last_error"].as_str().unwrap().contains("500"));
+    server.stop().await;
+}
+
+/// The last attempt fails: dead. A 410: the destination is disabled with the reason, its change
+/// waits, and flows once it is enabled again.
+async fn dead_after_the_schedule_and_410_disables(db) {
+    let server = TestServer::start_with(fast_retries(&db), None).await;
+    let (always_failing, failing) = receiver(|_| (503, None)).await;
+    let created = create(&server, json!({"url": always_failing})).await;
+    let dead_id = created["id"].as_str().unwrap().to_string();
+    server.send(&missed("G1")).await;
+    until_received(&failing, |r| r.requests.len() >= 4).await;
+    for _ in 0..100 {
+        let (_, shown) = server.get(&format!("/api/destinations/{dead_id}")).await;
+        if shown["stats"]["dead"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, dead) = server.get(&format!("/api/deliveries?destination={dead_id}&state=dead")).await;
+    assert_eq!(dead["items"][0]["attempts"].as_array().unwrap().len(), 4, "{dead}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(failing.lock().unwrap().requests.len(), 4, "no attempt after the last");
+    send_json(&server, reqwest::Method::DELETE, &format!("/api/destinations/{dead_id}"), None).await;
+
+    let (gone_url, gone) = receiver(|n| if n == 0 { (410, None) } else { (200, None) }).await;
+    let created = create(&server, json!({"url": gone_url})).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    server.send(&missed("G2")).await;
+    until_received(&gone, |r| !r.requests.is_empty()).await;
+    let mut shown = Value::Null;
+    for _ in 0..100 {
+        shown = server.get(&format!("/api/destinations/{id}")).await.1;
+        if shown["enabled"] == false {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(shown["enabled"], false, "{shown}");
+    assert!(shown["disabled_reason"].as_str().unwrap().contains("410"));
+    server.send(&missed("G3")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(gone.lock().unwrap().requests.len(), 1, "nothing while disabled");
+    send_json(&server, reqwest::Method::PATCH, &format!("/api/destinations/{id}"),
+        Some(json!({"enabled": true}))).await;
+    until_received(&gone, |r| r.requests.iter().filter(|q| q.2 == 200).count() >= 2).await;
+    server.stop().await;
+}
+}

@@ -1,0 +1,147 @@
+//! One delivery attempt over HTTP: a POST of the change, signed, within the destination's time
+//! limit, redirects not followed.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::retry::parse_retry_after;
+use super::sign::{signature, webhook_id};
+use crate::model::time::now_micros;
+use crate::store::StoredDestination;
+
+/// At most this much of an answer is kept with its attempt.
+const RESPONSE_KEPT: usize = 1024;
+
+/// What an attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Unix microseconds.
+    pub at: i64,
+    pub status: Option<u16>,
+    /// What went wrong, when nothing was answered (or the answer was not 2xx).
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    /// The first KiB of the answer.
+    pub response: Option<String>,
+    /// The answer's `Retry-After`, when it had one.
+    pub retry_after: Option<Duration>,
+}
+
+/// Sends deliveries: one HTTP client for every destination (each request has its own time
+/// limit).
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+}
+
+impl Sender {
+    pub fn new() -> Result<Sender, reqwest::Error> {
+        Ok(Sender {
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("alohook/", env!("CARGO_PKG_VERSION")))
+                .build()?,
+        })
+    }
+
+    /// POSTs `body` (the change JSON) to `destination` as `id` (see [`webhook_id`]).
+    pub async fn post(&self, destination: &StoredDestination, id: &str, body: Bytes) -> Sent {
+        let at = now_micros();
+        let timestamp = at / 1_000_000;
+        let mut secrets = vec![destination.secret.as_str()];
+        if let (Some(previous), Some(until)) = (
+            &destination.previous_secret,
+            destination.previous_secret_until,
+        ) && until > at
+        {
+            secrets.push(previous);
+        }
+        let mut request = self
+            .client
+            .post(&destination.spec.url)
+            .timeout(Duration::from_secs(destination.spec.timeout_seconds))
+            .header("content-type", "application/json");
+        for (name, value) in &destination.spec.headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                signature(&secrets, id, timestamp, &body),
+            )
+            .body(body);
+        let started = Instant::now();
+        let answered = request.send().await;
+        let mut sent = Sent {
+            at,
+            status: None,
+            error: None,
+            duration_ms: 0,
+            response: None,
+            retry_after: None,
+        };
+        match answered {
+            Ok(mut response) => {
+                let status = response.status();
+                sent.status = Some(status.as_u16());
+                sent.retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, timestamp));
+                let mut kept = Vec::new();
+                while kept.len() < RESPONSE_KEPT {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+                        _ => break,
+                    }
+                }
+                kept.truncate(RESPONSE_KEPT);
+                sent.response = Some(String::from_utf8_lossy(&kept).into_owned());
+                if !status.is_success() {
+                    sent.error = Some(format!("answered {status}"));
+                }
+            }
+            Err(error) => {
+                let error = error.without_url();
+                sent.error = Some(if error.is_timeout() {
+                    format!("no answer within {} s", destination.spec.timeout_seconds)
+                } else {
+                    let mut text = error.to_string();
+                    let mut cause = std::error::Error::source(&error);
+                    while let Some(inner) = cause {
+                        text = format!("{text}: {inner}");
+                        cause = inner.source();
+                    }
+                    text
+                });
+            }
+        }
+        sent.duration_ms = started.elapsed().as_millis() as i64;
+        sent
+    }
+
+    /// The body and id of a ping to `destination`: a change-shaped message no change is behind.
+    pub fn ping(destination: &StoredDestination) -> (String, Bytes) {
+        let at = now_micros();
+        let body = serde_json::json!({
+            "type": "test.ping",
+            "seq": null,
+            "destination_id": destination.id,
+            "sent_at": crate::model::time::format_utc_micros(at),
+        });
+        (
+            format!("ping_{}_{at}", destination.id),
+            Bytes::from(body.to_string()),
+        )
+    }
+}
+
+/// The `webhook-id` of a change sent to a destination.
+pub fn change_id(destination: &StoredDestination, seq: i64) -> String {
+    webhook_id(&destination.id, seq)
+}

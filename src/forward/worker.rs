@@ -1,0 +1,492 @@
+//! Delivery: one task per destination, on the instance that holds its lease.
+//!
+//! A destination's task follows the feed from the destination's cursor with its filter, and
+//! sends each matching change (at most `max_in_flight` at once). What became of each attempt is
+//! saved in batches, with the cursor: the cursor only passes changes whose delivery is saved, so
+//! a crash resends (with the same `webhook-id`) what was in flight, and nothing else. A failed
+//! delivery waits on disk for its next attempt (see [`super::retry`]); with `per_call` ordering,
+//! a later change of its call waits on disk behind it. A destination that keeps failing is not
+//! sent new changes for a while (they wait in the feed, on disk), but one now and then, so that
+//! its return is noticed; a 410 disables it.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::destination::Ordering;
+use super::retry::{Schedule, Verdict};
+use super::send::{Sender, Sent, change_id};
+use crate::feed::{Feed, SharedChange};
+use crate::metrics::Metrics;
+use crate::model::change::ChangeFilter;
+use crate::model::time::now_micros;
+use crate::store::{Attempt, DeliveryState, DeliveryUpdate, Store, StoreError, StoredDestination};
+
+/// How long a lease lasts, and how often it is renewed: a dead instance's destinations are taken
+/// over within a lease.
+const LEASE: Duration = Duration::from_secs(30);
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+/// How often a destination's due retries are looked for.
+const RETRIES_EVERY: Duration = Duration::from_millis(500);
+/// Outcomes are saved at least this often, or once this many have gathered.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
+const SAVE_BATCH: usize = 256;
+/// Failures in a row after which a destination is sent new changes only now and then.
+const FAILURES_BEFORE_PAUSE: u32 = 5;
+const PROBE_FIRST: Duration = Duration::from_secs(15);
+const PROBE_MOST: Duration = Duration::from_secs(300);
+
+/// Starts delivering for the destinations whose lease this instance takes; stops when
+/// `stopping` turns true (in-flight attempts are abandoned: their changes go again later, with
+/// the same `webhook-id`).
+pub fn start(
+    store: Arc<dyn Store>,
+    feed: Feed,
+    metrics: Arc<Metrics>,
+    schedule: Schedule,
+    stopping: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(manage(store, feed, metrics, schedule, stopping))
+}
+
+/// What a running destination task is told: stop, or here is the destination as it is now.
+type Control = watch::Sender<Option<StoredDestination>>;
+
+async fn manage(
+    store: Arc<dyn Store>,
+    feed: Feed,
+    metrics: Arc<Metrics>,
+    schedule: Schedule,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let owner = instance_name();
+    let sender = match Sender::new() {
+        Ok(sender) => sender,
+        Err(error) => {
+            tracing::error!(%error, "cannot make the HTTP client of forwarding; nothing is forwarded");
+            return;
+        }
+    };
+    let mut running: HashMap<String, (Control, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut look = tokio::time::interval(LOOK_EVERY);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = look.tick() => {}
+            _ = stopping.wait_for(|s| *s) => break,
+        }
+        running.retain(|_, (_, task)| !task.is_finished());
+        let destinations = match store.destinations().await {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::warn!(%error, "forwarding cannot read its destinations; trying again");
+                continue;
+            }
+        };
+        let now = now_micros();
+        let mut wanted = HashSet::new();
+        for destination in destinations {
+            if !destination.enabled {
+                continue;
+            }
+            let leased = store
+                .lease_destination(&destination.id, &owner, now, now + LEASE.as_micros() as i64)
+                .await
+                .unwrap_or(false);
+            if !leased {
+                continue;
+            }
+            wanted.insert(destination.id.clone());
+            match running.get(&destination.id) {
+                Some((control, _)) => {
+                    control.send_if_modified(|held| {
+                        let changed = held.as_ref() != Some(&destination);
+                        if changed {
+                            *held = Some(destination.clone());
+                        }
+                        changed
+                    });
+                }
+                None => {
+                    let (control, watched) = watch::channel(Some(destination.clone()));
+                    let worker = DestinationWorker {
+                        store: store.clone(),
+                        feed: feed.clone(),
+                        sender: sender.clone(),
+                        metrics: metrics.clone(),
+                        schedule: schedule.clone(),
+                        control: watched,
+                    };
+                    let task = tokio::spawn(worker.run());
+                    running.insert(destination.id.clone(), (control, task));
+                }
+            }
+        }
+        // Removed, disabled, or leased by another instance: stop.
+        for (id, (control, _)) in &running {
+            if !wanted.contains(id) {
+                control.send_replace(None);
+            }
+        }
+    }
+    for (_, (control, task)) in running {
+        control.send_replace(None);
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+}
+
+/// A random name of this instance, for leases.
+fn instance_name() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    format!("{:016x}", u64::from_le_bytes(bytes))
+}
+
+struct DestinationWorker {
+    store: Arc<dyn Store>,
+    feed: Feed,
+    sender: Sender,
+    metrics: Arc<Metrics>,
+    schedule: Schedule,
+    control: watch::Receiver<Option<StoredDestination>>,
+}
+
+/// What a destination's task has to save.
+struct Progress {
+    id: String,
+    outcomes: Vec<DeliveryUpdate>,
+    /// The cursor as saved.
+    cursor: i64,
+}
+
+/// An attempt under way.
+struct Job {
+    seq: i64,
+    kind: String,
+    call_id: Option<String>,
+    /// Attempts before this one.
+    attempts: i64,
+}
+
+impl DestinationWorker {
+    async fn run(mut self) {
+        let Some(destination) = self.control.borrow().clone() else {
+            return;
+        };
+        let id = destination.id.clone();
+        if let Err(error) = self.deliver(destination).await {
+            tracing::warn!(destination = %id, %error, "forwarding stopped; it starts again within seconds");
+        }
+    }
+
+    async fn deliver(&mut self, mut destination: StoredDestination) -> Result<(), StoreError> {
+        let id = destination.id.clone();
+        let filter: ChangeFilter = destination.spec.change_filter();
+        let per_call = destination.spec.ordering == Ordering::PerCall;
+        // Saved beyond the cursor before a restart: not to be sent again.
+        let mut saved: HashSet<i64> = self
+            .store
+            .delivered_positions(&id, destination.cursor + 1, i64::MAX)
+            .await?
+            .into_iter()
+            .collect();
+        let mut held_calls: HashSet<String> = if per_call {
+            self.store.calls_pending(&id).await?.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        let mut reader = self.feed.reader(destination.cursor, filter);
+        let mut waiting: VecDeque<SharedChange> = VecDeque::new();
+        let mut in_flight: JoinSet<(Job, Sent)> = JoinSet::new();
+        let mut in_flight_seqs: HashSet<i64> = HashSet::new();
+        // First attempts under way (their deliveries are not saved yet).
+        let mut unsaved: BTreeSet<i64> = BTreeSet::new();
+        let mut progress = Progress {
+            id: id.clone(),
+            outcomes: Vec::new(),
+            cursor: destination.cursor,
+        };
+        let mut failures = 0u32;
+        let mut paused_until: Option<tokio::time::Instant> = None;
+        let mut probe = PROBE_FIRST;
+        let mut retries = tokio::time::interval(RETRIES_EVERY);
+        let mut save = tokio::time::interval(SAVE_EVERY);
+        let mut disabled = false;
+
+        loop {
+            let slots = (destination.spec.max_in_flight as usize).saturating_sub(in_flight.len());
+            // New changes go out while there is room, unless the destination keeps failing
+            // (then one now and then).
+            let probing = paused_until.is_some_and(|t| tokio::time::Instant::now() >= t);
+            let may_take = slots > 0 && (paused_until.is_none() || probing);
+            while may_take
+                && !waiting.is_empty()
+                && in_flight.len() < destination.spec.max_in_flight as usize
+            {
+                let Some(change) = waiting.pop_front() else {
+                    break;
+                };
+                if saved.remove(&change.seq) {
+                    continue;
+                }
+                let call = change.subject.call_id.clone();
+                if per_call
+                    && let Some(call) = &call
+                    && held_calls.contains(call)
+                {
+                    // Behind an earlier change of its call: waits on disk until that one is done.
+                    progress.outcomes.push(DeliveryUpdate {
+                        seq: change.seq,
+                        kind: change.kind.as_str().to_string(),
+                        call_id: Some(call.clone()),
+                        state: DeliveryState::Pending,
+                        attempts: 0,
+                        next_attempt_at: None,
+                        attempt: None,
+                    });
+                    continue;
+                }
+                if let Some(call) = &call
+                    && per_call
+                {
+                    held_calls.insert(call.clone());
+                }
+                unsaved.insert(change.seq);
+                in_flight_seqs.insert(change.seq);
+                let job = Job {
+                    seq: change.seq,
+                    kind: change.kind.as_str().to_string(),
+                    call_id: call,
+                    attempts: 0,
+                };
+                self.spawn(
+                    &mut in_flight,
+                    &destination,
+                    job,
+                    Bytes::copy_from_slice(change.json().as_bytes()),
+                );
+                if probing {
+                    paused_until = Some(tokio::time::Instant::now() + probe);
+                    break;
+                }
+            }
+            let read_more = may_take && waiting.is_empty() && !disabled;
+            tokio::select! {
+                changed = self.control.changed() => {
+                    let held = self.control.borrow().clone();
+                    match (changed, held) {
+                        (Ok(()), Some(now)) => {
+                            if now.spec != destination.spec || now.cursor < destination.cursor {
+                                // Another filter or ordering: start over from what is saved.
+                                self.save(&mut progress, &unsaved, &waiting, &reader).await?;
+                                return Ok(());
+                            }
+                            destination = now;
+                        }
+                        _ => break,
+                    }
+                }
+                next = reader.next(), if read_more => {
+                    waiting.extend(next?);
+                }
+                Some(done) = in_flight.join_next() => {
+                    let Ok((job, sent)) = done else { continue };
+                    in_flight_seqs.remove(&job.seq);
+                    unsaved.remove(&job.seq);
+                    let verdict = sent.status.map_or(Verdict::Failed, Verdict::of_status);
+                    self.metrics.delivery(&id, verdict_name(&verdict), sent.duration_ms);
+                    let attempts = job.attempts + 1;
+                    let attempt = Attempt {
+                        at: sent.at,
+                        status: sent.status.map(i64::from),
+                        error: sent.error.clone(),
+                        duration_ms: sent.duration_ms,
+                        response: sent.response.clone(),
+                    };
+                    let mut update = DeliveryUpdate {
+                        seq: job.seq,
+                        kind: job.kind.clone(),
+                        call_id: job.call_id.clone(),
+                        state: DeliveryState::Pending,
+                        attempts,
+                        next_attempt_at: None,
+                        attempt: Some(attempt),
+                    };
+                    let done_with_call = match verdict {
+                        Verdict::Delivered => {
+                            failures = 0;
+                            paused_until = None;
+                            probe = PROBE_FIRST;
+                            update.state = DeliveryState::Delivered;
+                            true
+                        }
+                        Verdict::Gone => {
+                            // Kept pending, due at once: it goes first when re-enabled.
+                            update.next_attempt_at = Some(now_micros());
+                            disabled = true;
+                            false
+                        }
+                        Verdict::Failed => {
+                            failures += 1;
+                            if failures >= FAILURES_BEFORE_PAUSE {
+                                if paused_until.is_some() {
+                                    probe = (probe * 2).min(PROBE_MOST);
+                                }
+                                paused_until = Some(tokio::time::Instant::now() + probe);
+                            }
+                            match self.schedule.next_wait(attempts as usize, jitter(), sent.retry_after) {
+                                Some(wait) => {
+                                    update.next_attempt_at = Some(now_micros() + wait.as_micros() as i64);
+                                    false
+                                }
+                                None => {
+                                    update.state = DeliveryState::Dead;
+                                    self.metrics.delivery_dead(&id);
+                                    true
+                                }
+                            }
+                        }
+                    };
+                    progress.outcomes.push(update);
+                    if done_with_call && let Some(call) = &job.call_id && per_call {
+                        // Saved first: the next change of the call is released from what is stored.
+                        self.save(&mut progress, &unsaved, &waiting, &reader).await?;
+                        if self.store.release_call(&id, call, now_micros()).await?.is_none() {
+                            held_calls.remove(call);
+                        }
+                    }
+                    if disabled {
+                        self.save(&mut progress, &unsaved, &waiting, &reader).await?;
+                        destination.enabled = false;
+                        destination.disabled_reason = Some(format!(
+                            "the receiver answered 410 Gone at {}",
+                            crate::model::time::format_utc_micros(sent.at)
+                        ));
+                        self.store.update_destination(&destination).await?;
+                        tracing::warn!(destination = %id, "the receiver answered 410 Gone: destination disabled");
+                        return Ok(());
+                    }
+                }
+                _ = retries.tick(), if slots > 0 && !disabled => {
+                    let due = self.store.due_deliveries(&id, now_micros(), slots + in_flight_seqs.len()).await?;
+                    for delivery in due {
+                        if in_flight_seqs.contains(&delivery.seq) || in_flight.len() >= destination.spec.max_in_flight as usize {
+                            continue;
+                        }
+                        let Some(body) = self.change_json(delivery.seq).await? else {
+                            // The change was removed (retention): nothing to send.
+                            progress.outcomes.push(DeliveryUpdate {
+                                seq: delivery.seq,
+                                kind: delivery.kind.clone(),
+                                call_id: delivery.call_id.clone(),
+                                state: DeliveryState::Dead,
+                                attempts: delivery.attempts,
+                                next_attempt_at: None,
+                                attempt: None,
+                            });
+                            continue;
+                        };
+                        in_flight_seqs.insert(delivery.seq);
+                        let job = Job {
+                            seq: delivery.seq,
+                            kind: delivery.kind,
+                            call_id: delivery.call_id,
+                            attempts: delivery.attempts,
+                        };
+                        self.spawn(&mut in_flight, &destination, job, body);
+                    }
+                }
+                _ = save.tick() => {
+                    self.save(&mut progress, &unsaved, &waiting, &reader).await?;
+                }
+            }
+            if progress.outcomes.len() >= SAVE_BATCH {
+                self.save(&mut progress, &unsaved, &waiting, &reader)
+                    .await?;
+            }
+        }
+        // Stopped: what finished is saved; what is in flight goes again later.
+        in_flight.abort_all();
+        self.save(&mut progress, &unsaved, &waiting, &reader).await
+    }
+
+    fn spawn(
+        &self,
+        in_flight: &mut JoinSet<(Job, Sent)>,
+        destination: &StoredDestination,
+        job: Job,
+        body: Bytes,
+    ) {
+        let sender = self.sender.clone();
+        let destination = destination.clone();
+        in_flight.spawn(async move {
+            let sent = sender
+                .post(&destination, &change_id(&destination, job.seq), body)
+                .await;
+            (job, sent)
+        });
+    }
+
+    /// Saves the outcomes gathered, and the cursor: up to the first change not saved yet (under
+    /// way, or read from the feed and not sent yet), or else as far as the feed was read.
+    /// Nothing to save, nothing is written.
+    async fn save(
+        &self,
+        progress: &mut Progress,
+        unsaved: &BTreeSet<i64>,
+        waiting: &VecDeque<SharedChange>,
+        reader: &crate::feed::FeedReader,
+    ) -> Result<(), StoreError> {
+        let first_open = [unsaved.first().copied(), waiting.front().map(|c| c.seq)]
+            .into_iter()
+            .flatten()
+            .min();
+        let cursor = first_open.map_or(reader.position(), |seq| seq - 1);
+        if progress.outcomes.is_empty() && cursor <= progress.cursor {
+            return Ok(());
+        }
+        self.store
+            .save_deliveries(&progress.id, std::mem::take(&mut progress.outcomes), cursor)
+            .await?;
+        progress.cursor = progress.cursor.max(cursor);
+        Ok(())
+    }
+
+    /// The JSON of the change at `seq`, as the stream shows it.
+    async fn change_json(&self, seq: i64) -> Result<Option<Bytes>, StoreError> {
+        let page = self
+            .feed
+            .log()
+            .changes(
+                seq - 1,
+                &ChangeFilter::default(),
+                1,
+                crate::store::PAGE_BYTES,
+            )
+            .await?;
+        Ok(page
+            .items
+            .into_iter()
+            .find(|c| c.seq == seq)
+            .map(|c| Bytes::copy_from_slice(c.json().as_bytes())))
+    }
+}
+
+fn verdict_name(verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Delivered => "delivered",
+        Verdict::Gone => "gone",
+        Verdict::Failed => "failed",
+    }
+}
+
+/// A number in [-1, 1] for the retry schedule's jitter.
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
+}
