@@ -263,6 +263,19 @@ async fn until_received(
     panic!("the receiver did not get what was expected within 20 s: {got:?}");
 }
 
+/// The destination once its stats satisfy `done` (outcomes are saved a moment after the answers).
+async fn until_stats(server: &TestServer, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut shown = Value::Null;
+    for _ in 0..200 {
+        shown = server.get(&format!("/api/destinations/{id}")).await.1;
+        if done(&shown["stats"]) {
+            return shown;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the destination's stats did not come to what was expected: {shown}");
+}
+
 async fn create(server: &TestServer, body: Value) -> Value {
     let (status, created) = send_json(
         server,
@@ -313,13 +326,13 @@ async fn changes_are_delivered_signed_and_filtered(db) {
         assert_eq!(headers["x-api-key"], "crm-key");
         verifier.verify(body.as_bytes(), headers).expect("the signature verifies");
     }
+    until_stats(&server, &id, |stats| stats["delivered"] == 5).await;
     let (_, deliveries) = server.get(&format!("/api/deliveries?destination={id}&state=delivered")).await;
     let items = deliveries["items"].as_array().unwrap();
     assert_eq!(items.len(), 5);
     assert_eq!(items[0]["attempts"][0]["status"], 200);
     assert_eq!(items[0]["attempts"][0]["response"], "thanks");
-    let (_, shown) = server.get(&format!("/api/destinations/{id}")).await;
-    assert_eq!(shown["stats"]["delivered"], 5);
+    let shown = until_stats(&server, &id, |stats| stats["delivered"] == 5).await;
     assert_eq!(shown["stats"]["pending"], 0);
     assert!(shown["stats"]["last_success_at"].is_string());
     // A ping goes through the same signing, whatever the filter.
@@ -379,8 +392,8 @@ async fn failures_are_retried_in_order_per_call(db) {
             assert!(!earlier_undelivered, "{} went out before its call's earlier change was delivered", headers["webhook-id"].to_str().unwrap());
         }
     }
-    let (_, shown) = server.get(&format!("/api/destinations/{id}")).await;
-    assert_eq!(shown["stats"]["delivered"], 6);
+    // Outcomes are saved in batches, a moment after the answers.
+    let shown = until_stats(&server, &id, |stats| stats["delivered"] == 6).await;
     assert!(shown["stats"]["failed_attempts"].as_i64().unwrap() >= 6);
     assert!(shown["stats"]["last_error"].as_str().unwrap().contains("500"));
     server.stop().await;
