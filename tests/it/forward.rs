@@ -445,3 +445,152 @@ async fn dead_after_the_schedule_and_410_disables(db) {
     server.stop().await;
 }
 }
+
+/// A receiver that takes `delay` to answer 200 and checks that no change is being delivered
+/// twice at once (by `webhook-id`).
+async fn slow_receiver(
+    delay: std::time::Duration,
+) -> (String, std::sync::Arc<std::sync::Mutex<SlowReceived>>) {
+    use axum::http::HeaderMap;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(SlowReceived::default()));
+    let state = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                let id = headers["webhook-id"].to_str().unwrap().to_string();
+                let seq = serde_json::from_str::<Value>(&body).unwrap()["seq"]
+                    .as_i64()
+                    .unwrap();
+                {
+                    let mut r = state.lock().unwrap();
+                    if !r.active.insert(id.clone()) {
+                        r.concurrent_twice += 1;
+                    }
+                    r.ids.entry(seq).or_default().insert(id.clone());
+                }
+                // A request whose sender died is dropped half-way: it is no longer under way.
+                struct Active(std::sync::Arc<std::sync::Mutex<SlowReceived>>, String);
+                impl Drop for Active {
+                    fn drop(&mut self) {
+                        self.0.lock().unwrap().active.remove(&self.1);
+                    }
+                }
+                let active = Active(state.clone(), id.clone());
+                tokio::time::sleep(delay).await;
+                drop(active);
+                let mut r = state.lock().unwrap();
+                r.deliveries += 1;
+                *r.times.entry(seq).or_default() += 1;
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+#[derive(Default)]
+struct SlowReceived {
+    active: std::collections::HashSet<String>,
+    concurrent_twice: usize,
+    deliveries: usize,
+    /// Each change's webhook-ids (one, always) and how many times it was answered.
+    ids: std::collections::HashMap<i64, std::collections::HashSet<String>>,
+    times: std::collections::HashMap<i64, usize>,
+}
+
+async fn until_every_change(
+    received: &std::sync::Arc<std::sync::Mutex<SlowReceived>>,
+    seqs: &[i64],
+    within: std::time::Duration,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let missing: Vec<i64> = {
+            let r = received.lock().unwrap();
+            seqs.iter()
+                .filter(|s| !r.times.contains_key(s))
+                .copied()
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{} changes never delivered, the first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+crate::on_every_backend! {
+/// A destination that starts at the beginning receives the whole history, then what comes.
+async fn a_destination_from_the_beginning_gets_the_whole_history(db) {
+    let server = TestServer::start(&db).await;
+    for i in 0..40 {
+        server.send(&missed(&format!("H{i}"))).await;
+    }
+    let (url, received) = slow_receiver(std::time::Duration::ZERO).await;
+    create(&server, json!({"url": url, "start": "beginning", "ordering": "none"})).await;
+    server.send(&missed("H-live")).await;
+    let seqs: Vec<i64> = crate::feed::all_changes(&server, 0, "").await
+        .iter().map(|c| c["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs.len(), 41);
+    until_every_change(&received, &seqs, std::time::Duration::from_secs(20)).await;
+    assert_eq!(received.lock().unwrap().deliveries, 41, "once each");
+    server.stop().await;
+}
+
+/// SIGKILL while deliveries are under way, twice: after the restarts every change is delivered,
+/// a repeat only ever with the same webhook-id, never two at once.
+async fn a_crash_during_delivery_loses_nothing(db) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let database = db.database();
+    let extra: Vec<&str> = match &database {
+        Some(url) => vec!["--database", url],
+        None => vec![],
+    };
+    let mut server = serve_process(db.path(), port, &extra);
+    let (url, received) = slow_receiver(std::time::Duration::from_millis(20)).await;
+    let client = reqwest::Client::new();
+    let response = client.post(format!("{base}/api/destinations")).bearer_auth(TOKEN)
+        .body(json!({"url": url, "max_in_flight": 8}).to_string()).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let sim = tokio::spawn(crate::sim::simulate(crate::sim::sim_args(&base, 400, &[
+        "--concurrency", "16", "--max-retries", "200", "--max-backoff", "200", "--timeout", "2000",
+    ])));
+    for wait in [700, 900] {
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        server.kill().unwrap();
+        server.wait().unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        server = serve_process(db.path(), port, &extra);
+    }
+    let (ok, report) = sim.await.unwrap();
+    assert!(ok, "{report:#}");
+    let seqs: Vec<i64> = crate::feed::changes_of(&base, 0, "").await
+        .iter().map(|c| c["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs.len() as u64, report["acknowledged"].as_u64().unwrap());
+    until_every_change(&received, &seqs, std::time::Duration::from_secs(60)).await;
+    let r = received.lock().unwrap();
+    assert_eq!(r.concurrent_twice, 0, "a change was being delivered twice at once");
+    assert!(r.ids.values().all(|ids| ids.len() == 1), "one webhook-id per change");
+    println!(
+        "{} changes, {} deliveries ({} repeats after the crashes)",
+        seqs.len(),
+        r.deliveries,
+        r.deliveries - seqs.len()
+    );
+    drop(r);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+}
