@@ -594,3 +594,104 @@ async fn a_crash_during_delivery_loses_nothing(db) {
     server.wait().unwrap();
 }
 }
+
+/// PostgreSQL, two instances, one destination: one instance at a time delivers to it (no change
+/// goes out twice at once, none twice at all while both live); when the one delivering is
+/// killed, the other takes over within a lease and delivers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+)]
+async fn two_instances_share_a_destination_and_take_over_from_a_dead_one() {
+    let db = Db::postgres().await;
+    let database = db.database().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let dir_b = tempfile::tempdir().unwrap();
+    let extra = ["--database", database.as_str()];
+    let (pg, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let lease_owner = async || -> Option<String> {
+        pg.query_opt("SELECT lease_owner FROM destinations", &[])
+            .await
+            .unwrap()
+            .and_then(|row| row.get(0))
+    };
+    // A alone first, so that it takes the destination's lease; then B.
+    let mut a = serve_process(db.path(), port_a, &extra);
+    let (base_a, base_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    let (url, received) = slow_receiver(std::time::Duration::from_millis(5)).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{base_a}/api/destinations"))
+        .bearer_auth(TOKEN)
+        .body(json!({"url": url, "ordering": "none"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let mut a_holds = None;
+    for _ in 0..100 {
+        a_holds = lease_owner().await;
+        if a_holds.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let a_holds = a_holds.expect("A takes the lease");
+    let mut b = serve_process(dir_b.path(), port_b, &extra);
+    let mut args = crate::sim::sim_args(&base_a, 300, &["--concurrency", "32"]);
+    args.extend(["--url".to_string(), format!("{base_b}/webhooks/alohub")]);
+    let (ok, report) = crate::sim::simulate(args).await;
+    assert!(ok, "{report:#}");
+    let seqs: Vec<i64> = crate::feed::changes_of(&base_a, 0, "")
+        .await
+        .iter()
+        .map(|c| c["seq"].as_i64().unwrap())
+        .collect();
+    until_every_change(&received, &seqs, std::time::Duration::from_secs(60)).await;
+    {
+        let r = received.lock().unwrap();
+        assert_eq!(r.concurrent_twice, 0);
+        assert_eq!(
+            r.deliveries,
+            seqs.len(),
+            "each change once while both instances live"
+        );
+    }
+    // A still holds it (B never took it while A lived); kill A: B takes over within a lease.
+    assert_eq!(lease_owner().await.as_ref(), Some(&a_holds));
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let survivor = &base_b;
+    let killed = std::time::Instant::now();
+    for i in 0..20 {
+        let response = client
+            .post(format!("{survivor}/webhooks/alohub"))
+            .header("authorization", KEY)
+            .body(missed(&format!("after-{i}")).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let seqs: Vec<i64> = crate::feed::changes_of(survivor, 0, "")
+        .await
+        .iter()
+        .map(|c| c["seq"].as_i64().unwrap())
+        .collect();
+    until_every_change(&received, &seqs, std::time::Duration::from_secs(70)).await;
+    println!(
+        "delivered by the survivor {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(received.lock().unwrap().concurrent_twice, 0);
+    b.kill().unwrap();
+    b.wait().unwrap();
+    db.cleanup().await;
+}
