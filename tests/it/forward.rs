@@ -695,3 +695,62 @@ async fn two_instances_share_a_destination_and_take_over_from_a_dead_one() {
     b.wait().unwrap();
     db.cleanup().await;
 }
+
+crate::on_every_backend! {
+/// The simulator's traffic (resends and reordering on), two destinations with different filters,
+/// one failing at random 30 % of the time: every matching change is delivered to each, none that
+/// does not match, every signature verifies, one webhook-id per change, per-call order kept.
+async fn simulated_traffic_reaches_two_destinations_one_failing_at_random(db) {
+    let server = TestServer::start_with(fast_retries(&db), None).await;
+    let (all_url, all) = receiver(|_| (200, None)).await;
+    let flaky_answers = std::sync::Arc::new(std::sync::Mutex::new(fastrand::Rng::with_seed(7)));
+    let (flaky_url, flaky) = receiver(move |_| {
+        if flaky_answers.lock().unwrap().u8(..100) < 30 { (500, None) } else { (200, None) }
+    })
+    .await;
+    let everything = create(&server, json!({"url": all_url, "ordering": "none"})).await;
+    let missed_only = create(&server, json!({"url": flaky_url,
+        "filter": {"status": "missed"}, "types": ["call.ended", "call.updated"]})).await;
+    let (ok, report) = crate::sim::simulate(crate::sim::sim_args(&server.base, 300,
+        &["--duplicates", "0.1", "--reorder", "0.2", "--concurrency", "16"])).await;
+    assert!(ok, "{report:#}");
+    let changes = crate::feed::all_changes(&server, 0, "").await;
+    let matching = crate::feed::all_changes(&server, 0, "&status=missed&types=call.ended,call.updated").await;
+    assert!(!matching.is_empty() && matching.len() < changes.len());
+    let delivered = |r: &Received| r.requests.iter().filter(|q| q.2 == 200).count();
+    until_received(&all, |r| delivered(r) >= changes.len()).await;
+    until_received(&flaky, |r| delivered(r) >= matching.len()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for (destination, received, expected) in [
+        (&everything, &all, &changes),
+        (&missed_only, &flaky, &matching),
+    ] {
+        let verifier =
+            standardwebhooks::Webhook::new(destination["secret"].as_str().unwrap()).unwrap();
+        let requests = std::mem::take(&mut received.lock().unwrap().requests);
+        let mut ids: std::collections::HashMap<i64, String> = Default::default();
+        let mut got: Vec<Value> = Vec::new();
+        let mut per_call: std::collections::HashMap<String, Vec<i64>> = Default::default();
+        for (headers, body, status) in &requests {
+            verifier.verify(body.as_bytes(), headers).expect("the signature verifies");
+            let change: Value = serde_json::from_str(body).unwrap();
+            let seq = change["seq"].as_i64().unwrap();
+            let id = headers["webhook-id"].to_str().unwrap().to_string();
+            assert_eq!(ids.entry(seq).or_insert_with(|| id.clone()), &id);
+            if *status == 200 {
+                per_call.entry(change["call"]["call_id"].as_str().unwrap_or("").to_string())
+                    .or_default().push(seq);
+                got.push(change);
+            }
+        }
+        got.sort_by_key(|c| c["seq"].as_i64());
+        assert_eq!(&got, expected, "every matching change delivered once, nothing else");
+        if destination["ordering"] == "per_call" {
+            for (call, seqs) in per_call {
+                assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{call}: {seqs:?}");
+            }
+        }
+    }
+    server.stop().await;
+}
+}
