@@ -199,7 +199,10 @@ impl DestinationWorker {
         } else {
             HashSet::new()
         };
-        let mut reader = self.feed.reader(destination.cursor, filter);
+        // The feed is read by a task of its own, a batch ahead: a read is never abandoned
+        // half-way (an abandoned store read still runs to its end on a thread of its own, and
+        // a busy destination would start hundreds of them).
+        let mut reader = Reading::start(self.feed.reader(destination.cursor, filter));
         let mut waiting: VecDeque<SharedChange> = VecDeque::new();
         let mut in_flight: JoinSet<(Job, Sent)> = JoinSet::new();
         let mut in_flight_seqs: HashSet<i64> = HashSet::new();
@@ -282,7 +285,7 @@ impl DestinationWorker {
                         (Ok(()), Some(now)) => {
                             if now.spec != destination.spec || now.cursor < destination.cursor {
                                 // Another filter or ordering: start over from what is saved.
-                                self.save(&mut progress, &unsaved, &waiting, &reader).await?;
+                                self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
                                 return Ok(());
                             }
                             destination = now;
@@ -290,8 +293,11 @@ impl DestinationWorker {
                         _ => break,
                     }
                 }
-                next = reader.next(), if read_more => {
-                    waiting.extend(next?);
+                next = reader.batches.recv(), if read_more => {
+                    let Some(next) = next else { return Err(StoreError::Closed) };
+                    let (changes, position) = next?;
+                    reader.position = position;
+                    waiting.extend(changes);
                 }
                 Some(done) = in_flight.join_next() => {
                     let Ok((job, sent)) = done else { continue };
@@ -354,13 +360,13 @@ impl DestinationWorker {
                     progress.outcomes.push(update);
                     if done_with_call && let Some(call) = &job.call_id && per_call {
                         // Saved first: the next change of the call is released from what is stored.
-                        self.save(&mut progress, &unsaved, &waiting, &reader).await?;
+                        self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
                         if self.store.release_call(&id, call, now_micros()).await?.is_none() {
                             held_calls.remove(call);
                         }
                     }
                     if disabled {
-                        self.save(&mut progress, &unsaved, &waiting, &reader).await?;
+                        self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
                         destination.enabled = false;
                         destination.disabled_reason = Some(format!(
                             "the receiver answered 410 Gone at {}",
@@ -401,17 +407,18 @@ impl DestinationWorker {
                     }
                 }
                 _ = save.tick() => {
-                    self.save(&mut progress, &unsaved, &waiting, &reader).await?;
+                    self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
                 }
             }
             if progress.outcomes.len() >= SAVE_BATCH {
-                self.save(&mut progress, &unsaved, &waiting, &reader)
+                self.save(&mut progress, &unsaved, &waiting, reader.position)
                     .await?;
             }
         }
         // Stopped: what finished is saved; what is in flight goes again later.
         in_flight.abort_all();
-        self.save(&mut progress, &unsaved, &waiting, &reader).await
+        self.save(&mut progress, &unsaved, &waiting, reader.position)
+            .await
     }
 
     fn spawn(
@@ -439,13 +446,13 @@ impl DestinationWorker {
         progress: &mut Progress,
         unsaved: &BTreeSet<i64>,
         waiting: &VecDeque<SharedChange>,
-        reader: &crate::feed::FeedReader,
+        read_to: i64,
     ) -> Result<(), StoreError> {
         let first_open = [unsaved.first().copied(), waiting.front().map(|c| c.seq)]
             .into_iter()
             .flatten()
             .min();
-        let cursor = first_open.map_or(reader.position(), |seq| seq - 1);
+        let cursor = first_open.map_or(read_to, |seq| seq - 1);
         if progress.outcomes.is_empty() && cursor <= progress.cursor {
             return Ok(());
         }
@@ -473,6 +480,41 @@ impl DestinationWorker {
             .into_iter()
             .find(|c| c.seq == seq)
             .map(|c| Bytes::copy_from_slice(c.json().as_bytes())))
+    }
+}
+
+/// A destination's feed reader, running in a task of its own, one batch ahead of its sending.
+struct Reading {
+    batches: tokio::sync::mpsc::Receiver<Result<(Vec<SharedChange>, i64), StoreError>>,
+    /// How far the batches received so far reach.
+    position: i64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Reading {
+    fn start(mut reader: crate::feed::FeedReader) -> Reading {
+        let position = reader.position();
+        let (sender, batches) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            loop {
+                let next = reader.next().await.map(|c| (c, reader.position()));
+                let failed = next.is_err();
+                if sender.send(next).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Reading {
+            batches,
+            position,
+            task,
+        }
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

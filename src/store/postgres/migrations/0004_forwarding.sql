@@ -30,8 +30,12 @@ CREATE TABLE deliveries (
     updated_at      BIGINT  NOT NULL,
     UNIQUE (destination_id, seq)
 );
-CREATE INDEX deliveries_by_state ON deliveries (destination_id, state, next_attempt_at);
-CREATE INDEX deliveries_by_call ON deliveries (destination_id, call_id, seq);
+-- Only pending deliveries are looked for by time or by call: a delivered one (most of them)
+-- costs its row and the unique index, nothing more.
+CREATE INDEX deliveries_due ON deliveries (destination_id, next_attempt_at, seq)
+    WHERE state = 'pending';
+CREATE INDEX deliveries_pending_by_call ON deliveries (destination_id, call_id, seq)
+    WHERE state = 'pending';
 
 CREATE TABLE delivery_attempts (
     delivery_id BIGINT  NOT NULL,
