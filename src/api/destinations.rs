@@ -237,9 +237,9 @@ pub async fn ping(
         ApiError::Unavailable
     })?;
     let (id, body) = crate::forward::send::Sender::ping(&destination);
-    let sent = sender.post(&destination, &id, body).await;
+    let sent = sender.send(&destination, "test.ping", &id, body).await;
     Ok(Json(json!({
-        "delivered": sent.status.is_some_and(|s| (200..300).contains(&s)),
+        "delivered": sent.verdict() == crate::forward::retry::Verdict::Delivered,
         "webhook_id": id,
         "status": sent.status,
         "error": sent.error,

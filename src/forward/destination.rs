@@ -216,8 +216,16 @@ impl DestinationSpec {
         if let Some(subject) = object.get("subject") {
             self.subject = match subject {
                 Value::Null => None,
-                Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-                _ => return Err(bad("subject", "must be a non-empty string")),
+                Value::String(s) if super::nats::valid_subject(s.trim()) => {
+                    Some(s.trim().to_string())
+                }
+                _ => {
+                    return Err(bad(
+                        "subject",
+                        "must be a NATS subject (dot-separated tokens, no spaces or wildcards; \
+                         {type} is replaced by the change type)",
+                    ));
+                }
             };
         }
         if self.is_nats() {

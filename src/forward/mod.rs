@@ -1,10 +1,12 @@
-//! Forwarding: delivering the feed's changes to the partner's own systems (issue 10, being
-//! built). So far: destinations ([`destination`], kept in the store, managed through
-//! `/api/destinations` and [`cli`]), the Standard Webhooks signature every delivery will carry
-//! ([`sign`]) and when a failed delivery is tried again ([`retry`]).
+//! Forwarding: delivering the feed's changes to the partner's own systems (issue 10).
+//! Destinations ([`destination`]) are kept in the store and managed through
+//! `/api/destinations` and [`cli`]; [`worker`] follows the feed for each and sends what matches
+//! over HTTP ([`send`]) or to NATS JetStream ([`nats`]), signed the Standard Webhooks way
+//! ([`sign`]), tried again on a schedule ([`retry`]).
 
 pub mod cli;
 pub mod destination;
+pub mod nats;
 pub mod retry;
 pub mod send;
 pub mod sign;

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::retry::parse_retry_after;
+use super::nats::NatsPublisher;
+use super::retry::{Verdict, parse_retry_after};
 use super::sign::{signature, webhook_id};
 use crate::model::time::now_micros;
 use crate::store::StoredDestination;
@@ -26,13 +27,26 @@ pub struct Sent {
     pub response: Option<String>,
     /// The answer's `Retry-After`, when it had one.
     pub retry_after: Option<Duration>,
+    /// NATS: JetStream acknowledged the message (there is no HTTP status).
+    pub acked: bool,
+}
+
+impl Sent {
+    /// What the attempt means for the delivery.
+    pub fn verdict(&self) -> Verdict {
+        if self.acked {
+            return Verdict::Delivered;
+        }
+        self.status.map_or(Verdict::Failed, Verdict::of_status)
+    }
 }
 
 /// Sends deliveries: one HTTP client for every destination (each request has its own time
-/// limit).
+/// limit), and the connections to NATS servers.
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
+    nats: NatsPublisher,
 }
 
 impl Sender {
@@ -43,13 +57,28 @@ impl Sender {
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("alohook/", env!("CARGO_PKG_VERSION")))
                 .build()?,
+            nats: NatsPublisher::default(),
         })
     }
 
-    /// POSTs `body` (the change JSON) to `destination` as `id` (see [`webhook_id`]).
-    pub async fn post(&self, destination: &StoredDestination, id: &str, body: Bytes) -> Sent {
-        let at = now_micros();
-        let timestamp = at / 1_000_000;
+    /// Sends `body` (the change JSON, of type `kind`) to `destination` as `id` (see
+    /// [`webhook_id`]): a POST, or a JetStream publish for a `nats://` destination.
+    pub async fn send(
+        &self,
+        destination: &StoredDestination,
+        kind: &str,
+        id: &str,
+        body: Bytes,
+    ) -> Sent {
+        if destination.spec.is_nats() {
+            self.publish(destination, kind, id, body).await
+        } else {
+            self.post(destination, id, body).await
+        }
+    }
+
+    /// The secrets that sign at `at`: the current one, and the previous one during a rotation.
+    fn secrets(destination: &StoredDestination, at: i64) -> Vec<&str> {
         let mut secrets = vec![destination.secret.as_str()];
         if let (Some(previous), Some(until)) = (
             &destination.previous_secret,
@@ -58,6 +87,68 @@ impl Sender {
         {
             secrets.push(previous);
         }
+        secrets
+    }
+
+    /// Publishes to JetStream with the same headers a POST has (`Nats-Msg-Id` = `id`) and waits
+    /// for the stream's ack.
+    async fn publish(
+        &self,
+        destination: &StoredDestination,
+        kind: &str,
+        id: &str,
+        body: Bytes,
+    ) -> Sent {
+        let at = now_micros();
+        let timestamp = at / 1_000_000;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id);
+        headers.insert("content-type", "application/json");
+        for (name, value) in &destination.spec.headers {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        headers.insert("webhook-id", id);
+        headers.insert("webhook-timestamp", timestamp.to_string().as_str());
+        headers.insert(
+            "webhook-signature",
+            signature(&Self::secrets(destination, at), id, timestamp, &body).as_str(),
+        );
+        let template = destination
+            .spec
+            .subject
+            .as_deref()
+            .unwrap_or(super::destination::DEFAULT_SUBJECT);
+        let started = Instant::now();
+        let published = self
+            .nats
+            .publish(
+                &destination.spec.url,
+                super::nats::subject(template, kind),
+                headers,
+                body,
+                Duration::from_secs(destination.spec.timeout_seconds),
+            )
+            .await;
+        let (acked, response, error) = match published {
+            Ok(ack) => (true, Some(ack), None),
+            Err(error) => (false, None, Some(error)),
+        };
+        Sent {
+            at,
+            status: None,
+            error,
+            duration_ms: started.elapsed().as_millis() as i64,
+            response,
+            retry_after: None,
+            acked,
+        }
+    }
+
+    /// POSTs `body` (the change JSON) to `destination` as `id`.
+    async fn post(&self, destination: &StoredDestination, id: &str, body: Bytes) -> Sent {
+        let at = now_micros();
+        let timestamp = at / 1_000_000;
+        let secrets = Self::secrets(destination, at);
         let mut request = self
             .client
             .post(&destination.spec.url)
@@ -83,6 +174,7 @@ impl Sender {
             duration_ms: 0,
             response: None,
             retry_after: None,
+            acked: false,
         };
         match answered {
             Ok(mut response) => {

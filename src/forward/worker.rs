@@ -303,7 +303,7 @@ impl DestinationWorker {
                     let Ok((job, sent)) = done else { continue };
                     in_flight_seqs.remove(&job.seq);
                     unsaved.remove(&job.seq);
-                    let verdict = sent.status.map_or(Verdict::Failed, Verdict::of_status);
+                    let verdict = sent.verdict();
                     self.metrics.delivery(&id, verdict_name(&verdict), sent.duration_ms);
                     let attempts = job.attempts + 1;
                     let attempt = Attempt {
@@ -432,7 +432,12 @@ impl DestinationWorker {
         let destination = destination.clone();
         in_flight.spawn(async move {
             let sent = sender
-                .post(&destination, &change_id(&destination, job.seq), body)
+                .send(
+                    &destination,
+                    &job.kind,
+                    &change_id(&destination, job.seq),
+                    body,
+                )
                 .await;
             (job, sent)
         });

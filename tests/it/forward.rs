@@ -265,8 +265,17 @@ async fn until_received(
 
 /// The destination once its stats satisfy `done` (outcomes are saved a moment after the answers).
 async fn until_stats(server: &TestServer, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    until_stats_within(server, id, std::time::Duration::from_secs(10), done).await
+}
+
+async fn until_stats_within(
+    server: &TestServer,
+    id: &str,
+    within: std::time::Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let mut shown = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..within.as_millis() / 50 {
         shown = server.get(&format!("/api/destinations/{id}")).await.1;
         if done(&shown["stats"]) {
             return shown;
@@ -752,5 +761,113 @@ async fn simulated_traffic_reaches_two_destinations_one_failing_at_random(db) {
         }
     }
     server.stop().await;
+}
+}
+
+/// A JetStream stream of its own on the machine's NATS server (127.0.0.1:4222), taking the
+/// subjects under a prefix of its own; answers the context, the stream and the prefix.
+async fn jetstream_stream() -> (async_nats::jetstream::Context, String, String) {
+    let client = async_nats::connect("127.0.0.1:4222")
+        .await
+        .expect("these tests need NATS with JetStream on 127.0.0.1:4222 (nats-server -js)");
+    let context = async_nats::jetstream::new(client);
+    let prefix = format!("alohook_test_{:016x}", fastrand::u64(..));
+    let name = prefix.to_uppercase();
+    context
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            duplicate_window: std::time::Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .expect("making a JetStream stream");
+    (context, name, prefix)
+}
+
+crate::on_every_backend! {
+/// 10 000 changes and more forwarded to a JetStream stream: every one there once, on the subject
+/// of its type, with its webhook-id as Nats-Msg-Id and a signature that verifies; a republish
+/// of one (same Nats-Msg-Id) is dropped by JetStream as a duplicate.
+async fn changes_are_published_to_jetstream_once_each(db) {
+    let (context, name, prefix) = jetstream_stream().await;
+    let server = TestServer::start(&db).await;
+    let destination = create(&server, json!({"url": "nats://127.0.0.1:4222",
+        "subject": format!("{prefix}.{{type}}"), "ordering": "none", "max_in_flight": 64})).await;
+    assert_eq!(destination["subject"], format!("{prefix}.{{type}}"));
+    let (ok, report) = crate::sim::simulate(crate::sim::sim_args(&server.base, 6400,
+        &["--concurrency", "32"])).await;
+    assert!(ok, "{report:#}");
+    let changes = crate::feed::all_changes(&server, 0, "").await;
+    assert!(changes.len() >= 10_000, "{} changes", changes.len());
+    let id = destination["id"].as_str().unwrap();
+    let stats = until_stats_within(&server, id, std::time::Duration::from_secs(180),
+        |s| s["delivered"].as_u64() == Some(changes.len() as u64)).await;
+    assert_eq!(stats["stats"]["pending"], 0, "{stats}");
+    let mut stream = context.get_stream(&name).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, changes.len() as u64, "once each");
+
+    let verifier = standardwebhooks::Webhook::new(destination["secret"].as_str().unwrap()).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for n in 1..=changes.len() as u64 {
+        let message = stream.get_raw_message(n).await.unwrap();
+        let change: Value = serde_json::from_slice(&message.payload).unwrap();
+        let seq = change["seq"].as_i64().unwrap();
+        assert_eq!(message.subject.as_str(), format!("{prefix}.{}", change["type"].as_str().unwrap()));
+        let msg_id = message.headers.get("Nats-Msg-Id").unwrap().as_str().to_string();
+        let mut headers = axum::http::HeaderMap::new();
+        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            let value = message.headers.get(name).unwrap().as_str();
+            headers.insert(name, value.parse().unwrap());
+        }
+        assert_eq!(headers["webhook-id"].to_str().unwrap(), msg_id);
+        verifier.verify(&message.payload, &headers).expect("the signature verifies");
+        assert!(seen.insert(seq, msg_id).is_none(), "change {seq} twice");
+    }
+    let mut delivered: Vec<i64> = seen.keys().copied().collect();
+    delivered.sort();
+    let expected: Vec<i64> = changes.iter().map(|c| c["seq"].as_i64().unwrap()).collect();
+    assert_eq!(delivered, expected);
+
+    // A republish with the same Nats-Msg-Id (what a retry or a replay sends) is a duplicate.
+    let (seq, msg_id) = seen.iter().next().unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    let ack = context.publish_with_headers(format!("{prefix}.call.updated"), headers,
+        format!("{{\"seq\":{seq}}}").into()).await.unwrap().await.unwrap();
+    assert!(ack.duplicate);
+    assert_eq!(stream.info().await.unwrap().state.messages, changes.len() as u64);
+    server.stop().await;
+    context.delete_stream(&name).await.unwrap();
+}
+
+/// A NATS destination with no stream for its subject fails its attempts (JetStream has no
+/// responder), and delivers once the stream is there; a bad subject is a 400 naming it.
+async fn jetstream_without_a_stream_retries(db) {
+    let mut patient = settings(&db);
+    patient.retry_schedule = Some(vec!["300ms"; 30].join(","));
+    let server = TestServer::start_with(patient, None).await;
+    let (status, error) = send_json(&server, reqwest::Method::POST, "/api/destinations",
+        Some(json!({"url": "nats://127.0.0.1:4222", "subject": "a b.{type}"}))).await;
+    assert_eq!((status, error["parameter"].clone()), (StatusCode::BAD_REQUEST, json!("subject")));
+    let prefix = format!("alohook_test_{:016x}", fastrand::u64(..));
+    let destination = create(&server, json!({"url": "nats://127.0.0.1:4222",
+        "subject": format!("{prefix}.{{type}}")})).await;
+    let id = destination["id"].as_str().unwrap();
+    server.send(&missed("N1")).await;
+    let shown = until_stats(&server, id, |s| s["failed_attempts"].as_i64() >= Some(1)).await;
+    assert!(shown["stats"]["last_error"].as_str().is_some(), "{shown}");
+    let client = async_nats::connect("127.0.0.1:4222").await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    let name = prefix.to_uppercase();
+    context.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(), subjects: vec![format!("{prefix}.>")], ..Default::default()
+    }).await.unwrap();
+    let changes = crate::feed::all_changes(&server, 0, "").await.len();
+    until_stats(&server, id, |s| s["delivered"].as_u64() == Some(changes as u64)).await;
+    let mut stream = context.get_stream(&name).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, changes as u64);
+    server.stop().await;
+    context.delete_stream(&name).await.unwrap();
 }
 }
