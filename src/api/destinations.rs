@@ -247,3 +247,36 @@ pub async fn ping(
         "response": sent.response,
     })))
 }
+
+/// `POST /api/destinations/{id}/replay`: queues again every change a flat filter matches (of
+/// those the destination receives), as a background job: 202 with the job's id and the count.
+pub async fn replay(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let destination = find(&state, &destination_id(path)?).await?;
+    let filter = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        json_body(&body)?
+    };
+    let scope = crate::forward::replay::scope(&destination, &filter, &state.tz).map_err(field)?;
+    let job = crate::forward::replay::start(state.store.clone(), &destination, scope).await?;
+    tracing::info!(destination = %destination.id, job = %job.id, matched = job.matched, "replay started");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "job_id": job.id, "matched": job.matched })),
+    )
+        .into_response())
+}
+
+/// `GET /api/jobs/{id}`: how a background job (a replay) is going.
+pub async fn job(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = destination_id(path)?;
+    let job = state.store.job(&id).await?.ok_or(ApiError::NotFound)?;
+    Ok(Json(crate::forward::replay::view(&job, now_micros())))
+}

@@ -82,6 +82,8 @@ pub fn app(state: AppState) -> Router {
             post(destinations::rotate_secret),
         )
         .route("/destinations/{id}/ping", post(destinations::ping))
+        .route("/destinations/{id}/replay", post(destinations::replay))
+        .route("/jobs/{id}", get(destinations::job))
         .route("/deliveries", get(deliveries::list))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -312,7 +312,7 @@ fn parse_start(value: &Value) -> Result<Start, String> {
     }
 }
 
-fn parse_types(value: &Value) -> Result<Vec<String>, FieldError> {
+pub(crate) fn parse_types(value: &Value) -> Result<Vec<String>, FieldError> {
     let items = value
         .as_array()
         .ok_or_else(|| bad("types", "must be a list of change types"))?;
@@ -340,7 +340,7 @@ fn parse_types(value: &Value) -> Result<Vec<String>, FieldError> {
     Ok(types)
 }
 
-fn parse_filter(value: &Value) -> Result<BTreeMap<String, String>, FieldError> {
+pub(crate) fn parse_filter(value: &Value) -> Result<BTreeMap<String, String>, FieldError> {
     let object = match value {
         Value::Null => return Ok(BTreeMap::new()),
         Value::Object(o) => o,

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod destination;
 pub mod nats;
+pub mod replay;
 pub mod retry;
 pub mod send;
 pub mod sign;

@@ -283,8 +283,12 @@ impl DestinationWorker {
                     let held = self.control.borrow().clone();
                     match (changed, held) {
                         (Ok(()), Some(now)) => {
-                            if now.spec != destination.spec || now.cursor < destination.cursor {
-                                // Another filter or ordering: start over from what is saved.
+                            if now.spec != destination.spec
+                                || now.cursor < destination.cursor
+                                || now.updated_at != destination.updated_at
+                            {
+                                // Another filter or ordering, or deliveries queued again (a
+                                // replay): start over from what is saved.
                                 self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
                                 return Ok(());
                             }

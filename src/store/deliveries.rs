@@ -144,6 +144,30 @@ pub trait Deliveries: Send + Sync + 'static {
         until: i64,
     ) -> Result<bool, StoreError>;
 
+    /// How many changes up to `upto` a replay to the destination matches.
+    async fn replay_matches(
+        &self,
+        destination_id: &str,
+        scope: &ReplayScope,
+        upto: i64,
+    ) -> Result<i64, StoreError>;
+
+    /// Queues again the changes a replay matches after `after` and up to `upto` (see
+    /// [`replay_queue_query`]), in one transaction that also lets the calls' first held changes
+    /// go and marks the destination changed; answers how many were queued.
+    async fn queue_replay(
+        &self,
+        destination_id: &str,
+        scope: &ReplayScope,
+        after: i64,
+        upto: i64,
+        per_call: bool,
+    ) -> Result<i64, StoreError>;
+
+    async fn save_job(&self, job: &Job) -> Result<(), StoreError>;
+
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
+
     /// Deliveries matching `filter`, newest first, with ids below `before`, each with its
     /// attempts.
     async fn deliveries(
@@ -265,4 +289,158 @@ pub fn attempts_query(count: usize) -> String {
          ORDER BY delivery_id, at",
         vec!["?"; count.max(1)].join(", ")
     )
+}
+
+/// Which changes a replay queues again for a destination (every term must hold).
+#[derive(Debug, Clone, Default)]
+pub struct ReplayScope {
+    /// Filters on the change and the call it carries: the destination's own, and the replay's.
+    pub filters: Vec<crate::model::change::ChangeFilter>,
+    /// Bounds on the change's `received_at`, Unix microseconds, both included.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Only changes whose delivery to the destination is dead.
+    pub dead_only: bool,
+}
+
+fn replay_terms(destination_id: &str, scope: &ReplayScope) -> (Vec<String>, Vec<super::Column>) {
+    use super::Column;
+    let mut terms = Vec::new();
+    let mut args = Vec::new();
+    for filter in &scope.filters {
+        let (t, a) = super::change_filter_terms(filter);
+        terms.extend(t);
+        args.extend(a);
+    }
+    if let Some(from) = scope.from {
+        terms.push("received_at >= ?".into());
+        args.push(Column::Integer(Some(from)));
+    }
+    if let Some(to) = scope.to {
+        terms.push("received_at <= ?".into());
+        args.push(Column::Integer(Some(to)));
+    }
+    if scope.dead_only {
+        terms.push(
+            "seq IN (SELECT seq FROM deliveries WHERE destination_id = ? AND state = 'dead')"
+                .into(),
+        );
+        args.push(Column::Text(Some(destination_id.to_string())));
+    }
+    (terms, args)
+}
+
+/// How many changes up to `upto` a replay matches.
+pub fn replay_count_query(
+    destination_id: &str,
+    scope: &ReplayScope,
+    upto: i64,
+) -> super::Statement {
+    let (mut terms, mut args) = replay_terms(destination_id, scope);
+    terms.insert(0, "seq <= ?".into());
+    args.insert(0, super::Column::Integer(Some(upto)));
+    super::Statement {
+        sql: format!("SELECT count(*) FROM changes WHERE {}", terms.join(" AND ")),
+        args,
+    }
+}
+
+/// Queues the matching changes after `after` and up to `upto` again: each delivery pending
+/// with no attempt counted against its schedule (its past attempts stay listed), due at `now`,
+/// or, with `per_call` ordering, held behind its call's earlier changes until
+/// [`RELEASE_HEADS`] lets the first one go.
+pub fn replay_queue_query(
+    destination_id: &str,
+    scope: &ReplayScope,
+    after: i64,
+    upto: i64,
+    per_call: bool,
+    now: i64,
+) -> super::Statement {
+    use super::Column;
+    let (terms, filter_args) = replay_terms(destination_id, scope);
+    let due = if per_call {
+        "CASE WHEN call_id IS NULL THEN CAST(? AS BIGINT) ELSE NULL END"
+    } else {
+        "?"
+    };
+    let mut args = vec![
+        Column::Text(Some(destination_id.to_string())),
+        Column::Integer(Some(now)),
+        Column::Integer(Some(now)),
+        Column::Integer(Some(now)),
+        Column::Integer(Some(after)),
+        Column::Integer(Some(upto)),
+    ];
+    args.extend(filter_args);
+    let mut sql = format!(
+        "INSERT INTO deliveries (destination_id, seq, type, call_id, state, attempts, \
+         next_attempt_at, created_at, updated_at) \
+         SELECT ?, seq, type, call_id, 'pending', 0, {due}, ?, ? FROM changes \
+         WHERE seq > ? AND seq <= ?"
+    );
+    for term in terms {
+        sql.push_str(" AND ");
+        sql.push_str(&term);
+    }
+    sql.push_str(
+        " ON CONFLICT (destination_id, seq) DO UPDATE SET state = 'pending', attempts = 0, \
+         next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at",
+    );
+    super::Statement { sql, args }
+}
+
+/// Lets the first held change of each call go (due at the time given), where no other change
+/// of the call is pending ahead of it: the time, the destination.
+pub const RELEASE_HEADS: &str = "UPDATE deliveries SET next_attempt_at = ? \
+    WHERE destination_id = ? AND state = 'pending' AND next_attempt_at IS NULL \
+    AND call_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM deliveries e \
+    WHERE e.destination_id = deliveries.destination_id AND e.call_id = deliveries.call_id \
+    AND e.state = 'pending' AND (e.next_attempt_at IS NOT NULL OR e.seq < deliveries.seq))";
+
+/// Marks a destination changed (its delivery task starts over from what is stored): the time,
+/// the destination.
+pub const TOUCH_DESTINATION: &str = "UPDATE destinations SET updated_at = ? WHERE id = ?";
+
+/// A background job (a replay), as stored so that any instance can answer for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    pub destination_id: Option<String>,
+    /// running, done or failed.
+    pub state: String,
+    pub matched: i64,
+    pub queued: i64,
+    pub error: Option<String>,
+    /// Unix microseconds.
+    pub created_at: i64,
+    /// Unix microseconds: a running job writes at least this often (see [`JOB_HEARTBEAT`]).
+    pub updated_at: i64,
+}
+
+/// How often a running job writes its progress, at least: one not written for three times
+/// that has stopped with the instance that ran it.
+pub const JOB_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub const JOB_COLUMNS: &str =
+    "id, kind, destination_id, state, matched, queued, error, created_at, updated_at";
+
+pub const SAVE_JOB: &str = "INSERT INTO jobs (id, kind, destination_id, state, matched, queued, \
+    error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    ON CONFLICT (id) DO UPDATE SET state = excluded.state, matched = excluded.matched, \
+    queued = excluded.queued, error = excluded.error, updated_at = excluded.updated_at";
+
+pub fn read_job_row(row: &impl RowColumns) -> Result<Job, StoreError> {
+    Ok(Job {
+        id: row.required_text(0)?,
+        kind: row.required_text(1)?,
+        destination_id: row.text(2)?,
+        state: row.required_text(3)?,
+        matched: row.required_integer(4)?,
+        queued: row.required_integer(5)?,
+        error: row.text(6)?,
+        created_at: row.required_integer(7)?,
+        updated_at: row.required_integer(8)?,
+    })
 }

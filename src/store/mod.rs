@@ -490,7 +490,7 @@ pub fn describe_failure(status: Option<i64>, error: Option<String>) -> String {
 }
 
 /// The terms of a change filter against the `changes` table: SQL with `?` and the arguments.
-fn change_filter_terms(filter: &ChangeFilter) -> (Vec<String>, Vec<Column>) {
+pub(crate) fn change_filter_terms(filter: &ChangeFilter) -> (Vec<String>, Vec<Column>) {
     let mut terms = Vec::new();
     let mut args = Vec::new();
     if let Some(types) = &filter.types {

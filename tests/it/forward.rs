@@ -871,3 +871,168 @@ async fn jetstream_without_a_stream_retries(db) {
     context.delete_stream(&name).await.unwrap();
 }
 }
+
+/// A receiver on loopback that answers each request with `answer(body)`; what it was sent, as
+/// (webhook-id, seq, status), in order.
+async fn body_receiver(
+    answer: impl Fn(&str) -> u16 + Send + Sync + 'static,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, i64, u16)>>>,
+) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let state = received.clone();
+    let answer = std::sync::Arc::new(answer);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let (state, answer) = (state.clone(), answer.clone());
+            async move {
+                let status = answer(&body);
+                let seq = serde_json::from_str::<Value>(&body).unwrap()["seq"]
+                    .as_i64()
+                    .unwrap();
+                let id = headers["webhook-id"].to_str().unwrap().to_string();
+                state.lock().unwrap().push((id, seq, status));
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+/// The job once it is no longer running.
+async fn until_job_done(server: &TestServer, id: &str) -> Value {
+    for _ in 0..400 {
+        let (status, job) = server.get(&format!("/api/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        if job["state"] != "running" {
+            return job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the job {id} did not end within 20 s");
+}
+
+async fn replay(server: &TestServer, destination: &str, filter: Value) -> (StatusCode, Value) {
+    send_json(
+        server,
+        reqwest::Method::POST,
+        &format!("/api/destinations/{destination}/replay"),
+        Some(filter),
+    )
+    .await
+}
+
+crate::on_every_backend! {
+/// Replay queues again every change its filter matches, as a job: the dead ones once the
+/// receiver is back, or every missed call's changes; each keeps its webhook-id, per-call order
+/// holds where asked, and bad fields are named.
+async fn replay_queues_every_match_again(db) {
+    let server = TestServer::start_with(fast_retries(&db), None).await;
+    let healed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = healed.clone();
+    let (url, received) = body_receiver(move |body| {
+        if body.contains("\"R-dead") && !flag.load(std::sync::atomic::Ordering::SeqCst) { 500 } else { 200 }
+    }).await;
+    let (ordered_url, ordered) = body_receiver(|_| 200).await;
+    let destination = create(&server, json!({"url": url, "ordering": "none"})).await;
+    let id = destination["id"].as_str().unwrap().to_string();
+    let ordered_destination = create(&server, json!({"url": ordered_url})).await;
+    let ordered_id = ordered_destination["id"].as_str().unwrap().to_string();
+    for i in 0..4 {
+        server.send(&missed(&format!("R-ok-{i}"))).await;
+        server.send(&json!({"call_id": format!("R-ok-{i}"), "call_status": "answered"})).await;
+    }
+    for i in 0..2 {
+        server.send(&missed(&format!("R-dead-{i}"))).await;
+    }
+    let changes = crate::feed::all_changes(&server, 0, "").await;
+    let dead: Vec<i64> = changes.iter()
+        .filter(|c| c["call"]["call_id"].as_str().unwrap_or("").starts_with("R-dead"))
+        .map(|c| c["seq"].as_i64().unwrap()).collect();
+    assert_eq!(dead.len(), 2);
+    let total = changes.len() as i64;
+    until_stats(&server, &id, |s| s["dead"] == json!(2) && s["delivered"] == json!(total - 2)).await;
+    until_stats(&server, &ordered_id, |s| s["delivered"] == json!(total)).await;
+    let first_ids: std::collections::HashMap<i64, String> = received.lock().unwrap().iter()
+        .map(|(id, seq, _)| (*seq, id.clone())).collect();
+
+    // The dead ones, now that the receiver takes them.
+    healed.store(true, std::sync::atomic::Ordering::SeqCst);
+    received.lock().unwrap().clear();
+    let (status, started) = replay(&server, &id, json!({"state": "dead"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["matched"], 2);
+    let job = until_job_done(&server, started["job_id"].as_str().unwrap()).await;
+    assert_eq!((job["state"].clone(), job["matched"].clone(), job["queued"].clone()),
+        (json!("done"), json!(2), json!(2)), "{job}");
+    until_stats(&server, &id, |s| s["dead"] == json!(0) && s["delivered"] == json!(total)).await;
+    let mut again: Vec<(String, i64, u16)> = received.lock().unwrap().clone();
+    again.sort_by_key(|r| r.1);
+    assert_eq!(again.iter().map(|r| r.1).collect::<Vec<_>>(), dead);
+    for (webhook_id, seq, status) in &again {
+        assert_eq!((webhook_id, *status), (&first_ids[seq], 200), "the same webhook-id");
+    }
+
+    // Every change of a missed call, all of them (not a page).
+    received.lock().unwrap().clear();
+    let missed_changes = crate::feed::all_changes(&server, 0, "&status=missed").await;
+    let (status, started) = replay(&server, &id, json!({"status": "missed", "from": "2000-01-01"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["matched"], missed_changes.len());
+    let job = until_job_done(&server, started["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "done", "{job}");
+    until_stats(&server, &id, |s| s["pending"] == json!(0)).await;
+    let mut got: Vec<i64> = received.lock().unwrap().iter().map(|r| r.1).collect();
+    got.sort();
+    let want: Vec<i64> = missed_changes.iter().map(|c| c["seq"].as_i64().unwrap()).collect();
+    assert_eq!(got, want);
+    let (_, none) = replay(&server, &id, json!({"from": "2000-01-01", "to": "2000-01-02"})).await;
+    assert_eq!(none["matched"], 0);
+
+    // Everything again to a per-call destination: each call's changes in order.
+    ordered.lock().unwrap().clear();
+    let (_, started) = replay(&server, &ordered_id, json!({})).await;
+    assert_eq!(started["matched"], total);
+    let job = until_job_done(&server, started["job_id"].as_str().unwrap()).await;
+    assert_eq!((job["state"].clone(), job["queued"].clone()), (json!("done"), json!(total)), "{job}");
+    for _ in 0..200 {
+        if ordered.lock().unwrap().len() as i64 >= total { break; }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sent: Vec<i64> = ordered.lock().unwrap().iter().map(|r| r.1).collect();
+    assert_eq!(sent.len() as i64, total, "{sent:?}");
+    let call_of: std::collections::HashMap<i64, String> = changes.iter()
+        .map(|c| (c["seq"].as_i64().unwrap(), c["call"]["call_id"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let mut per_call: std::collections::HashMap<&str, Vec<i64>> = Default::default();
+    for seq in &sent {
+        per_call.entry(call_of[seq].as_str()).or_default().push(*seq);
+    }
+    for (call, seqs) in per_call {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{call}: {seqs:?}");
+    }
+
+    for (filter, parameter) in [
+        (json!({"colour": "red"}), "colour"),
+        (json!({"state": "pending"}), "state"),
+        (json!({"from": "yesterday"}), "from"),
+        (json!({"types": ["call.bogus"]}), "types"),
+        (json!({"direction": "sideways"}), "direction"),
+        (json!([1]), "body"),
+    ] {
+        let (status, error) = replay(&server, &id, filter.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{filter}");
+        assert_eq!(error["parameter"], parameter, "{filter}: {error}");
+    }
+    let (status, _) = replay(&server, "dst_nope", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, error) = server.get("/api/jobs/job_nope").await;
+    assert_eq!((status, error["error"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+    server.stop().await;
+}
+}

@@ -409,6 +409,32 @@ impl Deliveries for FlakyStore {
             .delivered_positions(destination_id, from, to)
             .await
     }
+    async fn replay_matches(
+        &self,
+        destination_id: &str,
+        scope: &alohook::store::deliveries::ReplayScope,
+        upto: i64,
+    ) -> Result<i64, StoreError> {
+        self.inner.replay_matches(destination_id, scope, upto).await
+    }
+    async fn queue_replay(
+        &self,
+        destination_id: &str,
+        scope: &alohook::store::deliveries::ReplayScope,
+        after: i64,
+        upto: i64,
+        per_call: bool,
+    ) -> Result<i64, StoreError> {
+        self.inner
+            .queue_replay(destination_id, scope, after, upto, per_call)
+            .await
+    }
+    async fn save_job(&self, job: &alohook::store::deliveries::Job) -> Result<(), StoreError> {
+        self.inner.save_job(job).await
+    }
+    async fn job(&self, id: &str) -> Result<Option<alohook::store::deliveries::Job>, StoreError> {
+        self.inner.job(id).await
+    }
     async fn lease_destination(
         &self,
         destination_id: &str,

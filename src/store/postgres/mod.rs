@@ -1011,6 +1011,93 @@ impl Deliveries for PgStore {
         .await
     }
 
+    async fn replay_matches(
+        &self,
+        destination_id: &str,
+        scope: &deliveries::ReplayScope,
+        upto: i64,
+    ) -> Result<i64, StoreError> {
+        let query = deliveries::replay_count_query(destination_id, scope, upto);
+        let sql = numbered(&query.sql);
+        self.read(async |client| {
+            let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
+            Ok(client.query_one(&sql, &params).await?.get(0))
+        })
+        .await
+    }
+
+    async fn queue_replay(
+        &self,
+        destination_id: &str,
+        scope: &deliveries::ReplayScope,
+        after: i64,
+        upto: i64,
+        per_call: bool,
+    ) -> Result<i64, StoreError> {
+        let now = crate::model::time::now_micros();
+        let query =
+            deliveries::replay_queue_query(destination_id, scope, after, upto, per_call, now);
+        let sql = numbered(&query.sql);
+        self.transaction(async |client| {
+            let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
+            let queued = client.execute(&sql, &params).await?;
+            if per_call {
+                client
+                    .execute(
+                        &numbered(deliveries::RELEASE_HEADS),
+                        &[&now, &destination_id],
+                    )
+                    .await?;
+            }
+            client
+                .execute(
+                    &numbered(deliveries::TOUCH_DESTINATION),
+                    &[&now, &destination_id],
+                )
+                .await?;
+            Ok(queued as i64)
+        })
+        .await
+    }
+
+    async fn save_job(&self, job: &deliveries::Job) -> Result<(), StoreError> {
+        self.read(async |client| {
+            client
+                .execute(
+                    &numbered(deliveries::SAVE_JOB),
+                    &[
+                        &job.id,
+                        &job.kind,
+                        &job.destination_id,
+                        &job.state,
+                        &job.matched,
+                        &job.queued,
+                        &job.error,
+                        &job.created_at,
+                        &job.updated_at,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<deliveries::Job>, StoreError> {
+        let sql = numbered(&format!(
+            "SELECT {} FROM jobs WHERE id = ?",
+            deliveries::JOB_COLUMNS
+        ));
+        self.read(async |client| {
+            client
+                .query_opt(&sql, &[&id])
+                .await?
+                .map(|row| deliveries::read_job_row(&row))
+                .transpose()
+        })
+        .await
+    }
+
     async fn lease_destination(
         &self,
         destination_id: &str,

@@ -1013,6 +1013,90 @@ impl Deliveries for SqliteStore {
         .await
     }
 
+    async fn replay_matches(
+        &self,
+        destination_id: &str,
+        scope: &deliveries::ReplayScope,
+        upto: i64,
+    ) -> Result<i64, StoreError> {
+        let query = deliveries::replay_count_query(destination_id, scope, upto);
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                Ok(conn.prepare_cached(&query.sql)?.query_row(
+                    params_from_iter(query.args.into_iter().map(sql_value)),
+                    |r| r.get(0),
+                )?)
+            })
+        })
+        .await
+    }
+
+    async fn queue_replay(
+        &self,
+        destination_id: &str,
+        scope: &deliveries::ReplayScope,
+        after: i64,
+        upto: i64,
+        per_call: bool,
+    ) -> Result<i64, StoreError> {
+        let now = crate::model::time::now_micros();
+        let query =
+            deliveries::replay_queue_query(destination_id, scope, after, upto, per_call, now);
+        let destination_id = destination_id.to_string();
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                let queued = tx
+                    .prepare_cached(&query.sql)?
+                    .execute(params_from_iter(query.args.into_iter().map(sql_value)))?;
+                if per_call {
+                    tx.prepare_cached(deliveries::RELEASE_HEADS)?
+                        .execute(params![now, destination_id])?;
+                }
+                tx.prepare_cached(deliveries::TOUCH_DESTINATION)?
+                    .execute(params![now, destination_id])?;
+                Ok(queued as i64)
+            })
+        })
+        .await
+    }
+
+    async fn save_job(&self, job: &deliveries::Job) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                tx.prepare_cached(deliveries::SAVE_JOB)?.execute(params![
+                    job.id,
+                    job.kind,
+                    job.destination_id,
+                    job.state,
+                    job.matched,
+                    job.queued,
+                    job.error,
+                    job.created_at,
+                    job.updated_at
+                ])?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<deliveries::Job>, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                Ok(query_rows(
+                    conn,
+                    &format!("SELECT {} FROM jobs WHERE id = ?", deliveries::JOB_COLUMNS),
+                    params![id],
+                    |row| deliveries::read_job_row(row),
+                )?
+                .pop())
+            })
+        })
+        .await
+    }
+
     async fn lease_destination(
         &self,
         destination_id: &str,

@@ -46,3 +46,16 @@ CREATE TABLE delivery_attempts (
     response    TEXT                -- the first KiB of the answer
 );
 CREATE INDEX delivery_attempts_by_delivery ON delivery_attempts (delivery_id, at);
+
+-- Background jobs (replays), so that any instance can say how one is going.
+CREATE TABLE jobs (
+    id             TEXT    PRIMARY KEY,
+    kind           TEXT    NOT NULL,   -- replay
+    destination_id TEXT,
+    state          TEXT    NOT NULL,   -- running, done, failed
+    matched        BIGINT  NOT NULL,
+    queued         BIGINT  NOT NULL,
+    error          TEXT,
+    created_at     BIGINT  NOT NULL,   -- Unix microseconds
+    updated_at     BIGINT  NOT NULL    -- a running job writes at least every 10 s
+);
