@@ -56,6 +56,11 @@ pub struct Metrics {
     pub delivery_attempt_seconds: Histogram,
     /// Deliveries given up after their last attempt, by destination.
     pub delivery_dead: Family<DestinationLabels, Counter>,
+    /// Changes waiting for delivery, by destination (refreshed every few seconds).
+    pub delivery_pending: Family<DestinationLabels, Gauge>,
+    /// How long the oldest change waiting for delivery has waited, by destination: what to
+    /// alert on.
+    pub delivery_oldest_pending_seconds: Family<DestinationLabels, Gauge>,
 }
 
 impl Metrics {
@@ -75,6 +80,18 @@ impl Metrics {
         let deliveries = Family::<DeliveryLabels, Counter>::default();
         let delivery_attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let delivery_dead = Family::<DestinationLabels, Counter>::default();
+        let delivery_pending = Family::<DestinationLabels, Gauge>::default();
+        let delivery_oldest_pending_seconds = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "delivery_pending",
+            "Changes waiting for delivery (attempts due, or not handed to the destination yet)",
+            delivery_pending.clone(),
+        );
+        registry.register(
+            "delivery_oldest_pending_seconds",
+            "How long the oldest change waiting for delivery has waited since it was received",
+            delivery_oldest_pending_seconds.clone(),
+        );
         registry.register(
             "deliveries",
             "Delivery attempts, by destination and outcome",
@@ -157,6 +174,8 @@ impl Metrics {
             deliveries,
             delivery_attempt_seconds,
             delivery_dead,
+            delivery_pending,
+            delivery_oldest_pending_seconds,
         }
     }
 
@@ -186,6 +205,25 @@ impl Metrics {
                 destination: destination.to_string(),
             })
             .inc();
+    }
+
+    /// Sets the backlog gauges of a destination; `None` removes them (it is gone).
+    pub fn delivery_backlog(&self, destination: &str, backlog: Option<(i64, i64)>) {
+        let labels = DestinationLabels {
+            destination: destination.to_string(),
+        };
+        match backlog {
+            Some((pending, oldest_seconds)) => {
+                self.delivery_pending.get_or_create(&labels).set(pending);
+                self.delivery_oldest_pending_seconds
+                    .get_or_create(&labels)
+                    .set(oldest_seconds);
+            }
+            None => {
+                self.delivery_pending.remove(&labels);
+                self.delivery_oldest_pending_seconds.remove(&labels);
+            }
+        }
     }
 
     pub fn observe_ack(&self, elapsed: Duration) {

@@ -50,7 +50,67 @@ pub fn start(
     schedule: Schedule,
     stopping: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(backlog_gauges(
+        store.clone(),
+        metrics.clone(),
+        stopping.clone(),
+    ));
     tokio::spawn(manage(store, feed, metrics, schedule, stopping))
+}
+
+/// How often the backlog gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps `alohook_delivery_pending` and `alohook_delivery_oldest_pending_seconds` up to date for
+/// every destination (every instance reports the same figures, read from the shared store).
+async fn backlog_gauges(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(GAUGES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown: HashSet<String> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let Ok(destinations) = store.destinations().await else {
+            continue;
+        };
+        let mut now_shown = HashSet::new();
+        for destination in destinations {
+            match backlog(store.as_ref(), &destination).await {
+                Ok((pending, oldest)) => {
+                    let age = oldest.map_or(0, |at| ((now_micros() - at) / 1_000_000).max(0));
+                    metrics.delivery_backlog(&destination.id, Some((pending, age)));
+                    now_shown.insert(destination.id);
+                }
+                Err(error) => {
+                    tracing::debug!(destination = %destination.id, %error, "cannot read a destination's backlog");
+                }
+            }
+        }
+        for gone in shown.difference(&now_shown) {
+            metrics.delivery_backlog(gone, None);
+        }
+        shown = now_shown;
+    }
+}
+
+/// What waits for a destination: its pending deliveries and the matching changes after its
+/// cursor; and when the oldest of them was received (Unix microseconds).
+pub async fn backlog(
+    store: &dyn Store,
+    destination: &StoredDestination,
+) -> Result<(i64, Option<i64>), StoreError> {
+    let (pending, oldest_pending) = store.pending_deliveries(&destination.id).await?;
+    let (waiting, oldest_waiting) = store
+        .count_changes(destination.cursor, &destination.spec.change_filter())
+        .await?;
+    let oldest = [oldest_pending, oldest_waiting].into_iter().flatten().min();
+    Ok((pending + waiting, oldest))
 }
 
 /// What a running destination task is told: stop, or here is the destination as it is now.

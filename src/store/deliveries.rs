@@ -166,6 +166,13 @@ pub trait Deliveries: Send + Sync + 'static {
 
     async fn save_job(&self, job: &Job) -> Result<(), StoreError>;
 
+    /// How many deliveries of a destination are pending, and when the change of the oldest of
+    /// them was received (Unix microseconds): cheap, for the gauges.
+    async fn pending_deliveries(
+        &self,
+        destination_id: &str,
+    ) -> Result<(i64, Option<i64>), StoreError>;
+
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
 
     /// Deliveries matching `filter`, newest first, with ids below `before`, each with its
@@ -444,3 +451,7 @@ pub fn read_job_row(row: &impl RowColumns) -> Result<Job, StoreError> {
         updated_at: row.required_integer(8)?,
     })
 }
+
+/// The pending deliveries of a destination: their count, and the oldest one's receipt time.
+pub const PENDING_DELIVERIES: &str = "SELECT count(*), min(c.received_at) FROM deliveries d \
+    LEFT JOIN changes c ON c.seq = d.seq WHERE d.destination_id = ? AND d.state = 'pending'";

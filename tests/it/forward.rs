@@ -1036,3 +1036,50 @@ async fn replay_queues_every_match_again(db) {
     server.stop().await;
 }
 }
+
+/// The line of a metric with the destination's label, if /metrics has one.
+fn metric_line(metrics: &str, name: &str, destination: &str) -> Option<f64> {
+    let prefix = format!("{name}{{destination=\"{destination}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+crate::on_every_backend! {
+/// A destination that is down shows on /metrics: its failed attempts, its backlog and the age
+/// of its oldest pending change (what operators alert on); once it is removed, its gauges go.
+async fn a_down_destination_shows_on_the_metrics(db) {
+    let server = TestServer::start(&db).await;
+    let destination = create(&server, json!({"url": "http://127.0.0.1:9/hook"})).await;
+    let id = destination["id"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        server.send(&missed(&format!("M{i}"))).await;
+    }
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        metrics = server.metrics().await;
+        if metric_line(&metrics, "alohook_delivery_pending", &id) == Some(3.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric_line(&metrics, "alohook_delivery_pending", &id), Some(3.0), "{metrics}");
+    assert!(metric_line(&metrics, "alohook_delivery_oldest_pending_seconds", &id).unwrap() >= 0.0);
+    assert!(metrics.contains(&format!(
+        "alohook_deliveries_total{{destination=\"{id}\",outcome=\"failed\"}}")), "{metrics}");
+    assert!(metrics.contains("alohook_delivery_attempt_seconds_count"), "{metrics}");
+    let (status, _) = send_json(&server, reqwest::Method::DELETE,
+        &format!("/api/destinations/{id}"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for _ in 0..300 {
+        metrics = server.metrics().await;
+        if metric_line(&metrics, "alohook_delivery_pending", &id).is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric_line(&metrics, "alohook_delivery_oldest_pending_seconds", &id), None, "{metrics}");
+    server.stop().await;
+}
+}

@@ -429,6 +429,12 @@ impl Deliveries for FlakyStore {
             .queue_replay(destination_id, scope, after, upto, per_call)
             .await
     }
+    async fn pending_deliveries(
+        &self,
+        destination_id: &str,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        self.inner.pending_deliveries(destination_id).await
+    }
     async fn save_job(&self, job: &alohook::store::deliveries::Job) -> Result<(), StoreError> {
         self.inner.save_job(job).await
     }

@@ -1060,6 +1060,22 @@ impl Deliveries for PgStore {
         .await
     }
 
+    async fn pending_deliveries(
+        &self,
+        destination_id: &str,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        self.read(async |client| {
+            let row = client
+                .query_one(
+                    &numbered(deliveries::PENDING_DELIVERIES),
+                    &[&destination_id],
+                )
+                .await?;
+            Ok((row.get(0), row.get(1)))
+        })
+        .await
+    }
+
     async fn save_job(&self, job: &deliveries::Job) -> Result<(), StoreError> {
         self.read(async |client| {
             client

@@ -1060,6 +1060,21 @@ impl Deliveries for SqliteStore {
         .await
     }
 
+    async fn pending_deliveries(
+        &self,
+        destination_id: &str,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        let destination_id = destination_id.to_string();
+        self.blocking(move |inner| {
+            inner.with_reader(|conn| {
+                Ok(conn
+                    .prepare_cached(deliveries::PENDING_DELIVERIES)?
+                    .query_row([&destination_id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+            })
+        })
+        .await
+    }
+
     async fn save_job(&self, job: &deliveries::Job) -> Result<(), StoreError> {
         let job = job.clone();
         self.blocking(move |inner| {
