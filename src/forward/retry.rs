@@ -211,4 +211,49 @@ mod tests {
             assert_eq!(Verdict::of_status(failed), Verdict::Failed, "{failed}");
         }
     }
+
+    /// A delivery that always fails, driven through the whole default schedule on tokio's
+    /// paused clock (no real waiting): the attempts come at 0, 5 s, 5 min 5 s, … within the
+    /// jitter, a Retry-After of an hour holds the second attempt back an hour, and after the
+    /// tenth attempt (about three days on) nothing is tried: dead.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_delivery_walks_the_schedule_on_a_paused_clock() {
+        let schedule = Schedule::default();
+        for (jitter, retry_after) in [(0.0, None), (1.0, None), (-1.0, None), (0.0, Some(3600))] {
+            let start = tokio::time::Instant::now();
+            let mut attempts_at = Vec::new();
+            let mut attempts = 0;
+            loop {
+                attempts_at.push(start.elapsed());
+                attempts += 1;
+                let asked = if attempts == 1 {
+                    retry_after.map(Duration::from_secs)
+                } else {
+                    None
+                };
+                match schedule.next_wait(attempts, jitter, asked) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => break,
+                }
+            }
+            assert_eq!(attempts_at.len(), 10, "the first attempt and nine retries");
+            let mut expected = Duration::ZERO;
+            for (n, at) in attempts_at.iter().enumerate().skip(1) {
+                let base = schedule.0[n - 1].mul_f64(1.0 + 0.2 * jitter);
+                let wait = if n == 1 && retry_after.is_some() {
+                    base.max(Duration::from_secs(3600))
+                } else {
+                    base
+                };
+                expected += wait;
+                let drift = at.abs_diff(expected);
+                assert!(
+                    drift < Duration::from_millis(10),
+                    "attempt {n}: {at:?} vs {expected:?}"
+                );
+            }
+            let days = attempts_at[9].as_secs_f64() / 86_400.0;
+            assert!((2.5..3.8).contains(&days), "dead after {days:.2} days");
+        }
+    }
 }

@@ -1083,3 +1083,74 @@ async fn a_down_destination_shows_on_the_metrics(db) {
     server.stop().await;
 }
 }
+
+crate::on_every_backend! {
+/// Each kind of failure is a failed attempt, tried again with the same webhook-id: a 429 whose
+/// Retry-After holds the next attempt back, a redirect (not followed), no answer within the
+/// destination's time limit, a refused connection; then a 200 delivers.
+async fn each_kind_of_failure_is_retried(db) {
+    use axum::response::IntoResponse;
+    let server = TestServer::start_with(fast_retries(&db), None).await;
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>> = Default::default();
+    let state = seen.clone();
+    let followed = seen.clone();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let state = state.clone();
+            async move {
+                let n = {
+                    let mut seen = state.lock().unwrap();
+                    seen.push((std::time::Instant::now(), headers["webhook-id"].to_str().unwrap().to_string()));
+                    seen.len()
+                };
+                match n {
+                    1 => (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")]).into_response(),
+                    2 => (axum::http::StatusCode::FOUND, [("location", "/elsewhere")]).into_response(),
+                    3 => {
+                        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                        axum::http::StatusCode::OK.into_response()
+                    }
+                    _ => axum::http::StatusCode::OK.into_response(),
+                }
+            }
+        }))
+        .route("/elsewhere", axum::routing::any(move || {
+            followed.lock().unwrap().push((std::time::Instant::now(), "a redirect followed".into()));
+            async { axum::http::StatusCode::OK }
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let created = create(&server, json!({"url": url, "timeout_seconds": 1})).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let refused = create(&server, json!({"url": "http://127.0.0.1:9/hook"})).await;
+    let refused_id = refused["id"].as_str().unwrap().to_string();
+    server.send(&missed("F1")).await;
+    until_stats_within(&server, &id, std::time::Duration::from_secs(20),
+        |s| s["delivered"] == json!(1)).await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.iter().all(|(_, webhook_id)| *webhook_id == seen[0].1), "one webhook-id");
+    let held_back = seen[1].0 - seen[0].0;
+    assert!(held_back >= std::time::Duration::from_millis(1900), "Retry-After: 2 waited {held_back:?}");
+    let (_, page) = server.get(&format!("/api/deliveries?destination={id}")).await;
+    let delivery = &page["items"][0];
+    assert_eq!(delivery["state"], "delivered", "{page}");
+    assert_eq!(delivery["webhook_id"], seen[0].1.as_str());
+    let attempts = delivery["attempts"].as_array().unwrap();
+    let statuses: Vec<Value> = attempts.iter().map(|a| a["status"].clone()).collect();
+    assert_eq!(statuses, vec![json!(429), json!(302), Value::Null, json!(200)], "{delivery}");
+    assert!(attempts[2]["error"].as_str().unwrap().contains("no answer within 1 s"), "{delivery}");
+    assert!(attempts[2]["duration_ms"].as_i64().unwrap() >= 900);
+    assert_eq!(attempts[3]["error"], Value::Null);
+
+    // Nothing listens on port 9: every attempt is refused, and then the delivery is dead.
+    let shown = until_stats_within(&server, &refused_id, std::time::Duration::from_secs(20),
+        |s| s["dead"] == json!(1)).await;
+    assert!(shown["stats"]["last_error"].as_str().unwrap().to_lowercase().contains("connect"), "{shown}");
+    let (_, page) = server.get(&format!("/api/deliveries?destination={refused_id}&state=dead")).await;
+    assert_eq!(page["items"][0]["attempts"].as_array().unwrap().len(), 4, "{page}");
+    server.stop().await;
+}
+}
