@@ -233,6 +233,40 @@ impl Sender {
     }
 }
 
+/// How much lower than the rest of alohook the threads that send deliveries run (a `nice`
+/// value): when the machine's CPUs are busy, taking in Alohub's webhooks goes first and
+/// forwarding takes what is left; when they are not, forwarding runs at full speed.
+pub const SENDING_NICE: i32 = 10;
+
+/// The runtime deliveries are sent on (HTTP requests and their connections, NATS publishes and
+/// their connection): two threads at [`SENDING_NICE`], made when first needed and kept for the
+/// life of the process.
+pub fn sending_runtime() -> tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(4)
+            .thread_name("alohook-send")
+            .on_thread_start(|| {
+                // Raising one's own nice value needs no privilege; should it fail, the thread
+                // runs at the usual priority.
+                let _ = rustix::process::setpriority_process(None, SENDING_NICE);
+            })
+            .enable_all()
+            .build()
+            .inspect_err(|error| {
+                tracing::warn!(%error, "cannot start the sending threads; deliveries are sent at the usual priority");
+            })
+            .ok()
+    });
+    match runtime {
+        Some(runtime) => runtime.handle().clone(),
+        None => tokio::runtime::Handle::current(),
+    }
+}
+
 /// The `webhook-id` of a change sent to a destination.
 pub fn change_id(destination: &StoredDestination, seq: i64) -> String {
     webhook_id(&destination.id, seq)

@@ -175,6 +175,7 @@ async fn manage(
                     let (control, watched) = watch::channel(Some(destination.clone()));
                     let worker = DestinationWorker {
                         store: store.clone(),
+                        sending: super::send::sending_runtime(),
                         feed: feed.clone(),
                         sender: sender.clone(),
                         metrics: metrics.clone(),
@@ -208,6 +209,7 @@ fn instance_name() -> String {
 
 struct DestinationWorker {
     store: Arc<dyn Store>,
+    sending: tokio::runtime::Handle,
     feed: Feed,
     sender: Sender,
     metrics: Arc<Metrics>,
@@ -427,6 +429,9 @@ impl DestinationWorker {
                         self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
                         if self.store.release_call(&id, call, now_micros()).await?.is_none() {
                             held_calls.remove(call);
+                        } else {
+                            // The call's next change is due now: look for it at once.
+                            retries.reset_immediately();
                         }
                     }
                     if disabled {
@@ -494,17 +499,21 @@ impl DestinationWorker {
     ) {
         let sender = self.sender.clone();
         let destination = destination.clone();
-        in_flight.spawn(async move {
-            let sent = sender
-                .send(
-                    &destination,
-                    &job.kind,
-                    &change_id(&destination, job.seq),
-                    body,
-                )
-                .await;
-            (job, sent)
-        });
+        // Sent from the lower-priority sending threads; the outcome comes back here.
+        in_flight.spawn_on(
+            async move {
+                let sent = sender
+                    .send(
+                        &destination,
+                        &job.kind,
+                        &change_id(&destination, job.seq),
+                        body,
+                    )
+                    .await;
+                (job, sent)
+            },
+            &self.sending,
+        );
     }
 
     /// Saves the outcomes gathered, and the cursor: up to the first change not saved yet (under

@@ -1000,7 +1000,7 @@ async fn replay_queues_every_match_again(db) {
     assert_eq!(started["matched"], total);
     let job = until_job_done(&server, started["job_id"].as_str().unwrap()).await;
     assert_eq!((job["state"].clone(), job["queued"].clone()), (json!("done"), json!(total)), "{job}");
-    for _ in 0..200 {
+    for _ in 0..600 {
         if ordered.lock().unwrap().len() as i64 >= total { break; }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
