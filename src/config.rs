@@ -74,14 +74,14 @@ pub mod args {
     pub struct ConfigFile {
         /// TOML file with settings; flags and environment variables override it.
         /// `alohook config` prints a commented example.
-        #[arg(long, env = "ALOHOOK_CONFIG", value_name = "FILE")]
+        #[arg(long, global = true, env = "ALOHOOK_CONFIG", value_name = "FILE")]
         pub config: Option<PathBuf>,
     }
 
     #[derive(clap::Args, Clone, Default)]
     pub struct DataDir {
         /// Directory for the SQLite database and generated credentials [default: ./alohook-data]
-        #[arg(long, env = "ALOHOOK_DATA_DIR", value_name = "DIR")]
+        #[arg(long, global = true, env = "ALOHOOK_DATA_DIR", value_name = "DIR")]
         pub data_dir: Option<PathBuf>,
     }
 
@@ -98,10 +98,10 @@ pub mod args {
     pub struct Database {
         /// Database URL: sqlite://<path> or postgres://user:password@host:5432/db
         /// [default: sqlite://<data-dir>/alohook.db]
-        #[arg(long, env = "ALOHOOK_DATABASE_URL", value_name = "URL")]
+        #[arg(long, global = true, env = "ALOHOOK_DATABASE_URL", value_name = "URL")]
         pub database: Option<String>,
         /// IANA zone of Alohub's local timestamps [default: Asia/Ho_Chi_Minh]
-        #[arg(long, env = "ALOHOOK_TIMEZONE", value_name = "ZONE")]
+        #[arg(long, global = true, env = "ALOHOOK_TIMEZONE", value_name = "ZONE")]
         pub timezone: Option<String>,
         /// Statuses that end a call without an end time, comma-separated. Changing the list
         /// recomputes the stored calls at the next start
@@ -110,7 +110,8 @@ pub mod args {
             long,
             env = "ALOHOOK_FINAL_STATUSES",
             value_name = "LIST",
-            value_delimiter = ','
+            value_delimiter = ',',
+            global = true
         )]
         pub final_statuses: Vec<String>,
     }

@@ -124,7 +124,7 @@ pub async fn create(
     let created = store
         .create_destination(&id, &spec, &secret, cursor)
         .await?;
-    tracing::info!(destination = %created.id, url = %created.spec.url, cursor, "destination created");
+    tracing::info!(destination = %created.id, url = %crate::forward::destination::shown_url(&created.spec.url), cursor, "destination created");
     Ok(created)
 }
 

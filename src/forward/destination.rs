@@ -231,6 +231,9 @@ impl DestinationSpec {
         if self.is_nats() {
             self.subject
                 .get_or_insert_with(|| DEFAULT_SUBJECT.to_string());
+        } else if self.subject.is_some() && !object.contains_key("subject") {
+            // Moved from nats:// to http(s)://: the subject went with it.
+            self.subject = None;
         } else if self.subject.is_some() {
             return Err(bad("subject", "is for nats:// destinations only"));
         }
@@ -401,7 +404,15 @@ fn parse_headers(value: &Value) -> Result<BTreeMap<String, String>, FieldError> 
             )
         })?;
         let lower = name.to_ascii_lowercase();
-        if lower.starts_with("webhook-") || lower == "content-type" || lower == "content-length" {
+        if lower.starts_with("webhook-")
+            || [
+                "content-type",
+                "content-length",
+                "user-agent",
+                "nats-msg-id",
+            ]
+            .contains(&lower.as_str())
+        {
             return Err(bad(
                 "headers",
                 format!("{name} is set by alohook on every delivery"),
@@ -417,6 +428,21 @@ fn parse_bounded(value: &Value, field: &str, max: u64) -> Result<u64, FieldError
         .as_u64()
         .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| bad(field, format!("must be an integer from 1 to {max}")))
+}
+
+/// A destination's URL as logs and error messages show it: without credentials or query (either
+/// may carry a secret).
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => "(not a URL)".to_string(),
+    }
 }
 
 /// A new destination's id: `dst_` and 20 random hex digits.
@@ -564,5 +590,36 @@ mod tests {
         let (a, b) = (new_id().unwrap(), new_id().unwrap());
         assert!(a.starts_with("dst_") && a.len() == 24);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials_or_query() {
+        assert_eq!(
+            shown_url("https://user:pw@crm.example.com/hook?token=s3cret#x"),
+            "https://crm.example.com/hook"
+        );
+        assert_eq!(
+            shown_url("nats://u:p@127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+    }
+
+    #[test]
+    fn a_nats_destination_moved_to_http_drops_its_subject() {
+        let mut spec =
+            DestinationSpec::from_json(&json!({"url": "nats://127.0.0.1:4222"})).unwrap();
+        assert_eq!(spec.subject.as_deref(), Some(DEFAULT_SUBJECT));
+        spec.patch(&json!({"url": "https://crm.example.com/hook"}))
+            .unwrap();
+        assert_eq!(spec.subject, None);
+        let error = spec.patch(&json!({"subject": "a.b"})).unwrap_err();
+        assert_eq!(error.field, "subject");
+        for reserved in ["Nats-Msg-Id", "User-Agent", "webhook-id"] {
+            let error = DestinationSpec::from_json(
+                &json!({"url": "https://h/x", "headers": {reserved: "x"}}),
+            )
+            .unwrap_err();
+            assert_eq!(error.field, "headers", "{reserved}");
+        }
     }
 }

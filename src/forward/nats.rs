@@ -62,7 +62,7 @@ impl NatsPublisher {
             .name(concat!("alohook/", env!("CARGO_PKG_VERSION")))
             .connect(url)
             .await
-            .map_err(|e| format!("connecting to {url}: {e}"))?;
+            .map_err(|e| format!("connecting to {}: {e}", super::destination::shown_url(url)))?;
         let mut context = jetstream::new(client);
         context.set_timeout(timeout);
         contexts.insert(url.to_string(), context.clone());

@@ -129,7 +129,7 @@ async fn run(store: Arc<dyn Store>, mut job: Job, scope: ReplayScope, upto: i64,
     while after < upto {
         let to = (after + POSITIONS_PER_STEP).min(upto);
         match store
-            .queue_replay(&destination, &scope, after, to, per_call)
+            .queue_replay(&destination, &scope, after, to, per_call, to == upto)
             .await
         {
             Ok(queued) => job.queued += queued,

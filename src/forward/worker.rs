@@ -5,9 +5,9 @@
 //! saved in batches, with the cursor: the cursor only passes changes whose delivery is saved, so
 //! a crash resends (with the same `webhook-id`) what was in flight, and nothing else. A failed
 //! delivery waits on disk for its next attempt (see [`super::retry`]); with `per_call` ordering,
-//! a later change of its call waits on disk behind it. A destination that keeps failing is not
-//! sent new changes for a while (they wait in the feed, on disk), but one now and then, so that
-//! its return is noticed; a 410 disables it.
+//! a later change of its call waits on disk behind it. Every change has its attempts on the
+//! schedule, down destination or not, and then is dead; a 410 disables the destination. The
+//! requests go from lower-priority threads ([`super::send::sending_runtime`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -35,10 +35,6 @@ const RETRIES_EVERY: Duration = Duration::from_millis(500);
 /// Outcomes are saved at least this often, or once this many have gathered.
 const SAVE_EVERY: Duration = Duration::from_millis(100);
 const SAVE_BATCH: usize = 256;
-/// Failures in a row after which a destination is sent new changes only now and then.
-const FAILURES_BEFORE_PAUSE: u32 = 5;
-const PROBE_FIRST: Duration = Duration::from_secs(15);
-const PROBE_MOST: Duration = Duration::from_secs(300);
 
 /// Starts delivering for the destinations whose lease this instance takes; stops when
 /// `stopping` turns true (in-flight attempts are abandoned: their changes go again later, with
@@ -194,9 +190,13 @@ async fn manage(
             }
         }
     }
-    for (_, (control, task)) in running {
+    for (id, (control, task)) in running {
         control.send_replace(None);
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        // Another instance (or this one, restarted) takes it over at once.
+        if let Err(error) = store.release_lease(&id, &owner).await {
+            tracing::debug!(destination = %id, %error, "cannot give up a lease; it runs out by itself");
+        }
     }
 }
 
@@ -256,6 +256,9 @@ impl DestinationWorker {
             .await?
             .into_iter()
             .collect();
+        // What a crash between saving a delivery and letting its call's next change go left
+        // held (or what a per-call destination held before it became unordered) goes now.
+        self.store.release_held(&id, per_call, now_micros()).await?;
         let mut held_calls: HashSet<String> = if per_call {
             self.store.calls_pending(&id).await?.into_iter().collect()
         } else {
@@ -275,19 +278,14 @@ impl DestinationWorker {
             outcomes: Vec::new(),
             cursor: destination.cursor,
         };
-        let mut failures = 0u32;
-        let mut paused_until: Option<tokio::time::Instant> = None;
-        let mut probe = PROBE_FIRST;
         let mut retries = tokio::time::interval(RETRIES_EVERY);
         let mut save = tokio::time::interval(SAVE_EVERY);
         let mut disabled = false;
 
         loop {
             let slots = (destination.spec.max_in_flight as usize).saturating_sub(in_flight.len());
-            // New changes go out while there is room, unless the destination keeps failing
-            // (then one now and then).
-            let probing = paused_until.is_some_and(|t| tokio::time::Instant::now() >= t);
-            let may_take = slots > 0 && (paused_until.is_none() || probing);
+            // New changes go out while there is room.
+            let may_take = slots > 0;
             while may_take
                 && !waiting.is_empty()
                 && in_flight.len() < destination.spec.max_in_flight as usize
@@ -334,10 +332,6 @@ impl DestinationWorker {
                     job,
                     Bytes::copy_from_slice(change.json().as_bytes()),
                 );
-                if probing {
-                    paused_until = Some(tokio::time::Instant::now() + probe);
-                    break;
-                }
             }
             let read_more = may_take && waiting.is_empty() && !disabled;
             tokio::select! {
@@ -390,9 +384,6 @@ impl DestinationWorker {
                     };
                     let done_with_call = match verdict {
                         Verdict::Delivered => {
-                            failures = 0;
-                            paused_until = None;
-                            probe = PROBE_FIRST;
                             update.state = DeliveryState::Delivered;
                             true
                         }
@@ -403,13 +394,6 @@ impl DestinationWorker {
                             false
                         }
                         Verdict::Failed => {
-                            failures += 1;
-                            if failures >= FAILURES_BEFORE_PAUSE {
-                                if paused_until.is_some() {
-                                    probe = (probe * 2).min(PROBE_MOST);
-                                }
-                                paused_until = Some(tokio::time::Instant::now() + probe);
-                            }
                             match self.schedule.next_wait(attempts as usize, jitter(), sent.retry_after) {
                                 Some(wait) => {
                                     update.next_attempt_at = Some(now_micros() + wait.as_micros() as i64);
@@ -436,12 +420,12 @@ impl DestinationWorker {
                     }
                     if disabled {
                         self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
-                        destination.enabled = false;
-                        destination.disabled_reason = Some(format!(
+                        let reason = format!(
                             "the receiver answered 410 Gone at {}",
                             crate::model::time::format_utc_micros(sent.at)
-                        ));
-                        self.store.update_destination(&destination).await?;
+                        );
+                        // Only these fields: what an operator changed meanwhile stays.
+                        self.store.disable_destination(&id, &reason).await?;
                         tracing::warn!(destination = %id, "the receiver answered 410 Gone: destination disabled");
                         return Ok(());
                     }
@@ -449,7 +433,10 @@ impl DestinationWorker {
                 _ = retries.tick(), if slots > 0 && !disabled => {
                     let due = self.store.due_deliveries(&id, now_micros(), slots + in_flight_seqs.len()).await?;
                     for delivery in due {
-                        if in_flight_seqs.contains(&delivery.seq) || in_flight.len() >= destination.spec.max_in_flight as usize {
+                        // An outcome not saved yet leaves its row out of date: not due.
+                        if in_flight_seqs.contains(&delivery.seq)
+                            || progress.outcomes.iter().any(|o| o.seq == delivery.seq)
+                            || in_flight.len() >= destination.spec.max_in_flight as usize {
                             continue;
                         }
                         let Some(body) = self.change_json(delivery.seq).await? else {

@@ -154,7 +154,8 @@ pub trait Deliveries: Send + Sync + 'static {
 
     /// Queues again the changes a replay matches after `after` and up to `upto` (see
     /// [`replay_queue_query`]), in one transaction that also lets the calls' first held changes
-    /// go and marks the destination changed; answers how many were queued.
+    /// go and, with `touch` (the replay's last step), marks the destination changed so that
+    /// its delivery starts over from what is stored; answers how many were queued.
     async fn queue_replay(
         &self,
         destination_id: &str,
@@ -162,9 +163,31 @@ pub trait Deliveries: Send + Sync + 'static {
         after: i64,
         upto: i64,
         per_call: bool,
+        touch: bool,
     ) -> Result<i64, StoreError>;
 
     async fn save_job(&self, job: &Job) -> Result<(), StoreError>;
+
+    /// Lets held deliveries go (due at `now`): with `per_call`, each call's first held one
+    /// that has no other pending ahead of it; without, every held one. Run when a
+    /// destination's delivery starts, it heals what a crash between saving a delivery and
+    /// releasing its call's next change left held.
+    async fn release_held(
+        &self,
+        destination_id: &str,
+        per_call: bool,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Disables a destination with a reason (a receiver's 410), touching nothing else.
+    async fn disable_destination(
+        &self,
+        destination_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Gives up `owner`'s lease of a destination (it stopped delivering to it).
+    async fn release_lease(&self, destination_id: &str, owner: &str) -> Result<(), StoreError>;
 
     /// How many deliveries of a destination are pending, and when the change of the oldest of
     /// them was received (Unix microseconds): cheap, for the gauges.
@@ -455,3 +478,15 @@ pub fn read_job_row(row: &impl RowColumns) -> Result<Job, StoreError> {
 /// The pending deliveries of a destination: their count, and the oldest one's receipt time.
 pub const PENDING_DELIVERIES: &str = "SELECT count(*), min(c.received_at) FROM deliveries d \
     LEFT JOIN changes c ON c.seq = d.seq WHERE d.destination_id = ? AND d.state = 'pending'";
+
+/// Every held delivery of a destination due: the time, the destination.
+pub const RELEASE_ALL_HELD: &str = "UPDATE deliveries SET next_attempt_at = ? \
+    WHERE destination_id = ? AND state = 'pending' AND next_attempt_at IS NULL";
+
+/// The reason, the time, the destination.
+pub const DISABLE_DESTINATION: &str =
+    "UPDATE destinations SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?";
+
+/// The destination, the owner.
+pub const RELEASE_LEASE: &str = "UPDATE destinations SET lease_owner = NULL, lease_until = NULL \
+    WHERE id = ? AND lease_owner = ?";

@@ -1154,3 +1154,55 @@ async fn each_kind_of_failure_is_retried(db) {
     server.stop().await;
 }
 }
+
+crate::on_every_backend! {
+/// Retries follow the schedule and Retry-After on every attempt, not only the first: an
+/// attempt's outcome is not yet saved when the next look for due retries comes, and that look
+/// must not send the change again at once.
+async fn later_attempts_keep_to_the_schedule(db) {
+    let server = TestServer::start_with(fast_retries(&db), None).await;
+    let seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<std::time::Instant>>>> =
+        Default::default();
+    let state = seen.clone();
+    let app = axum::Router::new().route("/hook", axum::routing::post(
+        move |headers: axum::http::HeaderMap| {
+            let state = state.clone();
+            async move {
+                use axum::response::IntoResponse;
+                let id = headers["webhook-id"].to_str().unwrap().to_string();
+                let n = {
+                    let mut seen = state.lock().unwrap();
+                    let times = seen.entry(id).or_default();
+                    times.push(std::time::Instant::now());
+                    times.len()
+                };
+                match n {
+                    1 => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    2 => (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")]).into_response(),
+                    _ => axum::http::StatusCode::OK.into_response(),
+                }
+            }
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let created = create(&server, json!({"url": url, "ordering": "none"})).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    for i in 0..8 {
+        server.send(&missed(&format!("L{i}"))).await;
+    }
+    let changes = crate::feed::all_changes(&server, 0, "").await.len() as i64;
+    until_stats_within(&server, &id, std::time::Duration::from_secs(30),
+        |s| s["delivered"] == json!(changes)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len() as i64, changes);
+    for (webhook_id, times) in seen {
+        assert_eq!(times.len(), 3, "{webhook_id}: 500, 429, 200 and nothing more");
+        let second_wait = times[2] - times[1];
+        assert!(second_wait >= std::time::Duration::from_millis(1900),
+            "{webhook_id}: Retry-After: 2 on the second attempt, the third came after {second_wait:?}");
+    }
+    server.stop().await;
+}
+}

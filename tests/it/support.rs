@@ -424,9 +424,10 @@ impl Deliveries for FlakyStore {
         after: i64,
         upto: i64,
         per_call: bool,
+        touch: bool,
     ) -> Result<i64, StoreError> {
         self.inner
-            .queue_replay(destination_id, scope, after, upto, per_call)
+            .queue_replay(destination_id, scope, after, upto, per_call, touch)
             .await
     }
     async fn pending_deliveries(
@@ -434,6 +435,24 @@ impl Deliveries for FlakyStore {
         destination_id: &str,
     ) -> Result<(i64, Option<i64>), StoreError> {
         self.inner.pending_deliveries(destination_id).await
+    }
+    async fn release_held(
+        &self,
+        destination_id: &str,
+        per_call: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.release_held(destination_id, per_call, now).await
+    }
+    async fn disable_destination(
+        &self,
+        destination_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.disable_destination(destination_id, reason).await
+    }
+    async fn release_lease(&self, destination_id: &str, owner: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(destination_id, owner).await
     }
     async fn save_job(&self, job: &alohook::store::deliveries::Job) -> Result<(), StoreError> {
         self.inner.save_job(job).await

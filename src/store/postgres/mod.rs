@@ -1033,6 +1033,7 @@ impl Deliveries for PgStore {
         after: i64,
         upto: i64,
         per_call: bool,
+        touch: bool,
     ) -> Result<i64, StoreError> {
         let now = crate::model::time::now_micros();
         let query =
@@ -1049,12 +1050,14 @@ impl Deliveries for PgStore {
                     )
                     .await?;
             }
-            client
-                .execute(
-                    &numbered(deliveries::TOUCH_DESTINATION),
-                    &[&now, &destination_id],
-                )
-                .await?;
+            if touch {
+                client
+                    .execute(
+                        &numbered(deliveries::TOUCH_DESTINATION),
+                        &[&now, &destination_id],
+                    )
+                    .await?;
+            }
             Ok(queued as i64)
         })
         .await
@@ -1072,6 +1075,55 @@ impl Deliveries for PgStore {
                 )
                 .await?;
             Ok((row.get(0), row.get(1)))
+        })
+        .await
+    }
+
+    async fn release_held(
+        &self,
+        destination_id: &str,
+        per_call: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let sql = numbered(if per_call {
+            deliveries::RELEASE_HEADS
+        } else {
+            deliveries::RELEASE_ALL_HELD
+        });
+        self.read(async |client| {
+            client.execute(&sql, &[&now, &destination_id]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn disable_destination(
+        &self,
+        destination_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let now = crate::model::time::now_micros();
+        self.read(async |client| {
+            client
+                .execute(
+                    &numbered(deliveries::DISABLE_DESTINATION),
+                    &[&reason, &now, &destination_id],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_lease(&self, destination_id: &str, owner: &str) -> Result<(), StoreError> {
+        self.read(async |client| {
+            client
+                .execute(
+                    &numbered(deliveries::RELEASE_LEASE),
+                    &[&destination_id, &owner],
+                )
+                .await?;
+            Ok(())
         })
         .await
     }

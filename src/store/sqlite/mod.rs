@@ -1038,6 +1038,7 @@ impl Deliveries for SqliteStore {
         after: i64,
         upto: i64,
         per_call: bool,
+        touch: bool,
     ) -> Result<i64, StoreError> {
         let now = crate::model::time::now_micros();
         let query =
@@ -1052,8 +1053,10 @@ impl Deliveries for SqliteStore {
                     tx.prepare_cached(deliveries::RELEASE_HEADS)?
                         .execute(params![now, destination_id])?;
                 }
-                tx.prepare_cached(deliveries::TOUCH_DESTINATION)?
-                    .execute(params![now, destination_id])?;
+                if touch {
+                    tx.prepare_cached(deliveries::TOUCH_DESTINATION)?
+                        .execute(params![now, destination_id])?;
+                }
                 Ok(queued as i64)
             })
         })
@@ -1070,6 +1073,57 @@ impl Deliveries for SqliteStore {
                 Ok(conn
                     .prepare_cached(deliveries::PENDING_DELIVERIES)?
                     .query_row([&destination_id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+            })
+        })
+        .await
+    }
+
+    async fn release_held(
+        &self,
+        destination_id: &str,
+        per_call: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let destination_id = destination_id.to_string();
+        let sql = if per_call {
+            deliveries::RELEASE_HEADS
+        } else {
+            deliveries::RELEASE_ALL_HELD
+        };
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                tx.prepare_cached(sql)?
+                    .execute(params![now, destination_id])?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn disable_destination(
+        &self,
+        destination_id: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let (destination_id, reason) = (destination_id.to_string(), reason.to_string());
+        let now = crate::model::time::now_micros();
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                tx.prepare_cached(deliveries::DISABLE_DESTINATION)?
+                    .execute(params![reason, now, destination_id])?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn release_lease(&self, destination_id: &str, owner: &str) -> Result<(), StoreError> {
+        let (destination_id, owner) = (destination_id.to_string(), owner.to_string());
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                tx.prepare_cached(deliveries::RELEASE_LEASE)?
+                    .execute(params![destination_id, owner])?;
+                Ok(())
             })
         })
         .await
@@ -1120,11 +1174,15 @@ impl Deliveries for SqliteStore {
         until: i64,
     ) -> Result<bool, StoreError> {
         let (destination_id, owner) = (destination_id.to_string(), owner.to_string());
+        // One process has the database (its lock file says so): a lease left by a process that
+        // is gone is taken at once, so that what was in flight goes again as soon as this one
+        // starts.
+        let _ = now;
         self.blocking(move |inner| {
             inner.write(|tx| {
                 let taken = tx
                     .prepare_cached(deliveries::LEASE_DESTINATION)?
-                    .execute(params![owner, until, destination_id, owner, now])?;
+                    .execute(params![owner, until, destination_id, owner, i64::MAX])?;
                 Ok(taken == 1)
             })
         })
