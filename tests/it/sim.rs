@@ -196,6 +196,30 @@ async fn wrong_credentials_are_named() {
     server.stop().await;
 }
 
+/// Waits until the server at `base` has stored `n` new events since it started.
+async fn accepted_at_least(base: &str, n: u64) {
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    loop {
+        let accepted = match client.get(format!("{base}/metrics")).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+        .lines()
+        .find_map(|line| line.strip_prefix("alohook_events_accepted_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+        if accepted >= n as f64 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the server took in {accepted} events in 90 s, waiting for {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 crate::on_every_backend! {
 /// Kill -9 the server twice mid-load and restart it on the same data: every acknowledged event
 /// must be there, every call right, nothing stored twice. On PostgreSQL the kills also drop the
@@ -240,7 +264,10 @@ async fn crash_test_sigkill_twice_loses_nothing(db) {
         ],
     )));
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
+        // Kill mid-load: once this server has taken in a random number of events (on a busy CI
+        // machine the simulator can take seconds to start, and a kill on a clock alone can come
+        // before its first request).
+        accepted_at_least(&base, rng.u64(200..2000)).await;
         server.kill().unwrap();
         server.wait().unwrap();
         tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
