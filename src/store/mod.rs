@@ -441,18 +441,19 @@ pub const DELETE_DESTINATION: [&str; 3] = [
     "DELETE FROM destinations WHERE id = ?",
 ];
 
-/// A destination's delivery counts: each query takes its id.
+/// A destination's delivery counts: each query takes its id. An attempt failed when it has an
+/// error (every failure has one: a status that is not 2xx, a timeout, a refused publish); a
+/// successful NATS publish has neither status nor error.
 pub const DELIVERY_COUNTS: &str = "SELECT \
     count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'delivered'), \
     count(*) FILTER (WHERE state = 'dead') FROM deliveries WHERE destination_id = ?";
 pub const DELIVERY_ATTEMPT_COUNTS: &str = "SELECT \
-    count(*) FILTER (WHERE a.status IS NULL OR a.status < 200 OR a.status > 299), \
-    max(a.at) FILTER (WHERE a.status BETWEEN 200 AND 299) \
+    count(*) FILTER (WHERE a.error IS NOT NULL), max(a.at) FILTER (WHERE a.error IS NULL) \
     FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
     WHERE d.destination_id = ?";
 pub const LAST_DELIVERY_ERROR: &str = "SELECT a.status, a.error FROM delivery_attempts a \
     JOIN deliveries d ON d.id = a.delivery_id WHERE d.destination_id = ? \
-    AND (a.status IS NULL OR a.status < 200 OR a.status > 299) ORDER BY a.at DESC LIMIT 1";
+    AND a.error IS NOT NULL ORDER BY a.at DESC LIMIT 1";
 pub const OLDEST_PENDING: &str = "SELECT min(c.received_at) FROM deliveries d \
     JOIN changes c ON c.seq = d.seq WHERE d.destination_id = ? AND d.state = 'pending'";
 

@@ -804,6 +804,10 @@ async fn changes_are_published_to_jetstream_once_each(db) {
     let stats = until_stats_within(&server, id, std::time::Duration::from_secs(180),
         |s| s["delivered"].as_u64() == Some(changes.len() as u64)).await;
     assert_eq!(stats["stats"]["pending"], 0, "{stats}");
+    // A publish JetStream acknowledged is a success in the figures, not a failed attempt.
+    assert_eq!(stats["stats"]["failed_attempts"], 0, "{stats}");
+    assert_eq!(stats["stats"]["last_error"], Value::Null, "{stats}");
+    assert!(stats["stats"]["last_success_at"].is_string(), "{stats}");
     let mut stream = context.get_stream(&name).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, changes.len() as u64, "once each");
 
