@@ -130,6 +130,7 @@ pub async fn run_with_store(
         client_timeout_seconds = config.client_timeout.as_secs(),
         max_streams = config.max_streams,
         max_connections = config.max_connections,
+        retry_schedule = %config.retry_schedule,
         "alohook started"
     );
     let listener =

@@ -56,6 +56,26 @@ impl Schedule {
     }
 }
 
+/// The schedule as it is written in the settings (`5s,5m,30m,…`).
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, wait) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            let ms = wait.as_millis();
+            let unit = [(3_600_000, "h"), (60_000, "m"), (1000, "s")]
+                .into_iter()
+                .find(|(size, _)| ms > 0 && ms % size == 0);
+            match unit {
+                Some((size, unit)) => write!(f, "{}{unit}", ms / size)?,
+                None => write!(f, "{ms}ms")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `5s`, `5m`, `2h`, `1d`, `250ms`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
@@ -114,6 +134,14 @@ pub fn parse_retry_after(value: &str, now: i64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schedule_is_shown_as_it_is_written() {
+        assert_eq!(Schedule::default().to_string(), DEFAULT_SCHEDULE);
+        let odd = Schedule::parse("250ms, 90s,1500ms,2d").unwrap();
+        assert_eq!(odd.to_string(), "250ms,90s,1500ms,48h");
+        assert_eq!(Schedule::parse(&odd.to_string()).unwrap(), odd);
+    }
 
     #[test]
     fn the_default_schedule_is_nine_retries_over_about_three_days() {

@@ -104,6 +104,7 @@ impl Sender {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", id);
         headers.insert("content-type", "application/json");
+        headers.insert("user-agent", concat!("alohook/", env!("CARGO_PKG_VERSION")));
         for (name, value) in &destination.spec.headers {
             headers.insert(name.as_str(), value.as_str());
         }

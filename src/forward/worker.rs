@@ -281,6 +281,7 @@ impl DestinationWorker {
         let mut retries = tokio::time::interval(RETRIES_EVERY);
         let mut save = tokio::time::interval(SAVE_EVERY);
         let mut disabled = false;
+        let mut failures = FailureLog::default();
 
         loop {
             let slots = (destination.spec.max_in_flight as usize).saturating_sub(in_flight.len());
@@ -394,7 +395,9 @@ impl DestinationWorker {
                             false
                         }
                         Verdict::Failed => {
-                            match self.schedule.next_wait(attempts as usize, jitter(), sent.retry_after) {
+                            let wait = self.schedule.next_wait(attempts as usize, jitter(), sent.retry_after);
+                            failures.failed(&id, job.seq, attempts, sent.error.as_deref(), wait.is_none());
+                            match wait {
                                 Some(wait) => {
                                     update.next_attempt_at = Some(now_micros() + wait.as_micros() as i64);
                                     false
@@ -596,4 +599,47 @@ fn jitter() -> f64 {
     let mut bytes = [0u8; 4];
     let _ = getrandom::fill(&mut bytes);
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
+}
+
+/// How often a destination's failed attempts are logged at most: a destination that is down
+/// fails thousands of attempts a minute, and one line per attempt would drown the log.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// A destination's failed attempts and dead deliveries, logged as a warning at most once per
+/// [`FAILURE_LOG_EVERY`] with how many more there were since the last line.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<std::time::Instant>,
+    failed_since: u64,
+    dead_since: u64,
+}
+
+impl FailureLog {
+    fn failed(
+        &mut self,
+        destination: &str,
+        seq: i64,
+        attempt: i64,
+        error: Option<&str>,
+        dead: bool,
+    ) {
+        self.failed_since += 1;
+        self.dead_since += u64::from(dead);
+        if self.last.is_some_and(|at| at.elapsed() < FAILURE_LOG_EVERY) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        tracing::warn!(
+            destination,
+            seq,
+            attempt,
+            error = error.unwrap_or("failed"),
+            given_up = dead,
+            failed_attempts = self.failed_since,
+            dead = self.dead_since,
+            "a delivery attempt failed; failed_attempts and dead count those since the last such line"
+        );
+        self.failed_since = 0;
+        self.dead_since = 0;
+    }
 }

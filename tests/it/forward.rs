@@ -825,6 +825,7 @@ async fn changes_are_published_to_jetstream_once_each(db) {
             headers.insert(name, value.parse().unwrap());
         }
         assert_eq!(headers["webhook-id"].to_str().unwrap(), msg_id);
+        assert!(message.headers.get("user-agent").unwrap().as_str().starts_with("alohook/"));
         verifier.verify(&message.payload, &headers).expect("the signature verifies");
         assert!(seen.insert(seq, msg_id).is_none(), "change {seq} twice");
     }
