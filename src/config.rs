@@ -37,6 +37,8 @@ pub const KNOWN_ENV: &[&str] = &[
     "ALOHOOK_MAX_STREAMS",
     "ALOHOOK_MAX_CONNECTIONS",
     "ALOHOOK_RETRY_SCHEDULE",
+    "ALOHOOK_SHORT_ABANDON_SECONDS",
+    "ALOHOOK_SERVICE_LEVEL_SECONDS",
     "ALOHOOK_FINAL_STATUSES",
     "ALOHOOK_LOG",
     "ALOHOOK_LOG_FORMAT",
@@ -60,6 +62,8 @@ pub struct Settings {
     pub max_streams: Option<usize>,
     pub max_connections: Option<usize>,
     pub retry_schedule: Option<String>,
+    pub short_abandon_seconds: Option<u64>,
+    pub service_level_seconds: Option<u64>,
     pub final_statuses: Vec<String>,
 }
 
@@ -174,6 +178,20 @@ pub mod args {
         pub retry_schedule: Option<String>,
     }
 
+    #[derive(clap::Args, Clone, Default)]
+    pub struct Figures {
+        /// An unanswered inbound call that rang less than this many seconds is a short abandon
+        /// (a misdial or a caller who changed their mind at once): it is kept out of the abandon
+        /// rate and the service level [default: 5]
+        #[arg(long, env = "ALOHOOK_SHORT_ABANDON_SECONDS", value_name = "SECONDS")]
+        pub short_abandon_seconds: Option<u64>,
+        /// An inbound call answered after ringing less than this many seconds meets the service
+        /// level [default: 20]
+        #[arg(long, env = "ALOHOOK_SERVICE_LEVEL_SECONDS", value_name = "SECONDS",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        pub service_level_seconds: Option<u64>,
+    }
+
     /// `alohook serve`.
     #[derive(clap::Args, Clone, Default)]
     pub struct Serve {
@@ -191,6 +209,8 @@ pub mod args {
         pub limits: Limits,
         #[command(flatten)]
         pub forwarding: Forwarding,
+        #[command(flatten)]
+        pub figures: Figures,
     }
 
     /// `alohook migrate`.
@@ -261,6 +281,8 @@ pub mod args {
                 max_streams: a.limits.max_streams.map(|n| n as usize),
                 max_connections: a.limits.max_connections.map(|n| n as usize),
                 retry_schedule: a.forwarding.retry_schedule,
+                short_abandon_seconds: a.figures.short_abandon_seconds,
+                service_level_seconds: a.figures.service_level_seconds,
                 final_statuses: a.database.final_statuses,
             }
         }
@@ -352,6 +374,8 @@ struct FileSettings {
     max_streams: Option<usize>,
     max_connections: Option<usize>,
     retry_schedule: Option<String>,
+    short_abandon_seconds: Option<u64>,
+    service_level_seconds: Option<u64>,
     final_statuses: Option<Vec<String>>,
 }
 
@@ -376,6 +400,8 @@ pub struct Config {
     pub max_connections: usize,
     /// See `--retry-schedule`.
     pub retry_schedule: crate::forward::retry::Schedule,
+    /// See `--short-abandon-seconds` and `--service-level-seconds`.
+    pub thresholds: crate::report::stats::Thresholds,
     pub final_statuses: FinalStatuses,
 }
 
@@ -397,6 +423,7 @@ impl std::fmt::Debug for Config {
             .field("max_streams", &self.max_streams)
             .field("max_connections", &self.max_connections)
             .field("retry_schedule", &self.retry_schedule)
+            .field("thresholds", &self.thresholds)
             .field("final_statuses", &self.final_statuses.as_slice())
             .finish()
     }
@@ -427,6 +454,8 @@ pub enum ConfigError {
     MaxStreams,
     #[error("max_connections must be at least 1")]
     MaxConnections,
+    #[error("service_level_seconds must be at least 1")]
+    ServiceLevel,
     #[error("retry_schedule: {0}")]
     RetrySchedule(String),
     #[error("cannot keep credentials in {path}: {source}")]
@@ -491,6 +520,17 @@ impl Settings {
             }
             None => crate::forward::retry::Schedule::default(),
         };
+        let thresholds = crate::report::stats::Thresholds {
+            short_abandon_seconds: self
+                .short_abandon_seconds
+                .or(file.short_abandon_seconds)
+                .unwrap_or(crate::report::stats::DEFAULT_SHORT_ABANDON_SECONDS),
+            service_level_seconds: match self.service_level_seconds.or(file.service_level_seconds) {
+                Some(0) => return Err(ConfigError::ServiceLevel),
+                Some(n) => n,
+                None => crate::report::stats::DEFAULT_SERVICE_LEVEL_SECONDS,
+            },
+        };
         let webhook_keys: Vec<String> = if self.webhook_keys.is_empty() {
             file.webhook_keys.unwrap_or_default()
         } else {
@@ -530,6 +570,7 @@ impl Settings {
             max_streams,
             max_connections,
             retry_schedule,
+            thresholds,
             final_statuses,
         })
     }
@@ -788,6 +829,12 @@ max_connections = 1024
 # Waits between the attempts of a forwarded change that fails (N waits: N retries after the first
 # attempt); after the last, the delivery is dead.
 retry_schedule = "5s,5m,30m,2h,5h,10h,14h,20h,24h"
+
+# Call-centre figures (GET /api/stats): an unanswered inbound call that rang less than
+# short_abandon_seconds is a short abandon (kept out of the abandon rate and service level); an
+# inbound call answered after ringing less than service_level_seconds meets the service level.
+short_abandon_seconds = 5
+service_level_seconds = 20
 
 # Statuses that end a call even without an end time. Changing the list recomputes the stored
 # calls at the next start.

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod server;
 pub mod sim;
 pub mod store;

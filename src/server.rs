@@ -109,6 +109,8 @@ pub async fn run_with_store(
         webhook_keys: Arc::new(KeySet::new(&config.webhook_keys)),
         api_tokens: Arc::new(KeySet::new([api_token])),
         tz: config.timezone.clone(),
+        tz_name: config.timezone_name.as_str().into(),
+        thresholds: config.thresholds,
         max_body: config.max_body,
         metrics,
         api_reads: Arc::new(tokio::sync::Semaphore::new(api::API_READS_AT_ONCE)),

@@ -193,7 +193,9 @@ impl Params {
     }
 }
 
-const CALL_PARAMS: &[&str] = &[
+/// The call filters of `/api/calls` (every parameter but `limit` and `cursor`), which the
+/// figures and exports take too.
+pub(super) const CALL_FILTERS: &[&str] = &[
     "status",
     "phase",
     "direction",
@@ -204,35 +206,30 @@ const CALL_PARAMS: &[&str] = &[
     "phone",
     "from",
     "to",
-    "limit",
-    "cursor",
 ];
 
-pub async fn list_calls(
-    State(state): State<AppState>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<Page<CallView>>, ApiError> {
-    let params = Params::new(query, CALL_PARAMS)?;
-    let limit = params.limit()?;
-    let phase = params.phase()?;
-    let direction = params.direction()?;
+/// The call filter the parameters give; `from`/`to` are days or instants in `tz`.
+pub(super) fn call_filter(
+    params: &Params,
+    tz: &jiff::tz::TimeZone,
+) -> Result<CallFilter, ApiError> {
     let bound = |name: &str, end_of_day: bool| {
         params
             .get(name)
             .map(|v| {
                 // An unencoded `+` in an offset (…T08:55:00+07:00) arrives as a space.
-                parse_range_bound(v, &state.tz, end_of_day)
-                    .or_else(|| parse_range_bound(&v.replace(' ', "+"), &state.tz, end_of_day))
+                parse_range_bound(v, tz, end_of_day)
+                    .or_else(|| parse_range_bound(&v.replace(' ', "+"), tz, end_of_day))
                     .ok_or_else(|| {
                         ApiError::parameter(name, "must be an RFC 3339 time or a date YYYY-MM-DD")
                     })
             })
             .transpose()
     };
-    let filter = CallFilter {
+    Ok(CallFilter {
         status: params.text("status"),
-        phase,
-        direction,
+        phase: params.phase()?,
+        direction: params.direction()?,
         hotline: params.text("hotline"),
         user_name: params.text("user_name"),
         destination_number: params.text("destination_number"),
@@ -240,7 +237,21 @@ pub async fn list_calls(
         phone: params.get("phone").map(normalize_phone),
         from: bound("from", false)?,
         to: bound("to", true)?,
-    };
+    })
+}
+
+pub async fn list_calls(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<CallView>>, ApiError> {
+    let known: Vec<&str> = CALL_FILTERS
+        .iter()
+        .chain(&["limit", "cursor"])
+        .copied()
+        .collect();
+    let params = Params::new(query, &known)?;
+    let limit = params.limit()?;
+    let filter = call_filter(&params, &state.tz)?;
     let cursor = params.get("cursor").map(decode_call_cursor).transpose()?;
     let page = state.store.calls(&filter, limit, cursor).await?;
     Ok(Json(Page {

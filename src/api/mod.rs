@@ -24,6 +24,7 @@ pub mod deliveries;
 pub mod destinations;
 pub mod error;
 pub mod feed;
+pub mod stats;
 pub mod webhook;
 
 pub use auth::KeySet;
@@ -54,6 +55,10 @@ pub struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// `--max-streams`.
     pub max_streams: usize,
+    /// The configured time zone's name (`Asia/Ho_Chi_Minh`).
+    pub tz_name: Arc<str>,
+    /// The figures' thresholds.
+    pub thresholds: crate::report::stats::Thresholds,
     /// Becomes `true` when the server starts shutting down: live streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -65,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/calls/{call_id}", get(calls::get_call))
         .route("/calls/{call_id}/events", get(calls::call_events))
         .route("/rejected", get(calls::list_rejected))
+        .route("/stats", get(stats::stats))
         .route("/changes", get(feed::list_changes))
         .route(
             "/destinations",

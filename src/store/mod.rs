@@ -17,6 +17,7 @@ use crate::model::{
 
 pub mod deliveries;
 pub mod postgres;
+pub mod reports;
 pub mod sqlite;
 
 pub use deliveries::{
@@ -540,7 +541,7 @@ pub fn count_changes_query(after: i64, filter: &ChangeFilter) -> Statement {
 
 /// The domain operations alohook needs from a database.
 #[async_trait]
-pub trait Store: ChangeLog + Destinations + Deliveries {
+pub trait Store: ChangeLog + Destinations + Deliveries + reports::Reports {
     /// Commits a batch in one durable transaction: stores new events, counts resends, merges
     /// call events into their calls, quarantines bad bodies, and writes one change for every
     /// event stored now. Either all of it commits or none. An empty batch writes a heartbeat row
@@ -923,7 +924,7 @@ pub fn list_calls_query(
 }
 
 /// The WHERE terms of a call listing, each with one `?` per argument, and the arguments in order.
-fn call_filter_terms(
+pub(crate) fn call_filter_terms(
     filter: &CallFilter,
     cursor: Option<CallCursor>,
 ) -> (Vec<&'static str>, Vec<Column>) {

@@ -20,6 +20,8 @@ mod read_api;
 mod readiness;
 /// The simulator end to end: verify, its failure modes, and the SIGKILL crash test.
 mod sim;
+/// `GET /api/stats`: every figure by hand, in any arrival order.
+mod stats;
 /// The Store contract straight, below HTTP: batches of every shape, and two PostgreSQL writers
 /// taking turns with one call.
 mod store;

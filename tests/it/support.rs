@@ -482,6 +482,17 @@ impl Deliveries for FlakyStore {
 }
 
 #[async_trait]
+impl alohook::store::reports::Reports for FlakyStore {
+    async fn stats(
+        &self,
+        filter: &CallFilter,
+        stats: alohook::report::stats::StatsBuilder,
+    ) -> Result<alohook::report::stats::StatsBuilder, StoreError> {
+        self.inner.stats(filter, stats).await
+    }
+}
+
+#[async_trait]
 impl Store for FlakyStore {
     async fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError> {
         tokio::time::sleep(self.delay).await;

@@ -29,6 +29,7 @@ use super::{Deliveries, DeliveryFilter, DeliveryPage, DeliveryUpdate, StoredDeli
 use crate::forward::destination::DestinationSpec;
 use crate::model::change::ChangeFilter;
 
+mod reports;
 mod tls;
 mod write;
 

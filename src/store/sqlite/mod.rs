@@ -2,6 +2,8 @@
 //! (`synchronous=FULL`: a commit is on disk before it returns), and a small pool of readers that
 //! WAL lets run beside the writer.
 
+mod reports;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 

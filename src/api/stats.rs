@@ -1,0 +1,68 @@
+//! `GET /api/stats`: the call-centre figures (see [`crate::report::stats`]).
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use serde::Serialize;
+
+use super::AppState;
+use super::calls::{CALL_FILTERS, Params, call_filter};
+use super::error::ApiError;
+use crate::model::time::format_local;
+use crate::report::stats::{Group, GroupBy, StatsBuilder};
+
+#[derive(Debug, Serialize)]
+pub struct StatsView {
+    /// The range counted: `from`/`to` as given, else the first and last call's start.
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub time_zone: String,
+    pub short_abandon_seconds: u64,
+    pub service_level_seconds: u64,
+    pub groups: Vec<Group>,
+    /// Calls matching the other filters with no start time, whatever the range.
+    pub undated: u64,
+}
+
+/// `GET /api/stats?from&to&group_by&<any /api/calls filter>`.
+pub async fn stats(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<StatsView>, ApiError> {
+    let known: Vec<&str> = CALL_FILTERS.iter().chain(&["group_by"]).copied().collect();
+    let params = Params::new(query, &known)?;
+    let group_by = match params.get("group_by") {
+        None => GroupBy::None,
+        Some(g) => GroupBy::parse(g).ok_or_else(|| {
+            ApiError::parameter("group_by", format!("must be one of {}", GroupBy::NAMES))
+        })?,
+    };
+    let filter = call_filter(&params, &state.tz)?;
+    if let (Some(from), Some(to)) = (filter.from, filter.to)
+        && from > to
+    {
+        return Err(ApiError::parameter("to", "must not be before from"));
+    }
+    if let (Some(from), Some(to)) = (filter.from, filter.to) {
+        group_by
+            .check_range(from, to)
+            .map_err(|e| ApiError::parameter("group_by", e.to_string()))?;
+    }
+    let builder = StatsBuilder::new(group_by, state.thresholds, state.tz.clone());
+    let builder = state.store.stats(&filter, builder).await?;
+    let (first, last) = builder.range();
+    let (from, to) = (filter.from.or(first), filter.to.or(last));
+    let undated = builder.undated();
+    let groups = builder
+        .finish(filter.from, filter.to)
+        .map_err(|e| ApiError::parameter("group_by", e.to_string()))?;
+    Ok(Json(StatsView {
+        from: from.map(|s| format_local(s, &state.tz)),
+        to: to.map(|s| format_local(s, &state.tz)),
+        time_zone: state.tz_name.to_string(),
+        short_abandon_seconds: state.thresholds.short_abandon_seconds,
+        service_level_seconds: state.thresholds.service_level_seconds,
+        groups,
+        undated,
+    }))
+}

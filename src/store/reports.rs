@@ -1,0 +1,68 @@
+//! What the figures read from the store: the columns of the call records they are computed
+//! from, selected with the call listing's filters.
+
+use async_trait::async_trait;
+
+use super::{CallFilter, RowColumns, Statement, StoreError, call_filter_terms};
+use crate::report::stats::{CallFacts, StatsBuilder};
+
+/// The columns [`read_call_facts`] reads, in its order.
+const FACT_COLUMNS: &str = "phase, call_status, direction, destination_number, hotline, \
+    user_name, start_time, answer_time, end_time, holding_duration";
+
+/// Reads for the call-centre figures.
+#[async_trait]
+pub trait Reports: Send + Sync {
+    /// Counts every call matching `filter` into `stats`: the calls whose start time is in the
+    /// filter's range one by one, and those with no start time (matching the other filters,
+    /// whatever the range) as undated.
+    async fn stats(
+        &self,
+        filter: &CallFilter,
+        stats: StatsBuilder,
+    ) -> Result<StatsBuilder, StoreError>;
+}
+
+/// The dated calls matching `filter`, with [`FACT_COLUMNS`].
+pub fn dated_facts_query(filter: &CallFilter) -> Statement {
+    let (mut terms, args) = call_filter_terms(filter, None);
+    terms.push("start_time IS NOT NULL");
+    Statement {
+        sql: format!(
+            "SELECT {FACT_COLUMNS} FROM calls WHERE {}",
+            terms.join(" AND ")
+        ),
+        args,
+    }
+}
+
+/// How many calls match `filter` but for its range, and have no start time.
+pub fn undated_count_query(filter: &CallFilter) -> Statement {
+    let undated = CallFilter {
+        from: None,
+        to: None,
+        ..filter.clone()
+    };
+    let (mut terms, args) = call_filter_terms(&undated, None);
+    terms.push("start_time IS NULL");
+    Statement {
+        sql: format!("SELECT count(*) FROM calls WHERE {}", terms.join(" AND ")),
+        args,
+    }
+}
+
+/// A row of [`dated_facts_query`].
+pub fn read_call_facts(row: &impl RowColumns) -> Result<CallFacts, StoreError> {
+    Ok(CallFacts {
+        ended: row.required_text(0)? == crate::model::Phase::Ended.as_str(),
+        call_status: row.text(1)?,
+        direction: row.text(2)?,
+        destination_number: row.text(3)?,
+        hotline: row.text(4)?,
+        user_name: row.text(5)?,
+        start_time: row.integer(6)?,
+        answer_time: row.integer(7)?,
+        end_time: row.integer(8)?,
+        holding_duration: row.integer(9)?,
+    })
+}
