@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub mod auth;
+pub mod callbacks;
 pub mod calls;
 pub mod conn;
 pub mod deliveries;
@@ -71,6 +72,8 @@ pub fn app(state: AppState) -> Router {
         .route("/calls/{call_id}/events", get(calls::call_events))
         .route("/rejected", get(calls::list_rejected))
         .route("/stats", get(stats::stats))
+        .route("/callbacks", get(callbacks::list))
+        .route("/callbacks/{id}/close", post(callbacks::close))
         .route("/changes", get(feed::list_changes))
         .route(
             "/destinations",

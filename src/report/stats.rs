@@ -52,6 +52,12 @@ pub struct CallFacts {
     pub holding_duration: Option<i64>,
 }
 
+/// A call is answered when an answer time is known, or its `call_status` is `answered` (in
+/// any case).
+pub fn is_answered(answer_time: Option<i64>, call_status: Option<&str>) -> bool {
+    answer_time.is_some() || call_status.is_some_and(|s| s.trim().eq_ignore_ascii_case("answered"))
+}
+
 fn present(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
@@ -59,8 +65,7 @@ fn present(value: &Option<String>) -> Option<&str> {
 impl CallFacts {
     /// An answer time is known, or `call_status` is `answered`.
     pub fn answered(&self) -> bool {
-        self.answer_time.is_some()
-            || present(&self.call_status).is_some_and(|s| s.eq_ignore_ascii_case("answered"))
+        is_answered(self.answer_time, self.call_status.as_deref())
     }
 
     /// Answer − start for an answered call, end − start for an unanswered one; unknown when

@@ -15,6 +15,7 @@ use crate::model::{
     CallRecord, EventFields, FinalStatuses, ParsedEvent, Phase, SourceKey, parse_body,
 };
 
+pub mod callbacks;
 pub mod deliveries;
 pub mod postgres;
 pub mod reports;

@@ -3,7 +3,9 @@
 
 use async_trait::async_trait;
 
+use super::callbacks::{CallbackCursor, CallbackFilter, CallbackPage};
 use super::{CallFilter, RowColumns, Statement, StoreError, call_filter_terms};
+use crate::report::callbacks::Item;
 use crate::report::stats::{CallFacts, StatsBuilder};
 
 /// The columns [`read_call_facts`] reads, in its order.
@@ -21,6 +23,24 @@ pub trait Reports: Send + Sync {
         filter: &CallFilter,
         stats: StatsBuilder,
     ) -> Result<StatsBuilder, StoreError>;
+
+    /// The callback worklist's items matching `filter`, ordered by first miss, `limit` at most,
+    /// after `cursor`.
+    async fn callbacks(
+        &self,
+        filter: &CallbackFilter,
+        limit: usize,
+        cursor: Option<CallbackCursor>,
+    ) -> Result<CallbackPage, StoreError>;
+
+    /// Closes an open item by hand at `at` (Unix seconds) and answers it as it is now; a
+    /// closed item is answered as it is. `None` when no item has that id.
+    async fn close_callback(
+        &self,
+        id: &str,
+        note: Option<String>,
+        at: i64,
+    ) -> Result<Option<Item>, StoreError>;
 }
 
 /// The dated calls matching `filter`, with [`FACT_COLUMNS`].

@@ -2,6 +2,8 @@
 
 mod support;
 
+/// The missed-call callback worklist: by hand, in any arrival order, rebuilt with the records.
+mod callbacks;
 /// The real binary: first-run credentials, the listening line, SIGTERM.
 mod cli;
 /// Identity of events: key order, whitespace, number vs string, restarts, concurrent resends.

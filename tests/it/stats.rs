@@ -6,29 +6,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-/// One event of a call, as Alohub sends it (times local, empty when unknown).
-#[allow(clippy::too_many_arguments)]
-fn event(
-    call_id: &str,
-    status: &str,
-    direction: &str,
-    caller: &str,
-    destination: &str,
-    hotline: &str,
-    user: &str,
-    times: [&str; 3],
-    hold: &str,
-) -> Value {
-    json!({
-        "call_id": call_id, "call_status": status, "direction": direction,
-        "caller_number": caller, "destination_number": destination,
-        "starttime": times[0], "answertime": times[1], "endtime": times[2],
-        "hangup_by": "", "hotline": hotline, "total_duration": "", "holding_duration": hold,
-        "recording_url": "", "objectId": 1, "transactionID": format!("T_{call_id}"),
-        "userName": user, "eventType": "call"
-    })
-}
-
 /// The fixture: every call's events, in the order Alohub would send them.
 ///
 /// On Monday 2026-11-02 (Asia/Ho_Chi_Minh):
@@ -50,7 +27,7 @@ fn fixture() -> Vec<Vec<Value>> {
             "C1" => "0901234567".to_string(),
             _ => format!("090{}000000", &id[1..]),
         };
-        event(
+        call_event(
             id,
             "ringing",
             dir,
@@ -65,7 +42,7 @@ fn fixture() -> Vec<Vec<Value>> {
     vec![
         vec![
             ringing("C1", "inbound", "100", "H1", "lan", &d("09:00:00")),
-            event(
+            call_event(
                 "C1",
                 "answered",
                 "inbound",
@@ -76,7 +53,7 @@ fn fixture() -> Vec<Vec<Value>> {
                 [&d("09:00:00"), &d("09:00:10"), ""],
                 "",
             ),
-            event(
+            call_event(
                 "C1",
                 "answered",
                 "inbound",
@@ -89,7 +66,7 @@ fn fixture() -> Vec<Vec<Value>> {
             ),
         ],
         vec![
-            event(
+            call_event(
                 "C2",
                 "answered",
                 "inbound",
@@ -100,7 +77,7 @@ fn fixture() -> Vec<Vec<Value>> {
                 [&d("09:10:00"), &d("09:10:30"), ""],
                 "",
             ),
-            event(
+            call_event(
                 "C2",
                 "answered",
                 "inbound",
@@ -114,7 +91,7 @@ fn fixture() -> Vec<Vec<Value>> {
         ],
         vec![
             ringing("C3", "inbound", "101", "H2", "", &d("10:00:00")),
-            event(
+            call_event(
                 "C3",
                 "missed",
                 "inbound",
@@ -126,7 +103,7 @@ fn fixture() -> Vec<Vec<Value>> {
                 "",
             ),
         ],
-        vec![event(
+        vec![call_event(
             "C4",
             "missed",
             "inbound",
@@ -139,7 +116,7 @@ fn fixture() -> Vec<Vec<Value>> {
         )],
         vec![
             ringing("C5", "inbound", "", "H1", "", &d("11:00:00")),
-            event(
+            call_event(
                 "C5",
                 "missed",
                 "inbound",
@@ -152,7 +129,7 @@ fn fixture() -> Vec<Vec<Value>> {
             ),
         ],
         vec![
-            event(
+            call_event(
                 "C6",
                 "answered",
                 "outbound",
@@ -163,7 +140,7 @@ fn fixture() -> Vec<Vec<Value>> {
                 [&d("12:00:00"), &d("12:00:08"), ""],
                 "",
             ),
-            event(
+            call_event(
                 "C6",
                 "answered",
                 "outbound",
@@ -177,7 +154,7 @@ fn fixture() -> Vec<Vec<Value>> {
         ],
         vec![
             ringing("C7", "inbound", "300", "H1", "minh", &d("13:00:00")),
-            event(
+            call_event(
                 "C7",
                 "answered",
                 "inbound",
@@ -189,7 +166,7 @@ fn fixture() -> Vec<Vec<Value>> {
                 "",
             ),
         ],
-        vec![event(
+        vec![call_event(
             "C8",
             "missed",
             "inbound",
@@ -201,7 +178,7 @@ fn fixture() -> Vec<Vec<Value>> {
             "",
         )],
         vec![
-            event(
+            call_event(
                 "C9",
                 "answered",
                 "inbound",
@@ -212,7 +189,7 @@ fn fixture() -> Vec<Vec<Value>> {
                 [&d("23:59:50"), "2026-11-03 00:00:00", ""],
                 "",
             ),
-            event(
+            call_event(
                 "C9",
                 "answered",
                 "inbound",
@@ -224,7 +201,7 @@ fn fixture() -> Vec<Vec<Value>> {
                 "0",
             ),
         ],
-        vec![event(
+        vec![call_event(
             "C10",
             "missed",
             "inbound",

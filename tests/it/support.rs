@@ -490,6 +490,22 @@ impl alohook::store::reports::Reports for FlakyStore {
     ) -> Result<alohook::report::stats::StatsBuilder, StoreError> {
         self.inner.stats(filter, stats).await
     }
+    async fn callbacks(
+        &self,
+        filter: &alohook::store::callbacks::CallbackFilter,
+        limit: usize,
+        cursor: Option<alohook::store::callbacks::CallbackCursor>,
+    ) -> Result<alohook::store::callbacks::CallbackPage, StoreError> {
+        self.inner.callbacks(filter, limit, cursor).await
+    }
+    async fn close_callback(
+        &self,
+        id: &str,
+        note: Option<String>,
+        at: i64,
+    ) -> Result<Option<alohook::report::callbacks::Item>, StoreError> {
+        self.inner.close_callback(id, note, at).await
+    }
 }
 
 #[async_trait]
@@ -539,6 +555,29 @@ pub async fn open_store(settings: &Settings) -> Arc<dyn Store> {
     alohook::server::open_store(&settings.clone().resolve().unwrap())
         .await
         .unwrap()
+}
+
+/// One event of a call, as Alohub sends it (times local, empty when unknown).
+#[allow(clippy::too_many_arguments)]
+pub fn call_event(
+    call_id: &str,
+    status: &str,
+    direction: &str,
+    caller: &str,
+    destination: &str,
+    hotline: &str,
+    user: &str,
+    times: [&str; 3],
+    hold: &str,
+) -> Value {
+    serde_json::json!({
+        "call_id": call_id, "call_status": status, "direction": direction,
+        "caller_number": caller, "destination_number": destination,
+        "starttime": times[0], "answertime": times[1], "endtime": times[2],
+        "hangup_by": "", "hotline": hotline, "total_duration": "", "holding_duration": hold,
+        "recording_url": "", "objectId": 1, "transactionID": format!("T_{call_id}"),
+        "userName": user, "eventType": "call"
+    })
 }
 
 /// The in-progress event of the spec, for `call_id`.

@@ -79,6 +79,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_merge_lattice.sql"),
     include_str!("migrations/0003_changes.sql"),
     include_str!("migrations/0004_forwarding.sql"),
+    include_str!("migrations/0005_callbacks.sql"),
 ];
 /// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance (the
 /// notification goes out at commit, and only if the transaction commits; see write.rs).
@@ -489,6 +490,8 @@ async fn recompute_if_stale(
             recomputed += 1;
         }
     }
+    // The worklist follows the records.
+    reports::rebuild_callbacks(&*tx).await?;
     let hash = settings.fingerprint_hash();
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES ($1, $2), ('merge_settings_sha256', $3) \

@@ -1,11 +1,19 @@
 //! The figures' reads on PostgreSQL.
 
+use std::collections::{BTreeSet, HashMap};
+
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
+use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use super::{PgStore, numbered, sql_param};
+use crate::report::callbacks::{Item, ManualClose, NumberCall, worklist};
 use crate::report::stats::StatsBuilder;
+use crate::store::callbacks::{
+    ALL_CLOSES, ALL_NUMBER_CALLS, CallbackCursor, CallbackFilter, CallbackPage, INSERT_CLOSE,
+    ITEM_BY_ID, Refresh, list_query, page, parse_item, read_close, read_number_call,
+};
 use crate::store::reports::{Reports, dated_facts_query, read_call_facts, undated_count_query};
 use crate::store::{CallFilter, StoreError};
 
@@ -32,4 +40,246 @@ impl Reports for PgStore {
         })
         .await
     }
+
+    async fn callbacks(
+        &self,
+        filter: &CallbackFilter,
+        limit: usize,
+        cursor: Option<CallbackCursor>,
+    ) -> Result<CallbackPage, StoreError> {
+        let query = list_query(filter, cursor.as_ref(), limit);
+        let sql = numbered(&query.sql);
+        self.read(async |client| {
+            let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
+            let items = client
+                .query(&sql, &params)
+                .await?
+                .iter()
+                .map(|row| parse_item(&row.try_get::<_, String>(0)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(page(items, limit))
+        })
+        .await
+    }
+
+    async fn close_callback(
+        &self,
+        id: &str,
+        note: Option<String>,
+        at: i64,
+    ) -> Result<Option<Item>, StoreError> {
+        let (by_id, insert) = (numbered(ITEM_BY_ID), numbered(INSERT_CLOSE));
+        self.transaction(async |client| {
+            let item_by_id = async || -> Result<Option<Item>, StoreError> {
+                client
+                    .query_opt(&by_id, &[&id])
+                    .await?
+                    .map(|row| parse_item(&row.try_get::<_, String>(0)?))
+                    .transpose()
+            };
+            let Some(item) = item_by_id().await? else {
+                return Ok(None);
+            };
+            // The number's lock first, then the item again: it may have changed meanwhile.
+            client
+                .query(LOCK_NUMBERS, &[&vec![item.phone.as_str()]])
+                .await?;
+            let Some(item) = item_by_id().await? else {
+                return Ok(None);
+            };
+            if !item.open {
+                return Ok(Some(item));
+            }
+            client
+                .execute(&insert, &[&item.phone, &id, &at, &note])
+                .await?;
+            refresh_callbacks(&***client, &BTreeSet::from([item.phone.clone()])).await?;
+            Ok(item_by_id().await?.or(Some(item)))
+        })
+        .await
+    }
+}
+
+/// Takes the locks of `phones` (sorted, so that two transactions never wait on each other):
+/// one number's items are recomputed by one transaction at a time, and each sees the calls the
+/// one before committed.
+const LOCK_NUMBERS: &str = "SELECT pg_advisory_xact_lock(k) FROM \
+    (SELECT DISTINCT hashtextextended(p, 8011) AS k FROM unnest($1::text[]) AS p ORDER BY 1) s";
+const NUMBERS_CALLS: &str = concat!(
+    "SELECT call_id, caller_number, direction, phase, call_status, hotline, start_time, \
+     answer_time, caller_norm FROM calls",
+    " WHERE caller_norm = ANY($1)"
+);
+const NUMBERS_CLOSES: &str = "SELECT item_id, at, note, phone FROM callback_closes \
+    WHERE phone = ANY($1) ORDER BY at, id";
+const NUMBERS_ITEMS: &str = "SELECT id, body, phone FROM callbacks WHERE phone = ANY($1)";
+const DELETE_HOTLINES: &str = "DELETE FROM callback_hotlines WHERE item_id = ANY($1)";
+const DELETE_ITEMS: &str = "DELETE FROM callbacks WHERE id = ANY($1)";
+const UPSERT_ITEMS: &str = "INSERT INTO callbacks (id, phone, open, first_missed_at, body) \
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[]) \
+    ON CONFLICT (id) DO UPDATE SET phone = excluded.phone, open = excluded.open, \
+    first_missed_at = excluded.first_missed_at, body = excluded.body";
+const INSERT_HOTLINES: &str = "INSERT INTO callback_hotlines (hotline, item_id) \
+    SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT (hotline, item_id) DO NOTHING";
+
+/// What one number's items are recomputed from.
+#[derive(Default)]
+struct Number {
+    calls: Vec<NumberCall>,
+    closes: Vec<ManualClose>,
+    /// The stored items: id, JSON.
+    stored: Vec<(String, String)>,
+}
+
+/// Recomputes the callback items of `phones` (normal forms) from their calls, inside the
+/// caller's transaction, writing only what changed.
+pub(super) async fn refresh_callbacks<C: GenericClient + Sync>(
+    client: &C,
+    phones: &BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let phones: Vec<&str> = phones
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.trim().is_empty())
+        .collect();
+    if phones.is_empty() {
+        return Ok(());
+    }
+    client.query(LOCK_NUMBERS, &[&phones]).await?;
+    let (calls, closes, stored) = futures_util::future::try_join3(
+        client.query(NUMBERS_CALLS, &[&phones]),
+        client.query(NUMBERS_CLOSES, &[&phones]),
+        client.query(NUMBERS_ITEMS, &[&phones]),
+    )
+    .await?;
+    let mut by_phone: HashMap<&str, Number> =
+        phones.iter().map(|p| (*p, Number::default())).collect();
+    for row in &calls {
+        let (phone, call) = read_number_call(row)?;
+        if let Some(number) = by_phone.get_mut(phone.as_str()) {
+            number.calls.push(call);
+        }
+    }
+    for row in &closes {
+        let (phone, close) = read_close(row)?;
+        if let Some(number) = by_phone.get_mut(phone.as_str()) {
+            number.closes.push(close);
+        }
+    }
+    for row in &stored {
+        let phone: String = row.try_get(2)?;
+        if let Some(number) = by_phone.get_mut(phone.as_str()) {
+            number.stored.push((row.try_get(0)?, row.try_get(1)?));
+        }
+    }
+    let mut refresh = Refresh::default();
+    for (phone, number) in &by_phone {
+        refresh.plan(phone, &number.calls, &number.closes, &number.stored);
+    }
+    write_refresh(client, &refresh).await
+}
+
+async fn write_refresh<C: GenericClient + Sync>(
+    client: &C,
+    refresh: &Refresh,
+) -> Result<(), StoreError> {
+    if refresh.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<&str> = refresh.delete.iter().map(String::as_str).collect();
+    ids.extend(refresh.upsert.iter().map(|i| i.id.as_str()));
+    client.execute(DELETE_HOTLINES, &[&ids]).await?;
+    if !refresh.delete.is_empty() {
+        client.execute(DELETE_ITEMS, &[&refresh.delete]).await?;
+    }
+    insert_items(client, &refresh.upsert).await
+}
+
+/// Writes `items` (new or changed) with their hotlines, whose old rows are gone already.
+async fn insert_items<C: GenericClient + Sync>(
+    client: &C,
+    items: &[Item],
+) -> Result<(), StoreError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let (mut ids, mut phones, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut open, mut first_missed): (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+    let (mut hotlines, mut hotline_items) = (Vec::new(), Vec::new());
+    for item in items {
+        ids.push(item.id.as_str());
+        phones.push(item.phone.as_str());
+        open.push(i64::from(item.open));
+        first_missed.push(item.first_missed_at);
+        bodies.push(serde_json::to_string(item).expect("an item serialises"));
+        for h in &item.hotlines {
+            hotlines.push(h.as_str());
+            hotline_items.push(item.id.as_str());
+        }
+    }
+    client
+        .execute(
+            UPSERT_ITEMS,
+            &[&ids, &phones, &open, &first_missed, &bodies],
+        )
+        .await?;
+    if !hotlines.is_empty() {
+        client
+            .execute(INSERT_HOTLINES, &[&hotlines, &hotline_items])
+            .await?;
+    }
+    Ok(())
+}
+
+/// Builds the whole worklist again from every call, inside the caller's transaction (see the
+/// SQLite store's twin). Returns how many items it wrote.
+pub(super) async fn rebuild_callbacks<C: GenericClient + Sync>(
+    client: &C,
+) -> Result<usize, StoreError> {
+    client
+        .batch_execute(
+            "LOCK TABLE callbacks, callback_hotlines, callback_closes IN EXCLUSIVE MODE; \
+             DELETE FROM callback_hotlines; DELETE FROM callbacks;",
+        )
+        .await?;
+    let mut closes: HashMap<String, Vec<ManualClose>> = HashMap::new();
+    for row in client.query(ALL_CLOSES, &[]).await? {
+        let (phone, close) = read_close(&row)?;
+        closes.entry(phone).or_default().push(close);
+    }
+    // Fetched a slice at a time through a cursor, so that items are written in between.
+    client
+        .batch_execute(&format!(
+            "DECLARE callbacks_rebuild NO SCROLL CURSOR FOR {ALL_NUMBER_CALLS}"
+        ))
+        .await?;
+    let (mut current, mut calls) = (String::new(), Vec::new());
+    let mut written = 0;
+    loop {
+        let rows = client
+            .query("FETCH 5000 FROM callbacks_rebuild", &[])
+            .await?;
+        let mut pending = Vec::new();
+        for row in &rows {
+            let (phone, call) = read_number_call(row)?;
+            if phone != current {
+                let phone_closes = closes.get(&current).map(Vec::as_slice).unwrap_or_default();
+                pending.extend(worklist(&current, &calls, phone_closes));
+                calls.clear();
+                current = phone;
+            }
+            calls.push(call);
+        }
+        if rows.is_empty() {
+            let phone_closes = closes.get(&current).map(Vec::as_slice).unwrap_or_default();
+            pending.extend(worklist(&current, &calls, phone_closes));
+        }
+        written += pending.len();
+        insert_items(client, &pending).await?;
+        if rows.is_empty() {
+            break;
+        }
+    }
+    client.batch_execute("CLOSE callbacks_rebuild").await?;
+    Ok(written)
 }

@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_merge_lattice.sql"),
     include_str!("migrations/0003_changes.sql"),
     include_str!("migrations/0004_forwarding.sql"),
+    include_str!("migrations/0005_callbacks.sql"),
 ];
 /// Below this much free space on the database's file system, the store says it is not ready:
 /// a batch of large events, the WAL's growth and a checkpoint need room.
@@ -350,6 +351,8 @@ fn recompute_if_stale(conn: &mut Connection, settings: &MergeSettings) -> Result
             recomputed += 1;
         }
     }
+    // The worklist follows the records.
+    reports::rebuild_callbacks(&tx)?;
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -428,10 +431,13 @@ fn commit_batch(
     }
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut changes = Vec::new();
+    // The numbers whose callback items may have changed.
+    let mut phones = std::collections::BTreeSet::new();
     for item in batch {
         let outcome = match item {
             Incoming::Event { event, received_at } => {
-                let (outcome, change) = store_event(&tx, calls, &event, received_at, settings)?;
+                let (outcome, change) =
+                    store_event(&tx, calls, &event, received_at, settings, &mut phones)?;
                 if let Some(change) = change {
                     changes.push(insert_change(&tx, change, settings)?);
                 }
@@ -456,6 +462,7 @@ fn commit_batch(
         };
         outcomes.push(outcome);
     }
+    reports::refresh_callbacks(&tx, &phones)?;
     tx.commit()?;
     Ok(Committed { outcomes, changes })
 }
@@ -486,13 +493,14 @@ fn insert_change(
 }
 
 /// Stores an event (or counts a resend) and merges it into its call; with the change it makes
-/// when it is new.
+/// when it is new. The call's number, before and after, goes into `phones`.
 fn store_event(
     conn: &Connection,
     calls: &mut CallCache,
     event: &ParsedEvent,
     received_at: i64,
     settings: &MergeSettings,
+    phones: &mut std::collections::BTreeSet<String>,
 ) -> Result<(Outcome, Option<NewChange>), StoreError> {
     let call_id = event.merged_call_id();
     let warnings = event.warnings_json();
@@ -536,6 +544,11 @@ fn store_event(
                 received_at,
                 &settings.finals,
             )?;
+            for record in before.iter().chain([&after]) {
+                if let Some(caller) = &record.fields.caller_number {
+                    phones.insert(crate::model::phone::normalize_phone(caller));
+                }
+            }
             call_change(event_id, received_at, before.as_ref(), &after, settings)
         }
         None => NewChange::event(event_id, received_at, &event.raw),

@@ -1,0 +1,203 @@
+//! The missed-call callback worklist: `GET /api/callbacks`, `POST /api/callbacks/{id}/close`.
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+
+use super::AppState;
+use super::calls::{Page, Params};
+use super::error::ApiError;
+use crate::model::time::{format_local, parse_range_bound};
+use crate::report::callbacks::Item;
+use crate::store::callbacks::{CallbackCursor, CallbackFilter};
+
+/// The longest note a close by hand keeps.
+const MAX_NOTE_CHARS: usize = 2000;
+
+/// An item as the API shows it: times in the configured zone.
+#[derive(Debug, Serialize)]
+pub struct ItemView {
+    pub id: String,
+    pub phone: String,
+    pub phone_as_sent: String,
+    pub reachable: bool,
+    pub state: &'static str,
+    pub missed_count: u64,
+    pub first_missed_at: String,
+    pub last_missed_at: String,
+    pub last_missed_call_id: String,
+    pub hotlines: Vec<String>,
+    pub attempts: u64,
+    pub last_attempt_at: Option<String>,
+    pub age_seconds: Option<i64>,
+    pub closed_at: Option<String>,
+    pub closed_by_call_id: Option<String>,
+    pub closed_reason: Option<String>,
+    pub note: Option<String>,
+}
+
+impl ItemView {
+    /// `now` in Unix seconds, for the age of an open item.
+    pub fn of(item: Item, tz: &TimeZone, now: i64) -> Self {
+        let at = |s: i64| format_local(s, tz);
+        ItemView {
+            state: if item.open { "open" } else { "closed" },
+            age_seconds: item
+                .open
+                .then(|| now.saturating_sub(item.first_missed_at).max(0)),
+            first_missed_at: at(item.first_missed_at),
+            last_missed_at: at(item.last_missed_at),
+            last_attempt_at: item.last_attempt_at.map(at),
+            closed_at: item.closed_at.map(at),
+            id: item.id,
+            phone: item.phone,
+            phone_as_sent: item.phone_as_sent,
+            reachable: item.reachable,
+            missed_count: item.missed_count,
+            last_missed_call_id: item.last_missed_call_id,
+            hotlines: item.hotlines,
+            attempts: item.attempts,
+            closed_by_call_id: item.closed_by_call_id,
+            closed_reason: item.closed_reason,
+            note: item.note,
+        }
+    }
+}
+
+fn now_seconds() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// The listing's filters from the query (`state`, `hotline`, `from`, `to`, `sort`).
+pub(super) fn callback_filter(params: &Params, tz: &TimeZone) -> Result<CallbackFilter, ApiError> {
+    let open = match params.get("state").unwrap_or("open") {
+        "open" => Some(true),
+        "closed" => Some(false),
+        "all" => None,
+        _ => {
+            return Err(ApiError::parameter(
+                "state",
+                "must be one of open, closed, all",
+            ));
+        }
+    };
+    let newest_first = match params.get("sort").unwrap_or("oldest") {
+        "oldest" => false,
+        "newest" => true,
+        _ => return Err(ApiError::parameter("sort", "must be one of oldest, newest")),
+    };
+    let bound = |name: &str, end_of_day: bool| {
+        params
+            .get(name)
+            .map(|v| {
+                parse_range_bound(v, tz, end_of_day)
+                    .or_else(|| parse_range_bound(&v.replace(' ', "+"), tz, end_of_day))
+                    .ok_or_else(|| {
+                        ApiError::parameter(name, "must be an RFC 3339 time or a date YYYY-MM-DD")
+                    })
+            })
+            .transpose()
+    };
+    Ok(CallbackFilter {
+        open,
+        hotline: params.text("hotline"),
+        from: bound("from", false)?,
+        to: bound("to", true)?,
+        newest_first,
+    })
+}
+
+/// `GET /api/callbacks?state=open|closed|all&hotline&from&to&sort=oldest|newest&limit&cursor`.
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Page<ItemView>>, ApiError> {
+    let params = Params::new(
+        query,
+        &["state", "hotline", "from", "to", "sort", "limit", "cursor"],
+    )?;
+    let limit = params.limit()?;
+    let filter = callback_filter(&params, &state.tz)?;
+    let cursor = params.get("cursor").map(decode_cursor).transpose()?;
+    let page = state.store.callbacks(&filter, limit, cursor).await?;
+    let now = now_seconds();
+    Ok(Json(Page {
+        items: page
+            .items
+            .into_iter()
+            .map(|i| ItemView::of(i, &state.tz, now))
+            .collect(),
+        next_cursor: page.next.map(|c| encode_cursor(&c)),
+    }))
+}
+
+/// `POST /api/callbacks/{id}/close` with an optional `{"note":"…"}`.
+pub async fn close(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<ItemView>, ApiError> {
+    let id = path
+        .map(|Path(id)| id)
+        .map_err(|e| ApiError::parameter("id", e.body_text()))?;
+    let note = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::parameter("body", format!("not a JSON object: {e}")))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| ApiError::parameter("body", "not a JSON object"))?;
+        if let Some(unknown) = object.keys().find(|k| k.as_str() != "note") {
+            return Err(ApiError::parameter(unknown, "unknown field; known: note"));
+        }
+        match object.get("note") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(note)) if note.chars().count() <= MAX_NOTE_CHARS => {
+                Some(note.clone()).filter(|n| !n.trim().is_empty())
+            }
+            Some(_) => {
+                return Err(ApiError::parameter(
+                    "note",
+                    format!("must be a string of at most {MAX_NOTE_CHARS} characters"),
+                ));
+            }
+        }
+    };
+    let now = now_seconds();
+    let item = state
+        .store
+        .close_callback(&id, note, now)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    tracing::info!(callback = %item.id, "callback item closed by hand");
+    Ok(Json(ItemView::of(item, &state.tz, now)))
+}
+
+fn encode_cursor(c: &CallbackCursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("k1:{}:{}", c.first_missed_at, c.id))
+}
+
+fn decode_cursor(text: &str) -> Result<CallbackCursor, ApiError> {
+    let invalid = || ApiError::parameter("cursor", "not a cursor this API returned");
+    let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let mut parts = text.splitn(3, ':');
+    if parts.next() != Some("k1") {
+        return Err(invalid());
+    }
+    let first_missed_at = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(invalid)?;
+    let id = parts.next().ok_or_else(invalid)?.to_string();
+    Ok(CallbackCursor {
+        first_missed_at,
+        id,
+    })
+}

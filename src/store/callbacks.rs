@@ -1,0 +1,226 @@
+//! The callback worklist in the store: what both backends read to recompute a number's items,
+//! how they compare them with the stored ones, and the listing's query.
+
+use super::{Column, RowColumns, Statement, StoreError};
+use crate::model::Phase;
+use crate::report::callbacks::{Item, ManualClose, NumberCall, worklist};
+use crate::report::stats::is_answered;
+
+/// The columns [`read_number_call`] reads, in its order.
+macro_rules! number_call_columns {
+    () => {
+        "SELECT call_id, caller_number, direction, phase, call_status, hotline, start_time, \
+         answer_time, caller_norm FROM calls"
+    };
+}
+
+/// A number's calls: the number (`caller_norm`).
+pub const NUMBER_CALLS: &str = concat!(number_call_columns!(), " WHERE caller_norm = ?");
+/// Every call with a number, number by number (rebuilding the whole worklist).
+pub const ALL_NUMBER_CALLS: &str = concat!(
+    number_call_columns!(),
+    " WHERE caller_norm IS NOT NULL AND caller_norm <> '' ORDER BY caller_norm"
+);
+/// Every close by hand.
+pub const ALL_CLOSES: &str = "SELECT item_id, at, note, phone FROM callback_closes ORDER BY at, id";
+/// A number's closes by hand: the number.
+pub const NUMBER_CLOSES: &str =
+    "SELECT item_id, at, note, phone FROM callback_closes WHERE phone = ? ORDER BY at, id";
+/// A number's stored items: the number.
+pub const NUMBER_ITEMS: &str = "SELECT id, body, phone FROM callbacks WHERE phone = ?";
+
+/// Removing an item: its id, for each.
+pub const DELETE_ITEM: [&str; 2] = [
+    "DELETE FROM callback_hotlines WHERE item_id = ?",
+    "DELETE FROM callbacks WHERE id = ?",
+];
+/// Writing an item: id, phone, open, first_missed_at, body.
+pub const UPSERT_ITEM: &str = "INSERT INTO callbacks (id, phone, open, first_missed_at, body) \
+    VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET phone = excluded.phone, \
+    open = excluded.open, first_missed_at = excluded.first_missed_at, body = excluded.body";
+/// One hotline of an item: hotline, item id.
+pub const INSERT_HOTLINE: &str = "INSERT INTO callback_hotlines (hotline, item_id) VALUES (?, ?) \
+    ON CONFLICT (hotline, item_id) DO NOTHING";
+/// A close by hand: phone, item id, at, note.
+pub const INSERT_CLOSE: &str =
+    "INSERT INTO callback_closes (phone, item_id, at, note) VALUES (?, ?, ?, ?)";
+/// An item by id.
+pub const ITEM_BY_ID: &str = "SELECT body FROM callbacks WHERE id = ?";
+
+/// A row of [`NUMBER_CALLS`], with its number.
+pub fn read_number_call(row: &impl RowColumns) -> Result<(String, NumberCall), StoreError> {
+    let answer_time = row.integer(7)?;
+    let call_status = row.text(4)?;
+    Ok((
+        row.text(8)?.unwrap_or_default(),
+        NumberCall {
+            call_id: row.required_text(0)?,
+            caller_number: row.text(1)?.unwrap_or_default(),
+            direction: row.text(2)?,
+            ended: row.required_text(3)? == Phase::Ended.as_str(),
+            answered: is_answered(answer_time, call_status.as_deref()),
+            hotline: row.text(5)?.filter(|h| !h.trim().is_empty()),
+            start_time: row.integer(6)?,
+            answer_time,
+        },
+    ))
+}
+
+/// A row of [`NUMBER_CLOSES`], with its number.
+pub fn read_close(row: &impl RowColumns) -> Result<(String, ManualClose), StoreError> {
+    Ok((
+        row.required_text(3)?,
+        ManualClose {
+            item_id: row.required_text(0)?,
+            at: row.required_integer(1)?,
+            note: row.text(2)?,
+        },
+    ))
+}
+
+/// A stored item's JSON.
+pub fn parse_item(body: &str) -> Result<Item, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("a callback item: {e}")))
+}
+
+/// What to write for one number: the items to remove, and those to write (new or changed).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Refresh {
+    pub delete: Vec<String>,
+    pub upsert: Vec<Item>,
+}
+
+impl Refresh {
+    /// Adds what turns `stored` (id, JSON) into the items `calls` and `closes` give `phone`.
+    pub fn plan(
+        &mut self,
+        phone: &str,
+        calls: &[NumberCall],
+        closes: &[ManualClose],
+        stored: &[(String, String)],
+    ) {
+        let items = worklist(phone, calls, closes);
+        for (id, _) in stored {
+            if !items.iter().any(|i| &i.id == id) {
+                self.delete.push(id.clone());
+            }
+        }
+        for item in items {
+            let same = stored
+                .iter()
+                .any(|(id, body)| id == &item.id && parse_item(body).is_ok_and(|old| old == item));
+            if !same {
+                self.upsert.push(item);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.delete.is_empty() && self.upsert.is_empty()
+    }
+}
+
+/// The arguments of [`UPSERT_ITEM`] for `item`.
+pub fn upsert_args(item: &Item) -> Vec<Column> {
+    vec![
+        Column::Text(Some(item.id.clone())),
+        Column::Text(Some(item.phone.clone())),
+        Column::Integer(Some(i64::from(item.open))),
+        Column::Integer(Some(item.first_missed_at)),
+        Column::Text(Some(
+            serde_json::to_string(item).expect("an item serialises"),
+        )),
+    ]
+}
+
+/// The listing's filters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallbackFilter {
+    /// `Some(true)`: open only; `Some(false)`: closed only; `None`: all.
+    pub open: Option<bool>,
+    pub hotline: Option<String>,
+    /// On `first_missed_at`, Unix seconds, inclusive.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Newest first missed first, instead of oldest.
+    pub newest_first: bool,
+}
+
+/// A position in the listing: after the item with this first miss and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackCursor {
+    pub first_missed_at: i64,
+    pub id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallbackPage {
+    pub items: Vec<Item>,
+    pub next: Option<CallbackCursor>,
+}
+
+/// The listing: `limit + 1` items, so that the caller knows whether a next page exists.
+pub fn list_query(
+    filter: &CallbackFilter,
+    cursor: Option<&CallbackCursor>,
+    limit: usize,
+) -> Statement {
+    let mut terms: Vec<&str> = Vec::new();
+    let mut args = Vec::new();
+    if let Some(open) = filter.open {
+        terms.push("open = ?");
+        args.push(Column::Integer(Some(i64::from(open))));
+    }
+    if let Some(hotline) = &filter.hotline {
+        terms.push(
+            "EXISTS (SELECT 1 FROM callback_hotlines h WHERE h.item_id = callbacks.id \
+             AND h.hotline = ?)",
+        );
+        args.push(Column::Text(Some(hotline.clone())));
+    }
+    if let Some(from) = filter.from {
+        terms.push("first_missed_at >= ?");
+        args.push(Column::Integer(Some(from)));
+    }
+    if let Some(to) = filter.to {
+        terms.push("first_missed_at <= ?");
+        args.push(Column::Integer(Some(to)));
+    }
+    let (after, order) = if filter.newest_first {
+        ("(first_missed_at, id) < (?, ?)", "DESC")
+    } else {
+        ("(first_missed_at, id) > (?, ?)", "ASC")
+    };
+    if let Some(c) = cursor {
+        terms.push(after);
+        args.push(Column::Integer(Some(c.first_missed_at)));
+        args.push(Column::Text(Some(c.id.clone())));
+    }
+    let where_sql = if terms.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", terms.join(" AND "))
+    };
+    args.push(Column::Integer(Some(limit as i64 + 1)));
+    Statement {
+        sql: format!(
+            "SELECT body FROM callbacks {where_sql} \
+             ORDER BY first_missed_at {order}, id {order} LIMIT ?"
+        ),
+        args,
+    }
+}
+
+/// The page from the rows of [`list_query`] (`limit + 1` at most).
+pub fn page(mut items: Vec<Item>, limit: usize) -> CallbackPage {
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|i| CallbackCursor {
+            first_missed_at: i.first_missed_at,
+            id: i.id.clone(),
+        })
+    } else {
+        None
+    };
+    CallbackPage { items, next }
+}

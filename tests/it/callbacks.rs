@@ -1,0 +1,293 @@
+//! The missed-call callback worklist: repeat misses, a call-back that arrives before the miss,
+//! outbound attempts, closes by hand, masked numbers, filters and paging, any arrival order,
+//! and the list rebuilt when the call records are recomputed.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// One event of a call on 2026-11-02 (Asia/Ho_Chi_Minh): times `HH:MM:SS`, empty when unknown.
+fn ev(id: &str, status: &str, dir: &str, caller: &str, hotline: &str, times: [&str; 3]) -> Value {
+    let t = |s: &str| {
+        if s.is_empty() {
+            String::new()
+        } else {
+            format!("2026-11-02 {s}")
+        }
+    };
+    call_event(
+        id,
+        status,
+        dir,
+        caller,
+        "101",
+        hotline,
+        "",
+        [&t(times[0]), &t(times[1]), &t(times[2])],
+        "",
+    )
+}
+
+fn miss(id: &str, caller: &str, hotline: &str, start: &str, end: &str) -> Value {
+    ev(id, "missed", "inbound", caller, hotline, [start, "", end])
+}
+
+const A: &str = "0901111111";
+const B: &str = "0902222222";
+const MASKED: &str = "03899xxx";
+const D: &str = "0904444444";
+
+/// D's second miss: after its first was closed by hand (now), so long after.
+fn d2() -> Value {
+    call_event(
+        "d2",
+        "missed",
+        "inbound",
+        D,
+        "101",
+        "H2",
+        "",
+        ["2099-01-01 09:00:00", "", "2099-01-01 09:00:20"],
+        "",
+    )
+}
+
+/// Every event of the fixture but D's second miss, in the order Alohub sent them.
+fn fixture() -> Vec<Value> {
+    vec![
+        // A: two misses (H1, H2), an unanswered call-back attempt, an answered call-back,
+        // then a new miss.
+        miss("a1", A, "H1", "09:00:00", "09:00:30"),
+        miss("a2", A, "H2", "09:30:00", "09:30:10"),
+        ev(
+            "a3",
+            "no_answer",
+            "outbound",
+            A,
+            "",
+            ["09:40:00", "", "09:40:30"],
+        ),
+        ev(
+            "a4",
+            "answered",
+            "outbound",
+            A,
+            "",
+            ["10:00:00", "10:00:10", ""],
+        ),
+        ev(
+            "a4",
+            "answered",
+            "outbound",
+            A,
+            "",
+            ["10:00:00", "10:00:10", "10:03:00"],
+        ),
+        miss("a5", A, "H1", "11:00:00", "11:00:20"),
+        // B: the call-back's events arrive before the miss they answer.
+        ev(
+            "b2",
+            "answered",
+            "inbound",
+            B,
+            "H1",
+            ["15:00:00", "15:00:05", "15:05:00"],
+        ),
+        miss("b1", B, "H1", "14:00:00", "14:00:20"),
+        // A masked number: each miss on its own, whatever follows.
+        miss("c1", MASKED, "H1", "12:00:00", "12:00:20"),
+        miss("c2", MASKED, "H1", "12:30:00", "12:30:20"),
+        ev(
+            "c3",
+            "answered",
+            "inbound",
+            MASKED,
+            "H1",
+            ["12:40:00", "12:40:05", "12:45:00"],
+        ),
+        // D: a miss, closed by hand below.
+        miss("d1", D, "H2", "13:00:00", "13:00:20"),
+    ]
+}
+
+async fn list(server: &TestServer, query: &str) -> Value {
+    let (status, body) = server.get(&format!("/api/callbacks{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    body
+}
+
+/// (phone, last missed call, state) of each item.
+fn summary(page: &Value) -> Vec<(String, String, String)> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["phone"].as_str().unwrap().to_string(),
+                i["last_missed_call_id"].as_str().unwrap().to_string(),
+                i["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn s3(a: &str, b: &str, c: &str) -> (String, String, String) {
+    (a.into(), b.into(), c.into())
+}
+
+async fn close(server: &TestServer, id: &str, body: &str) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url(&format!("/api/callbacks/{id}/close")))
+        .bearer_auth(TOKEN)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Every item of `server`, page by page, without the age (it grows with the clock).
+async fn every_item(server: &TestServer) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = list(server, &format!("?state=all&limit=2{cursor}")).await;
+        for mut item in page["items"].as_array().unwrap().clone() {
+            item.as_object_mut().unwrap().remove("age_seconds");
+            items.push(item);
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return items,
+        }
+    }
+}
+
+crate::on_every_backend! {
+async fn the_worklist_by_hand(db) {
+    let server = TestServer::start(&db).await;
+    for e in fixture() {
+        server.send(&e).await;
+    }
+    // The default is the open items, oldest first miss first.
+    let open = list(&server, "").await;
+    assert_eq!(summary(&open), [
+        s3("+84901111111", "a5", "open"),
+        s3(MASKED, "c1", "open"),
+        s3(MASKED, "c2", "open"),
+        s3("+84904444444", "d1", "open"),
+    ], "{open:#}");
+    assert_eq!(open["next_cursor"], Value::Null);
+    let a5 = &open["items"][0];
+    assert_eq!(a5["phone_as_sent"], A);
+    assert_eq!(a5["reachable"], true);
+    assert_eq!(a5["missed_count"], 1);
+    assert_eq!(a5["first_missed_at"], "2026-11-02T11:00:00+07:00");
+    assert_eq!(a5["hotlines"], json!(["H1"]));
+    assert_eq!(a5["attempts"], 0);
+    assert!(a5["age_seconds"].as_i64().unwrap() > 0, "{a5}");
+    assert_eq!((a5["closed_at"].clone(), a5["closed_reason"].clone(), a5["note"].clone()),
+        (Value::Null, Value::Null, Value::Null));
+    let masked = &open["items"][1];
+    assert_eq!((masked["reachable"].clone(), masked["missed_count"].clone()), (json!(false), json!(1)));
+
+    let closed = list(&server, "?state=closed").await;
+    assert_eq!(summary(&closed), [
+        s3("+84901111111", "a2", "closed"),
+        s3("+84902222222", "b1", "closed"),
+    ], "{closed:#}");
+    let a = &closed["items"][0];
+    assert_eq!(a["missed_count"], 2);
+    assert_eq!(a["first_missed_at"], "2026-11-02T09:00:00+07:00");
+    assert_eq!(a["last_missed_at"], "2026-11-02T09:30:00+07:00");
+    assert_eq!(a["hotlines"], json!(["H1", "H2"]));
+    assert_eq!((a["attempts"].clone(), a["last_attempt_at"].clone()),
+        (json!(1), json!("2026-11-02T09:40:00+07:00")));
+    assert_eq!(a["closed_at"], "2026-11-02T10:00:10+07:00", "the call-back's answer time");
+    assert_eq!(a["closed_by_call_id"], "a4");
+    assert_eq!(a["closed_reason"], "answered_outbound");
+    assert_eq!(a["age_seconds"], Value::Null);
+    let b = &closed["items"][1];
+    assert_eq!((b["closed_by_call_id"].clone(), b["closed_reason"].clone()),
+        (json!("b2"), json!("answered_inbound")), "a call-back that arrived first closes");
+
+    // A close by hand, with a note; then a new miss opens a new item.
+    let d1 = open["items"][3]["id"].as_str().unwrap().to_string();
+    let (status, item) = close(&server, &d1, r#"{"note":"Đã gọi lại, khách hẹn mai"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{item}");
+    assert_eq!((item["state"].clone(), item["closed_reason"].clone(), item["note"].clone()),
+        (json!("closed"), json!("manual"), json!("Đã gọi lại, khách hẹn mai")));
+    assert!(item["closed_at"].is_string());
+    let (status, again) = close(&server, &d1, "").await;
+    assert_eq!((status, again["note"].clone()), (StatusCode::OK, item["note"].clone()),
+        "closing a closed item changes nothing");
+    server.send(&d2()).await;
+    let open = list(&server, "?state=open&sort=newest").await;
+    assert_eq!(summary(&open)[0], s3("+84904444444", "d2", "open"));
+    assert_ne!(open["items"][0]["id"], json!(d1));
+    let (status, error) = close(&server, "cb_nothing", "").await;
+    assert_eq!((status, error["error"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+    let (status, error) = close(&server, &d1, r#"{"note":5}"#).await;
+    assert_eq!((status, error["parameter"].clone()), (StatusCode::BAD_REQUEST, json!("note")));
+
+    // Filters: hotline (a miss on it), the first miss's range, and paging.
+    let h2 = list(&server, "?state=all&hotline=H2").await;
+    assert_eq!(summary(&h2).iter().map(|s| s.1.as_str()).collect::<Vec<_>>(), ["a2", "d1", "d2"]);
+    let morning = list(&server, "?state=all&from=2026-11-02T08:00:00%2B07:00&to=2026-11-02T12:00:00%2B07:00").await;
+    assert_eq!(summary(&morning).iter().map(|s| s.1.as_str()).collect::<Vec<_>>(), ["a2", "a5", "c1"]);
+    let all = every_item(&server).await;
+    let order: Vec<&str> = all.iter().map(|i| i["last_missed_call_id"].as_str().unwrap()).collect();
+    assert_eq!(order, ["a2", "a5", "c1", "c2", "d1", "b1", "d2"]);
+    for (query, parameter) in [("?state=maybe", "state"), ("?sort=up", "sort"),
+        ("?cursor=nope", "cursor"), ("?from=soon", "from"), ("?page=2", "page")] {
+        let (status, body) = server.get(&format!("/api/callbacks{query}")).await;
+        assert_eq!((status, body["parameter"].clone()), (StatusCode::BAD_REQUEST, json!(parameter)),
+            "{query}: {body}");
+    }
+    server.stop().await;
+}
+
+/// The same events in another order, some twice, into another store: the same worklist.
+async fn any_arrival_order_gives_the_same_worklist(db) {
+    let seed = fastrand::u64(..);
+    println!("seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let other = if db.database().is_some() { Db::postgres().await } else { Db::sqlite() };
+    let in_order = TestServer::start(&db).await;
+    let shuffled = TestServer::start(&other).await;
+    let mut events = fixture();
+    events.push(d2());
+    for e in &events {
+        in_order.send(e).await;
+    }
+    let resent: Vec<Value> = events.iter().filter(|_| rng.bool()).cloned().collect();
+    events.extend(resent);
+    rng.shuffle(&mut events);
+    for e in &events {
+        shuffled.send(e).await;
+    }
+    let expected = every_item(&in_order).await;
+    assert_eq!(expected.len(), 6, "{expected:#?}");
+    assert_eq!(every_item(&shuffled).await, expected, "seed {seed}");
+    in_order.stop().await;
+    shuffled.stop().await;
+    other.cleanup().await;
+}
+
+/// A status that ends calls only under other settings: when the records are recomputed at
+/// start, the worklist follows them.
+async fn the_worklist_follows_recomputed_records(db) {
+    let server = TestServer::start(&db).await;
+    server.send(&ev("x1", "abandoned", "inbound", A, "H1", ["09:00:00", "", ""])).await;
+    assert_eq!(list(&server, "?state=all").await["items"], json!([]), "not ended: no miss");
+    server.stop().await;
+    let mut ending = settings(&db);
+    ending.final_statuses = vec!["abandoned".into(), "missed".into()];
+    let server = TestServer::start_with(ending, None).await;
+    assert_eq!(summary(&list(&server, "").await), [s3("+84901111111", "x1", "open")]);
+    server.stop().await;
+}
+}
