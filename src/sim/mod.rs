@@ -54,6 +54,15 @@ pub struct SimOptions {
     /// Share (0 to 1) of answered calls whose final event is sent before the mid-call one.
     #[arg(long, default_value_t = 0.0)]
     pub reorder: f64,
+    /// Spread the calls over the business hours (08:00-20:00) of this many days, with the
+    /// weekday and hour-of-day shape of a contact centre (mornings and mid-afternoons busiest,
+    /// weekends quieter). 1: one day, calls evenly through it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+    /// Share (0 to 1) of calls from returning customers (a pool of one number per 20 calls):
+    /// repeat misses and call-backs of the same number, as the callback worklist sees them.
+    #[arg(long, default_value_t = 0.0)]
+    pub repeat_callers: f64,
     /// Resends of an event that got no 200 (error status, refused connection, timeout).
     #[arg(long, default_value_t = 5)]
     pub max_retries: u32,
@@ -345,6 +354,9 @@ pub async fn run(options: SimOptions) -> Result<SimReport, SimError> {
             duplicates: options.duplicates,
             reorder: options.reorder,
             timezone: timezone.clone(),
+            days: options.days,
+            repeat_callers: options.repeat_callers,
+            callers_pool: (options.calls / 20).max(1) as u32,
         },
     ));
     let client = reqwest::Client::builder()

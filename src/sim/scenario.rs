@@ -53,6 +53,40 @@ pub struct ScenarioOptions {
     /// Share of answered calls whose final event is sent before the mid-call one.
     pub reorder: f64,
     pub timezone: TimeZone,
+    /// Days the calls are spread over (1: one day, evenly; more: a contact centre's shape).
+    pub days: u32,
+    /// Share of calls from the pool of returning customers.
+    pub repeat_callers: f64,
+    /// How many returning customers there are.
+    pub callers_pool: u32,
+}
+
+/// How busy each hour from 08:00 to 19:00 is, relative to the busiest (mornings and
+/// mid-afternoons; lunch and evenings quieter).
+const HOUR_SHAPE: [f64; 12] = [0.6, 1.0, 1.0, 0.9, 0.5, 0.6, 0.9, 1.0, 0.9, 0.7, 0.4, 0.25];
+/// How busy each weekday is, Monday first.
+const WEEKDAY_SHAPE: [f64; 7] = [1.0, 1.0, 0.95, 0.95, 0.9, 0.5, 0.2];
+
+/// Seconds after the first day's 08:00 (local) at which a call of a `days`-day spread starts:
+/// a day drawn by weekday weight, an hour by the hour shape, a second within it.
+fn spread_start(rng: &mut fastrand::Rng, first_day: jiff::civil::Date, days: u32) -> (i64, i64) {
+    let day = loop {
+        let d = rng.u32(0..days);
+        let date = first_day
+            .checked_add(i64::from(d).days())
+            .unwrap_or(first_day);
+        let weekday = date.weekday().to_monday_zero_offset() as usize;
+        if rng.f64() < WEEKDAY_SHAPE[weekday] {
+            break i64::from(d);
+        }
+    };
+    let hour = loop {
+        let h = rng.usize(0..HOUR_SHAPE.len());
+        if rng.f64() < HOUR_SHAPE[h] {
+            break h as i64;
+        }
+    };
+    (day, hour * 3600 + rng.i64(0..3600))
 }
 
 const FAMILY: &[&str] = &[
@@ -93,12 +127,30 @@ fn generate_call(index: usize, options: &ScenarioOptions) -> SimCall {
         .compatible()
         .map(|z| z.timestamp())
         .unwrap_or(Timestamp::UNIX_EPOCH);
-    let start = day_start.as_second() + (index as i64 * 7) % (12 * 3600) + rng.i64(0..7);
-    let call_id = format!(
-        "{}{:06}",
-        local(start, &options.timezone).strftime("%Y%m%d%H%M%S"),
-        (options.seed.wrapping_mul(7919).wrapping_add(index as u64)) % 1_000_000
-    );
+    let (start, call_id) = if options.days <= 1 {
+        let start = day_start.as_second() + (index as i64 * 7) % (12 * 3600) + rng.i64(0..7);
+        let call_id = format!(
+            "{}{:06}",
+            local(start, &options.timezone).strftime("%Y%m%d%H%M%S"),
+            (options.seed.wrapping_mul(7919).wrapping_add(index as u64)) % 1_000_000
+        );
+        (start, call_id)
+    } else {
+        let (day_offset, second) = spread_start(&mut rng, day.date(), options.days);
+        let start = options
+            .timezone
+            .to_ambiguous_zoned(day.checked_add(day_offset.days()).unwrap_or(day))
+            .compatible()
+            .map_or(day_start.as_second(), |z| z.timestamp().as_second())
+            + second;
+        // Eight digits after the start time: unique for up to 100 million calls of a seed.
+        let call_id = format!(
+            "{}{:08}",
+            local(start, &options.timezone).strftime("%Y%m%d%H%M%S"),
+            (options.seed.wrapping_mul(7919).wrapping_add(index as u64)) % 100_000_000
+        );
+        (start, call_id)
+    };
 
     let agent = rng.u32(0..AGENTS);
     let extension = (101 + agent).to_string();
@@ -107,7 +159,16 @@ fn generate_call(index: usize, options: &ScenarioOptions) -> SimCall {
         GIVEN[agent as usize % GIVEN.len()],
         FAMILY[(agent as usize / GIVEN.len() + agent as usize) % FAMILY.len()]
     );
-    let caller_number = if rng.f64() < 0.05 {
+    let caller_number = if options.repeat_callers > 0.0 && rng.f64() < options.repeat_callers {
+        // A returning customer: the same number for the same pool place, whatever the call.
+        let place = u64::from(rng.u32(0..options.callers_pool.max(1)));
+        let mut pool = fastrand::Rng::with_seed(options.seed ^ place.wrapping_mul(0xA076_1D64));
+        format!(
+            "{}{:07}",
+            pool.choice(MOBILE_PREFIXES).unwrap_or(&"038"),
+            pool.u32(0..10_000_000)
+        )
+    } else if rng.f64() < 0.05 {
         format!(
             "{}{}xxx",
             rng.choice(MOBILE_PREFIXES).unwrap_or(&"038"),
@@ -314,7 +375,57 @@ mod tests {
             duplicates: 0.1,
             reorder: 0.5,
             timezone: TimeZone::get("Asia/Ho_Chi_Minh").unwrap(),
+            days: 1,
+            repeat_callers: 0.0,
+            callers_pool: 1,
         }
+    }
+
+    #[test]
+    fn days_spread_calls_like_a_contact_centre() {
+        let spread = ScenarioOptions {
+            days: 14,
+            repeat_callers: 0.3,
+            callers_pool: 250,
+            ..options(11)
+        };
+        let calls = generate(5000, &spread);
+        let mut ids = std::collections::HashSet::new();
+        let (mut by_weekday, mut by_hour) = ([0u32; 7], [0u32; 24]);
+        let mut days = std::collections::HashSet::new();
+        for c in &calls {
+            assert!(ids.insert(c.call_id.clone()), "call ids are unique");
+            let local = local(c.expected.start_time, &spread.timezone);
+            assert!((8..20).contains(&local.hour()), "business hours: {local}");
+            assert!(
+                c.call_id
+                    .starts_with(&local.strftime("%Y%m%d%H%M%S").to_string())
+            );
+            by_weekday[local.weekday().to_monday_zero_offset() as usize] += 1;
+            by_hour[local.hour() as usize] += 1;
+            days.insert(local.date());
+        }
+        assert_eq!(days.len(), 14, "every day has calls");
+        assert!(
+            by_weekday[6] * 3 < by_weekday[0],
+            "Sundays are quiet: {by_weekday:?}"
+        );
+        assert!(
+            by_hour[12] * 3 < by_hour[9] * 2,
+            "lunch is quieter: {by_hour:?}"
+        );
+        // Returning customers call more than once.
+        let mut per_number = std::collections::HashMap::new();
+        for c in &calls {
+            *per_number
+                .entry(c.expected.caller_number.clone())
+                .or_insert(0u32) += 1;
+        }
+        let repeated = per_number.values().filter(|n| **n > 1).count();
+        assert!(repeated > 100, "{repeated} numbers called more than once");
+        // One day, as before: evenly through it.
+        let one = generate(100, &options(11));
+        assert!(one.iter().all(|c| c.call_id.len() == 20));
     }
 
     #[test]
