@@ -56,6 +56,14 @@ enum Command {
         #[command(subcommand)]
         command: alohook::forward::cli::DestinationsCommand,
     },
+    /// Export calls or the callback worklist as CSV or JSON Lines, from the configured database
+    /// (no server needed; on SQLite, while `serve` runs, use GET /api/export/… instead).
+    Export {
+        #[command(flatten)]
+        settings: args::Migrate,
+        #[command(subcommand)]
+        command: alohook::report::cli::ExportCommand,
+    },
     /// Apply the database migrations (and recompute the calls if the merge settings changed),
     /// then exit. `serve` does the same at start.
     Migrate(args::Migrate),
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
         }
         Command::Migrate(a) => migrate(a.into()),
         Command::Destinations { settings, command } => destinations(settings.into(), command),
+        Command::Export { settings, command } => export(settings.into(), command),
         Command::Healthcheck {
             settings,
             url,
@@ -365,6 +374,23 @@ fn destinations(
             }
         })?;
         alohook::forward::cli::run(command, store.as_ref()).await
+    })
+}
+
+fn export(settings: Settings, command: alohook::report::cli::ExportCommand) -> anyhow::Result<()> {
+    let config = settings.resolve()?;
+    runtime()?.block_on(async {
+        let store = alohook::server::open_store(&config)
+            .await
+            .with_context(|| {
+                if config.database.starts_with("sqlite") {
+                    "while `alohook serve` runs on this SQLite database, export through its API \
+                 (GET /api/export/calls, GET /api/export/callbacks)"
+                } else {
+                    "cannot open the database"
+                }
+            })?;
+        alohook::report::cli::run(command, store.as_ref(), &config.timezone).await
     })
 }
 

@@ -7,74 +7,23 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use jiff::tz::TimeZone;
-use serde::Serialize;
 
 use super::AppState;
 use super::calls::{Page, Params};
 use super::error::ApiError;
-use crate::model::time::{format_local, parse_range_bound};
-use crate::report::callbacks::Item;
+use crate::model::time::parse_range_bound;
+use crate::report::callbacks::ItemView;
 use crate::store::callbacks::{CallbackCursor, CallbackFilter};
 
 /// The longest note a close by hand keeps.
 const MAX_NOTE_CHARS: usize = 2000;
-
-/// An item as the API shows it: times in the configured zone.
-#[derive(Debug, Serialize)]
-pub struct ItemView {
-    pub id: String,
-    pub phone: String,
-    pub phone_as_sent: String,
-    pub reachable: bool,
-    pub state: &'static str,
-    pub missed_count: u64,
-    pub first_missed_at: String,
-    pub last_missed_at: String,
-    pub last_missed_call_id: String,
-    pub hotlines: Vec<String>,
-    pub attempts: u64,
-    pub last_attempt_at: Option<String>,
-    pub age_seconds: Option<i64>,
-    pub closed_at: Option<String>,
-    pub closed_by_call_id: Option<String>,
-    pub closed_reason: Option<String>,
-    pub note: Option<String>,
-}
-
-impl ItemView {
-    /// `now` in Unix seconds, for the age of an open item.
-    pub fn of(item: Item, tz: &TimeZone, now: i64) -> Self {
-        let at = |s: i64| format_local(s, tz);
-        ItemView {
-            state: if item.open { "open" } else { "closed" },
-            age_seconds: item
-                .open
-                .then(|| now.saturating_sub(item.first_missed_at).max(0)),
-            first_missed_at: at(item.first_missed_at),
-            last_missed_at: at(item.last_missed_at),
-            last_attempt_at: item.last_attempt_at.map(at),
-            closed_at: item.closed_at.map(at),
-            id: item.id,
-            phone: item.phone,
-            phone_as_sent: item.phone_as_sent,
-            reachable: item.reachable,
-            missed_count: item.missed_count,
-            last_missed_call_id: item.last_missed_call_id,
-            hotlines: item.hotlines,
-            attempts: item.attempts,
-            closed_by_call_id: item.closed_by_call_id,
-            closed_reason: item.closed_reason,
-            note: item.note,
-        }
-    }
-}
 
 fn now_seconds() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
 /// The listing's filters from the query (`state`, `hotline`, `from`, `to`, `sort`).
-pub(super) fn callback_filter(params: &Params, tz: &TimeZone) -> Result<CallbackFilter, ApiError> {
+pub(crate) fn callback_filter(params: &Params, tz: &TimeZone) -> Result<CallbackFilter, ApiError> {
     let open = match params.get("state").unwrap_or("open") {
         "open" => Some(true),
         "closed" => Some(false),

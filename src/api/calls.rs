@@ -98,10 +98,10 @@ pub async fn call_events(
 }
 
 /// Query parameters as given, with checks for unknown and repeated names.
-pub(super) struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    pub(super) fn new(
+    pub(crate) fn new(
         query: Result<Query<Vec<(String, String)>>, QueryRejection>,
         known: &[&str],
     ) -> Result<Self, ApiError> {
@@ -195,7 +195,7 @@ impl Params {
 
 /// The call filters of `/api/calls` (every parameter but `limit` and `cursor`), which the
 /// figures and exports take too.
-pub(super) const CALL_FILTERS: &[&str] = &[
+pub(crate) const CALL_FILTERS: &[&str] = &[
     "status",
     "phase",
     "direction",
@@ -209,7 +209,7 @@ pub(super) const CALL_FILTERS: &[&str] = &[
 ];
 
 /// The call filter the parameters give; `from`/`to` are days or instants in `tz`.
-pub(super) fn call_filter(
+pub(crate) fn call_filter(
     params: &Params,
     tz: &jiff::tz::TimeZone,
 ) -> Result<CallFilter, ApiError> {

@@ -24,6 +24,7 @@ pub mod conn;
 pub mod deliveries;
 pub mod destinations;
 pub mod error;
+pub mod export;
 pub mod feed;
 pub mod stats;
 pub mod webhook;
@@ -74,6 +75,8 @@ pub fn app(state: AppState) -> Router {
         .route("/stats", get(stats::stats))
         .route("/callbacks", get(callbacks::list))
         .route("/callbacks/{id}/close", post(callbacks::close))
+        .route("/export/calls", get(export::calls))
+        .route("/export/callbacks", get(export::callbacks))
         .route("/changes", get(feed::list_changes))
         .route(
             "/destinations",

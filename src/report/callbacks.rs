@@ -3,8 +3,11 @@
 //! its items) by walking them in start order, so the same calls give the same items whatever
 //! order their events arrived in.
 
+use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::model::time::format_local;
 
 /// What the worklist needs of a call with the number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +57,56 @@ pub struct Item {
     pub note: Option<String>,
 }
 
+/// An item as the API shows it: times in the configured zone.
+#[derive(Debug, Serialize)]
+pub struct ItemView {
+    pub id: String,
+    pub phone: String,
+    pub phone_as_sent: String,
+    pub reachable: bool,
+    pub state: &'static str,
+    pub missed_count: u64,
+    pub first_missed_at: String,
+    pub last_missed_at: String,
+    pub last_missed_call_id: String,
+    pub hotlines: Vec<String>,
+    pub attempts: u64,
+    pub last_attempt_at: Option<String>,
+    pub age_seconds: Option<i64>,
+    pub closed_at: Option<String>,
+    pub closed_by_call_id: Option<String>,
+    pub closed_reason: Option<String>,
+    pub note: Option<String>,
+}
+
+impl ItemView {
+    /// `now` in Unix seconds, for the age of an open item.
+    pub fn of(item: Item, tz: &TimeZone, now: i64) -> Self {
+        let at = |s: i64| format_local(s, tz);
+        ItemView {
+            state: if item.open { "open" } else { "closed" },
+            age_seconds: item
+                .open
+                .then(|| now.saturating_sub(item.first_missed_at).max(0)),
+            first_missed_at: at(item.first_missed_at),
+            last_missed_at: at(item.last_missed_at),
+            last_attempt_at: item.last_attempt_at.map(at),
+            closed_at: item.closed_at.map(at),
+            id: item.id,
+            phone: item.phone,
+            phone_as_sent: item.phone_as_sent,
+            reachable: item.reachable,
+            missed_count: item.missed_count,
+            last_missed_call_id: item.last_missed_call_id,
+            hotlines: item.hotlines,
+            attempts: item.attempts,
+            closed_by_call_id: item.closed_by_call_id,
+            closed_reason: item.closed_reason,
+            note: item.note,
+        }
+    }
+}
+
 /// Whether a number is masked (`03899xxx`): anything but digits, separators and a leading `+`.
 pub fn is_masked(raw: &str) -> bool {
     let compact: String = raw
@@ -79,10 +132,61 @@ fn is(direction: &Option<String>, wanted: &str) -> bool {
         .is_some_and(|d| d.trim().eq_ignore_ascii_case(wanted))
 }
 
+/// What a call does to its number's worklist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Ended, unanswered, inbound: opens an item or adds to the open one.
+    Miss,
+    /// Answered, inbound or outbound: closes the open item when it starts after its last miss.
+    Answered,
+    /// Unanswered, outbound: an attempt on the open item.
+    Attempt,
+    /// Anything else (ringing inbound, no direction): nothing.
+    Nothing,
+}
+
 impl NumberCall {
-    fn is_miss(&self) -> bool {
-        is(&self.direction, "inbound") && self.ended && !self.answered
+    pub fn role(&self) -> Role {
+        let inbound = is(&self.direction, "inbound");
+        let outbound = is(&self.direction, "outbound");
+        if self.answered && (inbound || outbound) {
+            Role::Answered
+        } else if inbound && self.ended {
+            Role::Miss
+        } else if outbound {
+            Role::Attempt
+        } else {
+            Role::Nothing
+        }
     }
+
+    fn is_miss(&self) -> bool {
+        self.role() == Role::Miss
+    }
+
+    /// What of the call the worklist depends on: equal effects, equal worklists.
+    pub fn effect(&self) -> Option<Effect<'_>> {
+        let role = self.role();
+        (role != Role::Nothing && self.start_time.is_some()).then_some(Effect {
+            role,
+            start_time: self.start_time,
+            answer_time: self.answer_time,
+            hotline: self.hotline.as_deref(),
+            caller_number: &self.caller_number,
+            direction: self.direction.as_deref(),
+        })
+    }
+}
+
+/// See [`NumberCall::effect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Effect<'a> {
+    pub role: Role,
+    pub start_time: Option<i64>,
+    pub answer_time: Option<i64>,
+    pub hotline: Option<&'a str>,
+    pub caller_number: &'a str,
+    pub direction: Option<&'a str>,
 }
 
 /// Every item of the number `phone` (its normal form, `caller_norm`), open and closed, from all
@@ -167,9 +271,9 @@ pub fn worklist(phone: &str, calls: &[NumberCall], closes: &[ManualClose]) -> Ve
             continue;
         }
         let Some(item) = &mut open else { continue };
+        let role = call.role();
         let inbound = is(&call.direction, "inbound");
-        let outbound = is(&call.direction, "outbound");
-        if call.answered && (inbound || outbound) && start > item.last_missed_at {
+        if role == Role::Answered && start > item.last_missed_at {
             item.open = false;
             item.closed_at = Some(call.answer_time.unwrap_or(start));
             item.closed_by_call_id = Some(call.call_id.clone());
@@ -182,7 +286,7 @@ pub fn worklist(phone: &str, calls: &[NumberCall], closes: &[ManualClose]) -> Ve
                 .into(),
             );
             items.extend(open.take());
-        } else if outbound && !call.answered && start > item.first_missed_at {
+        } else if role == Role::Attempt && start > item.first_missed_at {
             item.attempts += 1;
             item.last_attempt_at = Some(item.last_attempt_at.map_or(start, |l| l.max(start)));
         }

@@ -1,9 +1,12 @@
 //! The callback worklist in the store: what both backends read to recompute a number's items,
 //! how they compare them with the stored ones, and the listing's query.
 
+use std::collections::BTreeMap;
+
 use super::{Column, RowColumns, Statement, StoreError};
-use crate::model::Phase;
-use crate::report::callbacks::{Item, ManualClose, NumberCall, worklist};
+use crate::model::phone::normalize_phone;
+use crate::model::{CallRecord, FinalStatuses, Phase};
+use crate::report::callbacks::{Item, ManualClose, NumberCall, Role, worklist};
 use crate::report::stats::is_answered;
 
 /// The columns [`read_number_call`] reads, in its order.
@@ -46,6 +49,46 @@ pub const INSERT_CLOSE: &str =
     "INSERT INTO callback_closes (phone, item_id, at, note) VALUES (?, ?, ?, ?)";
 /// An item by id.
 pub const ITEM_BY_ID: &str = "SELECT body FROM callbacks WHERE id = ?";
+
+/// The worklist's view of a call record.
+pub fn number_call(record: &CallRecord, finals: &FinalStatuses) -> NumberCall {
+    let f = &record.fields;
+    NumberCall {
+        call_id: f.call_id.clone().unwrap_or_default(),
+        caller_number: f.caller_number.clone().unwrap_or_default(),
+        direction: f.direction.clone(),
+        ended: record.phase(finals) == Phase::Ended,
+        answered: is_answered(f.answer_time, f.call_status.as_deref()),
+        hotline: f.hotline.clone().filter(|h| !h.trim().is_empty()),
+        start_time: f.start_time,
+        answer_time: f.answer_time,
+    }
+}
+
+/// Adds the numbers whose worklists a merge from `before` (`None`: a new call) to `after` may
+/// change, each with whether a miss is involved (without one, a number with no items keeps
+/// none). A merge that leaves what the worklist depends on as it was touches nothing: the
+/// mid-call event of an answered call is its first effect, its final event changes none.
+pub fn touched(
+    before: Option<&CallRecord>,
+    after: &CallRecord,
+    finals: &FinalStatuses,
+    phones: &mut BTreeMap<String, bool>,
+) {
+    let before = before.map(|r| number_call(r, finals));
+    let after = number_call(after, finals);
+    if before.as_ref().and_then(NumberCall::effect) == after.effect() {
+        return;
+    }
+    for call in before.iter().chain([&after]) {
+        if let Some(effect) = call.effect() {
+            let phone = normalize_phone(&call.caller_number);
+            if !phone.trim().is_empty() {
+                *phones.entry(phone).or_default() |= effect.role == Role::Miss;
+            }
+        }
+    }
+}
 
 /// A row of [`NUMBER_CALLS`], with its number.
 pub fn read_number_call(row: &impl RowColumns) -> Result<(String, NumberCall), StoreError> {

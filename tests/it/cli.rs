@@ -155,11 +155,7 @@ async fn healthcheck_fails_while_the_store_refuses_writes() {
     let inner = alohook::server::open_store(&settings.clone().resolve().unwrap())
         .await
         .unwrap();
-    let flaky = Arc::new(FlakyStore {
-        inner,
-        failing: Default::default(),
-        delay: std::time::Duration::ZERO,
-    });
+    let flaky = Arc::new(FlakyStore::slow(inner, std::time::Duration::ZERO));
     let store: Arc<dyn alohook::store::Store> = flaky.clone();
     let server = TestServer::start_with(settings, Some(store)).await;
     let check = |base: String| async move {

@@ -8,6 +8,8 @@ mod callbacks;
 mod cli;
 /// Identity of events: key order, whitespace, number vs string, restarts, concurrent resends.
 mod dedupe;
+/// Exports: CSV and JSON Lines over HTTP and from the command line.
+mod export;
 /// The change feed: one change per new event, `/api/changes`, the SSE stream, resume, limits.
 mod feed;
 /// Forwarding: destinations through the API and the command line.

@@ -289,6 +289,8 @@ pub struct FlakyStore {
     pub inner: Arc<dyn Store>,
     pub failing: AtomicBool,
     pub delay: std::time::Duration,
+    /// Call listings that succeed before every next one fails (a database lost mid-export).
+    pub listings_left: std::sync::atomic::AtomicI64,
 }
 
 impl FlakyStore {
@@ -298,6 +300,7 @@ impl FlakyStore {
             inner,
             failing: AtomicBool::new(false),
             delay,
+            listings_left: i64::MAX.into(),
         }
     }
 }
@@ -527,6 +530,11 @@ impl Store for FlakyStore {
         limit: usize,
         cursor: Option<CallCursor>,
     ) -> Result<CallPage, StoreError> {
+        if self.listings_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            return Err(StoreError::Database(
+                "injected failure: connection lost".into(),
+            ));
+        }
         self.inner.calls(filter, limit, cursor).await
     }
     async fn call_events(

@@ -403,11 +403,7 @@ async fn store_failure_is_503_and_keeps_nothing(db) {
     let settings = settings(&db);
     let config = settings.clone().resolve().unwrap();
     let inner = alohook::server::open_store(&config).await.unwrap();
-    let flaky = Arc::new(FlakyStore {
-        inner,
-        failing: Default::default(),
-        delay: std::time::Duration::ZERO,
-    });
+    let flaky = Arc::new(FlakyStore::slow(inner, std::time::Duration::ZERO));
     let server = TestServer::start_with(settings, Some(flaky.clone() as Arc<dyn Store>)).await;
 
     flaky.failing.store(true, Ordering::SeqCst);

@@ -1,6 +1,6 @@
 //! The figures' reads on PostgreSQL.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -93,7 +93,7 @@ impl Reports for PgStore {
             client
                 .execute(&insert, &[&item.phone, &id, &at, &note])
                 .await?;
-            refresh_callbacks(&***client, &BTreeSet::from([item.phone.clone()])).await?;
+            refresh_callbacks(&***client, &BTreeMap::from([(item.phone.clone(), true)])).await?;
             Ok(item_by_id().await?.or(Some(item)))
         })
         .await
@@ -135,21 +135,31 @@ struct Number {
 /// caller's transaction, writing only what changed.
 pub(super) async fn refresh_callbacks<C: GenericClient + Sync>(
     client: &C,
-    phones: &BTreeSet<String>,
+    phones: &BTreeMap<String, bool>,
 ) -> Result<(), StoreError> {
-    let phones: Vec<&str> = phones
-        .iter()
+    let all: Vec<&str> = phones
+        .keys()
         .map(String::as_str)
         .filter(|p| !p.trim().is_empty())
+        .collect();
+    if all.is_empty() {
+        return Ok(());
+    }
+    client.query(LOCK_NUMBERS, &[&all]).await?;
+    let stored = client.query(NUMBERS_ITEMS, &[&all]).await?;
+    // Without a miss, a number with no items keeps none.
+    let with_items: std::collections::HashSet<String> =
+        stored.iter().map(|r| r.get::<_, String>(2)).collect();
+    let phones: Vec<&str> = all
+        .into_iter()
+        .filter(|p| phones.get(*p) == Some(&true) || with_items.contains(*p))
         .collect();
     if phones.is_empty() {
         return Ok(());
     }
-    client.query(LOCK_NUMBERS, &[&phones]).await?;
-    let (calls, closes, stored) = futures_util::future::try_join3(
+    let (calls, closes) = futures_util::future::try_join(
         client.query(NUMBERS_CALLS, &[&phones]),
         client.query(NUMBERS_CLOSES, &[&phones]),
-        client.query(NUMBERS_ITEMS, &[&phones]),
     )
     .await?;
     let mut by_phone: HashMap<&str, Number> =

@@ -334,12 +334,10 @@ pub(super) async fn write_batch(
         new_changes.extend(call_changes(call, &calls, settings));
     }
     // The callback items of the numbers these calls have, or had.
-    let phones: std::collections::BTreeSet<String> = written
-        .iter()
-        .flat_map(|c| c.base.iter().chain([&c.record]))
-        .filter_map(|r| r.fields.caller_number.as_deref())
-        .map(crate::model::phone::normalize_phone)
-        .collect();
+    let mut phones = std::collections::BTreeMap::new();
+    for call in &written {
+        crate::store::callbacks::touched(call.base.as_ref(), &call.record, finals, &mut phones);
+    }
     super::reports::refresh_callbacks(&**tx, &phones).await?;
     // In the order the events were stored, which is the order each call's events were merged.
     new_changes.sort_unstable_by_key(|c| c.event_id);

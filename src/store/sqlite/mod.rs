@@ -431,8 +431,8 @@ fn commit_batch(
     }
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut changes = Vec::new();
-    // The numbers whose callback items may have changed.
-    let mut phones = std::collections::BTreeSet::new();
+    // The numbers whose callback items may have changed (see callbacks::touched).
+    let mut phones = std::collections::BTreeMap::new();
     for item in batch {
         let outcome = match item {
             Incoming::Event { event, received_at } => {
@@ -500,7 +500,7 @@ fn store_event(
     event: &ParsedEvent,
     received_at: i64,
     settings: &MergeSettings,
-    phones: &mut std::collections::BTreeSet<String>,
+    phones: &mut std::collections::BTreeMap<String, bool>,
 ) -> Result<(Outcome, Option<NewChange>), StoreError> {
     let call_id = event.merged_call_id();
     let warnings = event.warnings_json();
@@ -544,11 +544,7 @@ fn store_event(
                 received_at,
                 &settings.finals,
             )?;
-            for record in before.iter().chain([&after]) {
-                if let Some(caller) = &record.fields.caller_number {
-                    phones.insert(crate::model::phone::normalize_phone(caller));
-                }
-            }
+            super::callbacks::touched(before.as_ref(), &after, &settings.finals, phones);
             call_change(event_id, received_at, before.as_ref(), &after, settings)
         }
         None => NewChange::event(event_id, received_at, &event.raw),

@@ -1,6 +1,6 @@
 //! The figures' reads on SQLite.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
@@ -91,7 +91,7 @@ impl Reports for SqliteStore {
                 }
                 tx.prepare_cached(INSERT_CLOSE)?
                     .execute(rusqlite::params![item.phone, id, at, note])?;
-                refresh_callbacks(tx, &BTreeSet::from([item.phone.clone()]))?;
+                refresh_callbacks(tx, &BTreeMap::from([(item.phone.clone(), true)]))?;
                 Ok(item_by_id(tx)?.or(Some(item)))
             })
         })
@@ -99,14 +99,21 @@ impl Reports for SqliteStore {
     }
 }
 
-/// Recomputes the callback items of `phones` (normal forms) from their calls, in `conn`'s
-/// transaction, writing only what changed.
+/// Recomputes the callback items of `phones` (normal forms, each with whether a miss is
+/// involved) from their calls, in `conn`'s transaction, writing only what changed.
 pub(super) fn refresh_callbacks(
     conn: &Connection,
-    phones: &BTreeSet<String>,
+    phones: &BTreeMap<String, bool>,
 ) -> Result<(), StoreError> {
-    for phone in phones {
+    for (phone, miss) in phones {
         if phone.trim().is_empty() {
+            continue;
+        }
+        let stored = query_rows(conn, NUMBER_ITEMS, [phone], |r| {
+            Ok((r.required_text(0)?, r.required_text(1)?))
+        })?;
+        if stored.is_empty() && !miss {
+            // Without a miss, a number with no items keeps none.
             continue;
         }
         let calls = query_rows(conn, NUMBER_CALLS, [phone], |r| {
@@ -114,9 +121,6 @@ pub(super) fn refresh_callbacks(
         })?;
         let closes = query_rows(conn, NUMBER_CLOSES, [phone], |r| {
             read_close(r).map(|(_, c)| c)
-        })?;
-        let stored = query_rows(conn, NUMBER_ITEMS, [phone], |r| {
-            Ok((r.required_text(0)?, r.required_text(1)?))
         })?;
         let mut refresh = Refresh::default();
         refresh.plan(phone, &calls, &closes, &stored);

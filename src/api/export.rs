@@ -1,0 +1,106 @@
+//! `GET /api/export/calls` and `GET /api/export/callbacks`: the whole result of a filter as
+//! CSV or JSON Lines, streamed a page at a time (memory stays flat whatever its size).
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::callbacks::callback_filter;
+use super::calls::{CALL_FILTERS, Params, call_filter};
+use super::error::ApiError;
+use crate::report::export::{Export, Format, Pages};
+
+/// Pages rendered ahead of the client: how far reading the store may run ahead of the network.
+const PAGES_AHEAD: usize = 2;
+
+/// `format` (`csv` by default, or `jsonl`) and `bom` (`true` puts a UTF-8 byte order mark before
+/// a CSV, for Excel).
+fn format_and_bom(params: &Params) -> Result<(Format, bool), ApiError> {
+    let format = match params.get("format") {
+        None => Format::Csv,
+        Some(f) => Format::parse(f)
+            .ok_or_else(|| ApiError::parameter("format", "must be one of csv, jsonl"))?,
+    };
+    let bom = match params.get("bom") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::parameter("bom", "must be true or false")),
+    };
+    Ok((format, bom))
+}
+
+/// `GET /api/export/calls?format=csv|jsonl&bom=true&<any /api/calls filter>`.
+pub async fn calls(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let known: Vec<&str> = CALL_FILTERS
+        .iter()
+        .chain(&["format", "bom"])
+        .copied()
+        .collect();
+    let params = Params::new(query, &known)?;
+    let (format, bom) = format_and_bom(&params)?;
+    let filter = call_filter(&params, &state.tz)?;
+    Ok(stream(state, Export::Calls(filter), format, bom))
+}
+
+/// `GET /api/export/callbacks?format&bom&state&hotline&from&to&sort`.
+pub async fn callbacks(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::new(
+        query,
+        &["format", "bom", "state", "hotline", "from", "to", "sort"],
+    )?;
+    let (format, bom) = format_and_bom(&params)?;
+    let filter = callback_filter(&params, &state.tz)?;
+    Ok(stream(state, Export::Callbacks(filter), format, bom))
+}
+
+/// The response: the head now, then each page as the client takes it. A store error part-way
+/// cuts the response short (the client sees an incomplete body, never a silently short file
+/// that ends cleanly).
+fn stream(state: AppState, export: Export, format: Format, bom: bool) -> Response {
+    let name = export.name();
+    let mut pages = Pages::new(export, format, state.tz.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(PAGES_AHEAD);
+    let head = pages.head(bom);
+    tokio::spawn(async move {
+        if !head.is_empty() && tx.send(Ok(head)).await.is_err() {
+            return;
+        }
+        loop {
+            let chunk = match pages.next(state.store.as_ref()).await {
+                Ok(Some((chunk, _))) => Ok(chunk),
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, export = name, "an export stopped part-way");
+                    Err(std::io::Error::other(error.to_string()))
+                }
+            };
+            let failed = chunk.is_err();
+            // The client went away: stop reading.
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}.{}\"", format.extension()),
+            ),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
