@@ -111,6 +111,7 @@ pub async fn run_with_store(
         tz: config.timezone.clone(),
         tz_name: config.timezone_name.as_str().into(),
         thresholds: config.thresholds,
+        exports: Arc::new(tokio::sync::Semaphore::new(api::export::EXPORTS_AT_ONCE)),
         max_body: config.max_body,
         metrics,
         api_reads: Arc::new(tokio::sync::Semaphore::new(api::API_READS_AT_ONCE)),

@@ -72,7 +72,10 @@ pub async fn list(
     )?;
     let limit = params.limit()?;
     let filter = callback_filter(&params, &state.tz)?;
-    let cursor = params.get("cursor").map(decode_cursor).transpose()?;
+    let cursor = params
+        .get("cursor")
+        .map(|c| decode_cursor(c, filter.newest_first))
+        .transpose()?;
     let page = state.store.callbacks(&filter, limit, cursor).await?;
     let now = now_seconds();
     Ok(Json(Page {
@@ -81,7 +84,7 @@ pub async fn list(
             .into_iter()
             .map(|i| ItemView::of(i, &state.tz, now))
             .collect(),
-        next_cursor: page.next.map(|c| encode_cursor(&c)),
+        next_cursor: page.next.map(|c| encode_cursor(&c, filter.newest_first)),
     }))
 }
 
@@ -128,17 +131,27 @@ pub async fn close(
     Ok(Json(ItemView::of(item, &state.tz, now)))
 }
 
-fn encode_cursor(c: &CallbackCursor) -> String {
-    URL_SAFE_NO_PAD.encode(format!("k1:{}:{}", c.first_missed_at, c.id))
+/// A cursor says which way it goes (`o` oldest first, `n` newest first): one of the other
+/// order is refused rather than answered with the wrong page.
+fn encode_cursor(c: &CallbackCursor, newest_first: bool) -> String {
+    let way = if newest_first { "n" } else { "o" };
+    URL_SAFE_NO_PAD.encode(format!("k1{way}:{}:{}", c.first_missed_at, c.id))
 }
 
-fn decode_cursor(text: &str) -> Result<CallbackCursor, ApiError> {
+fn decode_cursor(text: &str, newest_first: bool) -> Result<CallbackCursor, ApiError> {
     let invalid = || ApiError::parameter("cursor", "not a cursor this API returned");
     let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let mut parts = text.splitn(3, ':');
-    if parts.next() != Some("k1") {
-        return Err(invalid());
+    match (parts.next(), newest_first) {
+        (Some("k1o"), false) | (Some("k1n"), true) => {}
+        (Some("k1o" | "k1n"), _) => {
+            return Err(ApiError::parameter(
+                "cursor",
+                "a cursor of the other sort order; give the same sort as for the page before",
+            ));
+        }
+        _ => return Err(invalid()),
     }
     let first_missed_at = parts
         .next()

@@ -15,6 +15,10 @@ use crate::report::export::{Export, Format, Pages};
 /// Pages rendered ahead of the client: how far reading the store may run ahead of the network.
 const PAGES_AHEAD: usize = 2;
 
+/// Exports streamed at once; one more is answered 503 with Retry-After. Each reads the store a
+/// page at a time for as long as its download lasts, beside the API's reads.
+pub const EXPORTS_AT_ONCE: usize = 4;
+
 /// `format` (`csv` by default, or `jsonl`) and `bom` (`true` puts a UTF-8 byte order mark before
 /// a CSV, for Excel).
 fn format_and_bom(params: &Params) -> Result<(Format, bool), ApiError> {
@@ -44,7 +48,7 @@ pub async fn calls(
     let params = Params::new(query, &known)?;
     let (format, bom) = format_and_bom(&params)?;
     let filter = call_filter(&params, &state.tz)?;
-    Ok(stream(state, Export::Calls(filter), format, bom))
+    stream(state, Export::Calls(filter), format, bom)
 }
 
 /// `GET /api/export/callbacks?format&bom&state&hotline&from&to&sort`.
@@ -58,22 +62,40 @@ pub async fn callbacks(
     )?;
     let (format, bom) = format_and_bom(&params)?;
     let filter = callback_filter(&params, &state.tz)?;
-    Ok(stream(state, Export::Callbacks(filter), format, bom))
+    stream(state, Export::Callbacks(filter), format, bom)
 }
 
-/// The response: the head now, then each page as the client takes it. A store error part-way
-/// cuts the response short (the client sees an incomplete body, never a silently short file
-/// that ends cleanly).
-fn stream(state: AppState, export: Export, format: Format, bom: bool) -> Response {
+/// The response: the head now, then each page as the client takes it. A store error part-way,
+/// or alohook shutting down, cuts the response short (the client sees an incomplete body, never
+/// a silently short file that ends cleanly).
+fn stream(
+    state: AppState,
+    export: Export,
+    format: Format,
+    bom: bool,
+) -> Result<Response, ApiError> {
+    let Ok(place) = state.exports.clone().try_acquire_owned() else {
+        return Err(ApiError::Busy(format!(
+            "{EXPORTS_AT_ONCE} exports are being streamed; try again when one is done"
+        )));
+    };
     let name = export.name();
+    let mut stopping = state.stopping.clone();
     let mut pages = Pages::new(export, format, state.tz.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(PAGES_AHEAD);
     let head = pages.head(bom);
     tokio::spawn(async move {
+        let _place = place;
         if !head.is_empty() && tx.send(Ok(head)).await.is_err() {
             return;
         }
         loop {
+            if *stopping.borrow_and_update() {
+                let _ = tx
+                    .send(Err(std::io::Error::other("alohook is shutting down")))
+                    .await;
+                return;
+            }
             let chunk = match pages.next(state.store.as_ref()).await {
                 Ok(Some((chunk, _))) => Ok(chunk),
                 Ok(None) => return,
@@ -92,7 +114,7 @@ fn stream(state: AppState, export: Export, format: Format, bom: bool) -> Respons
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
     });
-    (
+    Ok((
         [
             (header::CONTENT_TYPE, format.content_type().to_string()),
             (
@@ -102,5 +124,5 @@ fn stream(state: AppState, export: Export, format: Format, bom: bool) -> Respons
         ],
         axum::body::Body::from_stream(body),
     )
-        .into_response()
+        .into_response())
 }

@@ -61,6 +61,8 @@ pub struct AppState {
     pub tz_name: Arc<str>,
     /// The figures' thresholds.
     pub thresholds: crate::report::stats::Thresholds,
+    /// Places for exports being streamed (see [`export::EXPORTS_AT_ONCE`]).
+    pub exports: Arc<tokio::sync::Semaphore>,
     /// Becomes `true` when the server starts shutting down: live streams end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -75,8 +77,6 @@ pub fn app(state: AppState) -> Router {
         .route("/stats", get(stats::stats))
         .route("/callbacks", get(callbacks::list))
         .route("/callbacks/{id}/close", post(callbacks::close))
-        .route("/export/calls", get(export::calls))
-        .route("/export/callbacks", get(export::callbacks))
         .route("/changes", get(feed::list_changes))
         .route(
             "/destinations",
@@ -102,6 +102,9 @@ pub fn app(state: AppState) -> Router {
             auth::limit_reads,
         ))
         .route("/stream", get(feed::stream))
+        // Exports have places of their own: a long download must not hold one of the reads'.
+        .route("/export/calls", get(export::calls))
+        .route("/export/callbacks", get(export::callbacks))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

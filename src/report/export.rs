@@ -125,16 +125,24 @@ impl Renderer {
         Renderer { format, columns }
     }
 
-    fn csv_line(&self, cells: impl IntoIterator<Item = String>) -> Vec<u8> {
-        let mut writer = csv::WriterBuilder::new()
+    fn csv_writer() -> csv::Writer<Vec<u8>> {
+        csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
-            .from_writer(Vec::new());
+            .from_writer(Vec::new())
+    }
+
+    fn csv_record(writer: &mut csv::Writer<Vec<u8>>, cells: impl IntoIterator<Item = String>) {
         let cells: Vec<String> = cells
             .into_iter()
             .map(|c| neutralise(&c).into_owned())
             .collect();
         // Writing to memory cannot fail.
         let _ = writer.write_record(&cells);
+    }
+
+    fn csv_line(&self, cells: impl IntoIterator<Item = String>) -> Vec<u8> {
+        let mut writer = Self::csv_writer();
+        Self::csv_record(&mut writer, cells);
         writer.into_inner().unwrap_or_default()
     }
 
@@ -153,24 +161,30 @@ impl Renderer {
 
     /// The rows of `views`, one chunk.
     pub fn rows<T: Serialize>(&self, views: &[T]) -> Bytes {
-        let mut out = Vec::with_capacity(views.len() * 256);
-        for view in views {
-            let value = serde_json::to_value(view).unwrap_or(Value::Null);
-            match self.format {
-                Format::Jsonl => {
-                    out.extend(serde_json::to_vec(&value).unwrap_or_default());
+        match self.format {
+            Format::Jsonl => {
+                let mut out = Vec::with_capacity(views.len() * 512);
+                for view in views {
+                    // Serialising to memory cannot fail.
+                    let _ = serde_json::to_writer(&mut out, view);
                     out.push(b'\n');
                 }
-                Format::Csv => out.extend(
-                    self.csv_line(
+                out.into()
+            }
+            Format::Csv => {
+                let mut writer = Self::csv_writer();
+                for view in views {
+                    let value = serde_json::to_value(view).unwrap_or(Value::Null);
+                    Self::csv_record(
+                        &mut writer,
                         self.columns
                             .iter()
                             .map(|c| cell(value.get(c).unwrap_or(&Value::Null))),
-                    ),
-                ),
+                    );
+                }
+                writer.into_inner().unwrap_or_default().into()
             }
         }
-        out.into()
     }
 }
 

@@ -9,6 +9,14 @@ use crate::model::{CallRecord, FinalStatuses, Phase};
 use crate::report::callbacks::{Item, ManualClose, NumberCall, Role, worklist};
 use crate::report::stats::is_answered;
 
+/// The key in `alohook_meta` saying the worklist holds every stored call (it is built from the
+/// calls once, at the first start after the migration that adds it, and rebuilt with every
+/// recomputation of the call records).
+pub const CALLBACKS_BUILT_KEY: &str = "callbacks_built";
+/// Marks the worklist built.
+pub const MARK_CALLBACKS_BUILT: &str = "INSERT INTO alohook_meta (key, value) \
+    VALUES ('callbacks_built', '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
 /// The columns [`read_number_call`] reads, in its order.
 macro_rules! number_call_columns {
     () => {
@@ -88,6 +96,13 @@ pub fn touched(
             }
         }
     }
+}
+
+/// When a close by hand of `item` made at `now` takes effect: now, or the item's last miss
+/// when that is later (the PBX's clock ahead of this one, or a miss dated in the future), so
+/// that the close always closes the item it was made on.
+pub fn close_at(item: &Item, now: i64) -> i64 {
+    now.max(item.last_missed_at)
 }
 
 /// A row of [`NUMBER_CALLS`], with its number.

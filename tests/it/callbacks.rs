@@ -277,6 +277,62 @@ async fn any_arrival_order_gives_the_same_worklist(db) {
     other.cleanup().await;
 }
 
+/// A miss dated after the server's clock (a PBX clock ahead, a wrong zone): closing its item by
+/// hand still closes it, and a cursor of one sort order is refused for the other.
+async fn a_close_by_hand_closes_a_miss_dated_later(db) {
+    let server = TestServer::start(&db).await;
+    server.send(&call_event("f1", "missed", "inbound", A, "101", "H1", "",
+        ["2098-05-01 09:00:00", "", "2098-05-01 09:00:20"], "")).await;
+    server.send(&call_event("f2", "missed", "inbound", A, "101", "H1", "",
+        ["2099-05-01 09:00:00", "", "2099-05-01 09:00:20"], "")).await;
+    server.send(&miss("g1", B, "H1", "09:00:00", "09:00:20")).await;
+    let open = list(&server, "?limit=1").await;
+    let id = open["items"][0]["id"].as_str().unwrap().to_string();
+    let (status, item) = close(&server, &id, "").await;
+    assert_eq!((status, item["state"].clone()), (StatusCode::OK, json!("closed")), "{item}");
+    let (status, item) = close(&server, list(&server, "").await["items"][0]["id"].as_str().unwrap(), "").await;
+    assert_eq!((status, item["missed_count"].clone(), item["state"].clone()),
+        (StatusCode::OK, json!(2), json!("closed")), "both future misses, one item: {item}");
+    assert_eq!(item["closed_at"], "2099-05-01T09:00:00+07:00", "not before its last miss");
+    assert_eq!(list(&server, "").await["items"], json!([]));
+    // Paging: a cursor of the oldest-first order is refused for newest first.
+    let first = list(&server, "?state=all&limit=1").await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (status, body) = server.get(&format!("/api/callbacks?state=all&sort=newest&cursor={cursor}")).await;
+    assert_eq!((status, body["parameter"].clone()), (StatusCode::BAD_REQUEST, json!("cursor")));
+    server.stop().await;
+}
+
+/// A store whose calls came before the worklist existed (as after the upgrade that adds it):
+/// the list is built from them at the next start, once.
+async fn the_worklist_is_built_from_calls_stored_before_it(db) {
+    let server = TestServer::start(&db).await;
+    for e in fixture() {
+        server.send(&e).await;
+    }
+    let expected = every_item(&server).await;
+    assert_eq!(expected.len(), 6);
+    server.stop().await;
+    let forget = "DELETE FROM callback_hotlines; DELETE FROM callbacks; \
+        DELETE FROM alohook_meta WHERE key = 'callbacks_built';";
+    match db.database() {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            let task = tokio::spawn(connection);
+            client.batch_execute(forget).await.unwrap();
+            drop(client);
+            let _ = task.await;
+        }
+        None => rusqlite::Connection::open(db.path().join("alohook.db"))
+            .unwrap()
+            .execute_batch(forget)
+            .unwrap(),
+    }
+    let server = TestServer::start(&db).await;
+    assert_eq!(every_item(&server).await, expected);
+    server.stop().await;
+}
+
 /// A status that ends calls only under other settings: when the records are recomputed at
 /// start, the worklist follows them.
 async fn the_worklist_follows_recomputed_records(db) {

@@ -22,12 +22,21 @@ async fn export(server: &TestServer, path_and_query: &str) -> (StatusCode, Strin
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
-    (status, content_type, response.bytes().await.unwrap().to_vec())
+    (
+        status,
+        content_type,
+        response.bytes().await.unwrap().to_vec(),
+    )
 }
 
 fn csv_rows(bytes: &[u8]) -> (Vec<String>, Vec<Vec<String>>) {
     let mut reader = csv::Reader::from_reader(bytes);
-    let header = reader.headers().unwrap().iter().map(str::to_string).collect();
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
     let rows = reader
         .records()
         .map(|r| r.unwrap().iter().map(str::to_string).collect())
@@ -40,7 +49,9 @@ async fn listed(server: &TestServer, query: &str) -> Vec<String> {
     let mut ids = Vec::new();
     let mut cursor = String::new();
     loop {
-        let (status, page) = server.get(&format!("/api/calls?limit=1000{query}{cursor}")).await;
+        let (status, page) = server
+            .get(&format!("/api/calls?limit=1000{query}{cursor}"))
+            .await;
         assert_eq!(status, StatusCode::OK, "{page}");
         for call in page["items"].as_array().unwrap() {
             ids.push(call["call_id"].as_str().unwrap().to_string());
@@ -147,14 +158,20 @@ async fn a_store_failure_part_way_cuts_the_export_short() {
     let server = TestServer::start_with(settings, Some(store)).await;
     let (ok, report) = crate::sim::simulate(crate::sim::sim_args(&server.base, 1200, &[])).await;
     assert!(ok, "{report:#}");
-    flaky.listings_left.store(1, std::sync::atomic::Ordering::SeqCst);
+    flaky
+        .listings_left
+        .store(1, std::sync::atomic::Ordering::SeqCst);
     let response = reqwest::Client::new()
         .get(server.url("/api/export/calls?format=jsonl"))
         .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "the head went out before the failure");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the head went out before the failure"
+    );
     assert!(response.bytes().await.is_err(), "the body ends in an error");
     server.stop().await;
 }
@@ -166,8 +183,13 @@ async fn the_command_line_exports_the_same_bytes() {
     let server = TestServer::start(&db).await;
     let (ok, report) = crate::sim::simulate(crate::sim::sim_args(&server.base, 300, &[])).await;
     assert!(ok, "{report:#}");
-    let (_, _, from_api) = export(&server, "/api/export/calls?format=csv&bom=true&hotline=19001234").await;
-    let (_, _, callbacks_api) = export(&server, "/api/export/callbacks?state=all&format=jsonl").await;
+    let (_, _, from_api) = export(
+        &server,
+        "/api/export/calls?format=csv&bom=true&hotline=19001234",
+    )
+    .await;
+    let (_, _, callbacks_api) =
+        export(&server, "/api/export/callbacks?state=all&format=jsonl").await;
     server.stop().await;
     let out = db.path().join("calls.csv");
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_alohook"))
@@ -198,7 +220,10 @@ async fn the_command_line_exports_the_same_bytes() {
             .collect()
     };
     assert_eq!(strip(&output.stdout), strip(&callbacks_api));
-    assert!(!strip(&callbacks_api).is_empty(), "the simulator misses calls");
+    assert!(
+        !strip(&callbacks_api).is_empty(),
+        "the simulator misses calls"
+    );
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_alohook"))
         .args(["export", "--data-dir"])
         .arg(db.path())
@@ -206,5 +231,8 @@ async fn the_command_line_exports_the_same_bytes() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--direction"), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--direction"),
+        "{output:?}"
+    );
 }

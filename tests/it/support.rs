@@ -189,8 +189,9 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
         };
-        // The listener is bound already; wait only for the store to be open.
-        for _ in 0..200 {
+        // The listener is bound already; wait only for the store to be open (a start that
+        // recomputes or builds something, on a machine busy with other tests, takes seconds).
+        for _ in 0..1000 {
             if let Ok(r) = server.client.get(server.url("/readyz")).send().await
                 && r.status() == StatusCode::OK
             {

@@ -369,7 +369,10 @@ async fn migrate(pool: &Pool, settings: &MergeSettings) -> Result<(), StoreError
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     let applied = match apply_migrations(&mut client).await {
-        Ok(()) => recompute_if_stale(&mut client, settings).await,
+        Ok(()) => match recompute_if_stale(&mut client, settings).await {
+            Ok(()) => reports::build_callbacks_if_missing(&mut client).await,
+            failed => failed,
+        },
         failed => failed,
     };
     let unlocked = client
@@ -491,7 +494,9 @@ async fn recompute_if_stale(
         }
     }
     // The worklist follows the records.
-    reports::rebuild_callbacks(&*tx).await?;
+    reports::rebuild_callbacks(&tx).await?;
+    tx.batch_execute(crate::store::callbacks::MARK_CALLBACKS_BUILT)
+        .await?;
     let hash = settings.fingerprint_hash();
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES ($1, $2), ('merge_settings_sha256', $3) \

@@ -11,8 +11,9 @@ use super::{PgStore, numbered, sql_param};
 use crate::report::callbacks::{Item, ManualClose, NumberCall, worklist};
 use crate::report::stats::StatsBuilder;
 use crate::store::callbacks::{
-    ALL_CLOSES, ALL_NUMBER_CALLS, CallbackCursor, CallbackFilter, CallbackPage, INSERT_CLOSE,
-    ITEM_BY_ID, Refresh, list_query, page, parse_item, read_close, read_number_call,
+    ALL_CLOSES, ALL_NUMBER_CALLS, CALLBACKS_BUILT_KEY, CallbackCursor, CallbackFilter,
+    CallbackPage, INSERT_CLOSE, ITEM_BY_ID, MARK_CALLBACKS_BUILT, Refresh, list_query, page,
+    parse_item, read_close, read_number_call,
 };
 use crate::store::reports::{Reports, dated_facts_query, read_call_facts, undated_count_query};
 use crate::store::{CallFilter, StoreError};
@@ -90,10 +91,12 @@ impl Reports for PgStore {
             if !item.open {
                 return Ok(Some(item));
             }
+            // Not before the item's last miss, whatever the clocks say (see close_at).
+            let at = crate::store::callbacks::close_at(&item, at);
             client
                 .execute(&insert, &[&item.phone, &id, &at, &note])
                 .await?;
-            refresh_callbacks(&***client, &BTreeMap::from([(item.phone.clone(), true)])).await?;
+            refresh_callbacks(&**client, &BTreeMap::from([(item.phone.clone(), true)])).await?;
             Ok(item_by_id().await?.or(Some(item)))
         })
         .await
@@ -131,10 +134,51 @@ struct Number {
     stored: Vec<(String, String)>,
 }
 
-/// Recomputes the callback items of `phones` (normal forms) from their calls, inside the
-/// caller's transaction, writing only what changed.
-pub(super) async fn refresh_callbacks<C: GenericClient + Sync>(
-    client: &C,
+/// A connection inside a transaction, with its cache of prepared statements: the worklist's
+/// statements run on every batch, and parsing and planning them each time would cost
+/// PostgreSQL more than running them.
+pub(super) trait Prepared: Sync {
+    type Client: GenericClient + Sync;
+    fn client(&self) -> &Self::Client;
+    fn statement<'s>(
+        &'s self,
+        sql: &'s str,
+    ) -> impl Future<Output = Result<tokio_postgres::Statement, tokio_postgres::Error>> + Send + 's;
+}
+
+impl Prepared for deadpool_postgres::ClientWrapper {
+    type Client = tokio_postgres::Client;
+    fn client(&self) -> &tokio_postgres::Client {
+        self
+    }
+    fn statement<'s>(
+        &'s self,
+        sql: &'s str,
+    ) -> impl Future<Output = Result<tokio_postgres::Statement, tokio_postgres::Error>> + Send + 's
+    {
+        self.prepare_cached(sql)
+    }
+}
+
+impl<'a> Prepared for deadpool_postgres::Transaction<'a> {
+    type Client = tokio_postgres::Transaction<'a>;
+    fn client(&self) -> &tokio_postgres::Transaction<'a> {
+        self
+    }
+    fn statement<'s>(
+        &'s self,
+        sql: &'s str,
+    ) -> impl Future<Output = Result<tokio_postgres::Statement, tokio_postgres::Error>> + Send + 's
+    {
+        self.prepare_cached(sql)
+    }
+}
+
+/// Recomputes the callback items of `phones` (normal forms, each with whether a miss is
+/// involved) from their calls, inside the caller's transaction, writing only what changed.
+/// Statements that do not depend on each other's answers go out together (one round trip).
+pub(super) async fn refresh_callbacks<P: Prepared>(
+    db: &P,
     phones: &BTreeMap<String, bool>,
 ) -> Result<(), StoreError> {
     let all: Vec<&str> = phones
@@ -145,8 +189,14 @@ pub(super) async fn refresh_callbacks<C: GenericClient + Sync>(
     if all.is_empty() {
         return Ok(());
     }
-    client.query(LOCK_NUMBERS, &[&all]).await?;
-    let stored = client.query(NUMBERS_ITEMS, &[&all]).await?;
+    let c = db.client();
+    let (lock, items) =
+        futures_util::future::try_join(db.statement(LOCK_NUMBERS), db.statement(NUMBERS_ITEMS))
+            .await?;
+    // The locks, then the items: a statement of its own, so that it sees what the holder of a
+    // lock committed before letting it go.
+    let (_, stored) =
+        futures_util::future::try_join(c.query(&lock, &[&all]), c.query(&items, &[&all])).await?;
     // Without a miss, a number with no items keeps none.
     let with_items: std::collections::HashSet<String> =
         stored.iter().map(|r| r.get::<_, String>(2)).collect();
@@ -157,11 +207,12 @@ pub(super) async fn refresh_callbacks<C: GenericClient + Sync>(
     if phones.is_empty() {
         return Ok(());
     }
-    let (calls, closes) = futures_util::future::try_join(
-        client.query(NUMBERS_CALLS, &[&phones]),
-        client.query(NUMBERS_CLOSES, &[&phones]),
-    )
-    .await?;
+    let (calls, closes) =
+        futures_util::future::try_join(db.statement(NUMBERS_CALLS), db.statement(NUMBERS_CLOSES))
+            .await?;
+    let (calls, closes) =
+        futures_util::future::try_join(c.query(&calls, &[&phones]), c.query(&closes, &[&phones]))
+            .await?;
     let mut by_phone: HashMap<&str, Number> =
         phones.iter().map(|p| (*p, Number::default())).collect();
     for row in &calls {
@@ -186,30 +237,23 @@ pub(super) async fn refresh_callbacks<C: GenericClient + Sync>(
     for (phone, number) in &by_phone {
         refresh.plan(phone, &number.calls, &number.closes, &number.stored);
     }
-    write_refresh(client, &refresh).await
-}
-
-async fn write_refresh<C: GenericClient + Sync>(
-    client: &C,
-    refresh: &Refresh,
-) -> Result<(), StoreError> {
     if refresh.is_empty() {
         return Ok(());
     }
-    let mut ids: Vec<&str> = refresh.delete.iter().map(String::as_str).collect();
-    ids.extend(refresh.upsert.iter().map(|i| i.id.as_str()));
-    client.execute(DELETE_HOTLINES, &[&ids]).await?;
-    if !refresh.delete.is_empty() {
-        client.execute(DELETE_ITEMS, &[&refresh.delete]).await?;
-    }
-    insert_items(client, &refresh.upsert).await
+    let mut gone: Vec<&str> = refresh.delete.iter().map(String::as_str).collect();
+    gone.extend(refresh.upsert.iter().map(|i| i.id.as_str()));
+    let delete_hotlines = db.statement(DELETE_HOTLINES).await?;
+    let delete_items = db.statement(DELETE_ITEMS).await?;
+    futures_util::future::try_join(
+        c.execute(&delete_hotlines, &[&gone]),
+        c.execute(&delete_items, &[&refresh.delete]),
+    )
+    .await?;
+    insert_items(db, &refresh.upsert).await
 }
 
 /// Writes `items` (new or changed) with their hotlines, whose old rows are gone already.
-async fn insert_items<C: GenericClient + Sync>(
-    client: &C,
-    items: &[Item],
-) -> Result<(), StoreError> {
+async fn insert_items<P: Prepared>(db: &P, items: &[Item]) -> Result<(), StoreError> {
     if items.is_empty() {
         return Ok(());
     }
@@ -227,28 +271,55 @@ async fn insert_items<C: GenericClient + Sync>(
             hotline_items.push(item.id.as_str());
         }
     }
-    client
-        .execute(
-            UPSERT_ITEMS,
-            &[&ids, &phones, &open, &first_missed, &bodies],
-        )
-        .await?;
-    if !hotlines.is_empty() {
-        client
-            .execute(INSERT_HOTLINES, &[&hotlines, &hotline_items])
+    let (upsert, insert_hotlines) =
+        futures_util::future::try_join(db.statement(UPSERT_ITEMS), db.statement(INSERT_HOTLINES))
             .await?;
+    let c = db.client();
+    futures_util::future::try_join(
+        c.execute(&upsert, &[&ids, &phones, &open, &first_missed, &bodies]),
+        c.execute(&insert_hotlines, &[&hotlines, &hotline_items]),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Builds the worklist from the stored calls if it has never been (a database that had calls
+/// before the worklist existed). Called under the migration lock: one instance builds it.
+pub(super) async fn build_callbacks_if_missing(
+    client: &mut deadpool_postgres::Client,
+) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    let built = tx
+        .query_opt(
+            "SELECT 1 FROM alohook_meta WHERE key = $1",
+            &[&CALLBACKS_BUILT_KEY],
+        )
+        .await?
+        .is_some();
+    if !built {
+        // No batch writes calls (nor refreshes their numbers) while the list is built.
+        tx.batch_execute("LOCK TABLE calls IN EXCLUSIVE MODE")
+            .await?;
+        let started = std::time::Instant::now();
+        let items = rebuild_callbacks(&tx).await?;
+        tx.batch_execute(MARK_CALLBACKS_BUILT).await?;
+        tracing::info!(
+            items,
+            seconds = started.elapsed().as_secs_f64(),
+            "callback worklist built from the stored calls"
+        );
     }
+    tx.commit().await?;
     Ok(())
 }
 
 /// Builds the whole worklist again from every call, inside the caller's transaction (see the
 /// SQLite store's twin). Returns how many items it wrote.
-pub(super) async fn rebuild_callbacks<C: GenericClient + Sync>(
-    client: &C,
-) -> Result<usize, StoreError> {
+pub(super) async fn rebuild_callbacks<P: Prepared>(db: &P) -> Result<usize, StoreError> {
+    let client = db.client();
     client
         .batch_execute(
-            "LOCK TABLE callbacks, callback_hotlines, callback_closes IN EXCLUSIVE MODE; \
+            "LOCK TABLE callback_closes, callbacks, callback_hotlines IN EXCLUSIVE MODE; \
              DELETE FROM callback_hotlines; DELETE FROM callbacks;",
         )
         .await?;
@@ -285,7 +356,7 @@ pub(super) async fn rebuild_callbacks<C: GenericClient + Sync>(
             pending.extend(worklist(&current, &calls, phone_closes));
         }
         written += pending.len();
-        insert_items(client, &pending).await?;
+        insert_items(db, &pending).await?;
         if rows.is_empty() {
             break;
         }

@@ -338,7 +338,7 @@ pub(super) async fn write_batch(
     for call in &written {
         crate::store::callbacks::touched(call.base.as_ref(), &call.record, finals, &mut phones);
     }
-    super::reports::refresh_callbacks(&**tx, &phones).await?;
+    super::reports::refresh_callbacks(tx, &phones).await?;
     // In the order the events were stored, which is the order each call's events were merged.
     new_changes.sort_unstable_by_key(|c| c.event_id);
     if new_changes.len() != stored_count {

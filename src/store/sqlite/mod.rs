@@ -181,6 +181,7 @@ impl SqliteStore {
         writer.set_prepared_statement_cache_capacity(128);
         migrate(&mut writer)?;
         recompute_if_stale(&mut writer, &settings)?;
+        reports::build_callbacks_if_missing(&mut writer)?;
         let writer = Arc::new(Mutex::new(Writer {
             conn: writer,
             calls: CallCache::default(),
@@ -353,6 +354,7 @@ fn recompute_if_stale(conn: &mut Connection, settings: &MergeSettings) -> Result
     }
     // The worklist follows the records.
     reports::rebuild_callbacks(&tx)?;
+    tx.execute(super::callbacks::MARK_CALLBACKS_BUILT, [])?;
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

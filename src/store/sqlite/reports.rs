@@ -9,9 +9,10 @@ use super::{SqliteStore, query_rows, sql_value};
 use crate::report::callbacks::{Item, ManualClose, NumberCall, worklist};
 use crate::report::stats::StatsBuilder;
 use crate::store::callbacks::{
-    ALL_CLOSES, ALL_NUMBER_CALLS, CallbackCursor, CallbackFilter, CallbackPage, DELETE_ITEM,
-    INSERT_CLOSE, INSERT_HOTLINE, ITEM_BY_ID, NUMBER_CALLS, NUMBER_CLOSES, NUMBER_ITEMS, Refresh,
-    UPSERT_ITEM, list_query, page, parse_item, read_close, read_number_call, upsert_args,
+    ALL_CLOSES, ALL_NUMBER_CALLS, CALLBACKS_BUILT_KEY, CallbackCursor, CallbackFilter,
+    CallbackPage, DELETE_ITEM, INSERT_CLOSE, INSERT_HOTLINE, ITEM_BY_ID, MARK_CALLBACKS_BUILT,
+    NUMBER_CALLS, NUMBER_CLOSES, NUMBER_ITEMS, Refresh, UPSERT_ITEM, list_query, page, parse_item,
+    read_close, read_number_call, upsert_args,
 };
 use crate::store::reports::{Reports, dated_facts_query, read_call_facts, undated_count_query};
 use crate::store::{CallFilter, RowColumns, StoreError};
@@ -89,6 +90,8 @@ impl Reports for SqliteStore {
                 if !item.open {
                     return Ok(Some(item));
                 }
+                // Not before the item's last miss, whatever the clocks say (see close_at).
+                let at = crate::store::callbacks::close_at(&item, at);
                 tx.prepare_cached(INSERT_CLOSE)?
                     .execute(rusqlite::params![item.phone, id, at, note])?;
                 refresh_callbacks(tx, &BTreeMap::from([(item.phone.clone(), true)]))?;
@@ -150,6 +153,32 @@ fn write_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
         conn.prepare_cached(INSERT_HOTLINE)?
             .execute([hotline, &item.id])?;
     }
+    Ok(())
+}
+
+/// Builds the worklist from the stored calls if it has never been (a store that had calls
+/// before the worklist existed).
+pub(super) fn build_callbacks_if_missing(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let built = tx
+        .query_row(
+            "SELECT 1 FROM alohook_meta WHERE key = ?1",
+            [CALLBACKS_BUILT_KEY],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !built {
+        let started = std::time::Instant::now();
+        let items = rebuild_callbacks(&tx)?;
+        tx.execute(MARK_CALLBACKS_BUILT, [])?;
+        tracing::info!(
+            items,
+            seconds = started.elapsed().as_secs_f64(),
+            "callback worklist built from the stored calls"
+        );
+    }
+    tx.commit()?;
     Ok(())
 }
 

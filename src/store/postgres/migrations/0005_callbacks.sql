@@ -32,6 +32,5 @@ CREATE TABLE callback_closes (
 );
 CREATE INDEX callback_closes_by_phone ON callback_closes (phone);
 
--- The worklist of the calls stored before this migration is built with the call records'
--- recomputation at the next start (forgetting the fingerprint of the merge settings starts it).
-DELETE FROM alohook_meta WHERE key = 'merge_settings';
+-- The worklist of the calls stored before this migration is built at the next start, once (see
+-- CALLBACKS_BUILT_KEY in src/store/callbacks.rs).
