@@ -240,16 +240,29 @@ pub(super) async fn refresh_callbacks<P: Prepared>(
     if refresh.is_empty() {
         return Ok(());
     }
+    // Hotline rows go with removed items and with changed ones (a new item has none yet).
     let mut gone: Vec<&str> = refresh.delete.iter().map(String::as_str).collect();
-    gone.extend(refresh.upsert.iter().map(|i| i.id.as_str()));
-    let delete_hotlines = db.statement(DELETE_HOTLINES).await?;
-    let delete_items = db.statement(DELETE_ITEMS).await?;
-    futures_util::future::try_join(
-        c.execute(&delete_hotlines, &[&gone]),
-        c.execute(&delete_items, &[&refresh.delete]),
-    )
-    .await?;
+    gone.extend(
+        refresh
+            .upsert
+            .iter()
+            .map(|i| i.id.as_str())
+            .filter(|id| with_items_ids(&stored, id)),
+    );
+    if !gone.is_empty() {
+        let delete_hotlines = db.statement(DELETE_HOTLINES).await?;
+        c.execute(&delete_hotlines, &[&gone]).await?;
+    }
+    if !refresh.delete.is_empty() {
+        let delete_items = db.statement(DELETE_ITEMS).await?;
+        c.execute(&delete_items, &[&refresh.delete]).await?;
+    }
     insert_items(db, &refresh.upsert).await
+}
+
+/// Whether `id` is among the stored items' rows.
+fn with_items_ids(stored: &[tokio_postgres::Row], id: &str) -> bool {
+    stored.iter().any(|r| r.get::<_, &str>(0) == id)
 }
 
 /// Writes `items` (new or changed) with their hotlines, whose old rows are gone already.
@@ -275,11 +288,17 @@ async fn insert_items<P: Prepared>(db: &P, items: &[Item]) -> Result<(), StoreEr
         futures_util::future::try_join(db.statement(UPSERT_ITEMS), db.statement(INSERT_HOTLINES))
             .await?;
     let c = db.client();
-    futures_util::future::try_join(
-        c.execute(&upsert, &[&ids, &phones, &open, &first_missed, &bodies]),
-        c.execute(&insert_hotlines, &[&hotlines, &hotline_items]),
-    )
-    .await?;
+    let columns: [&(dyn ToSql + Sync); 5] = [&ids, &phones, &open, &first_missed, &bodies];
+    let upserted = c.execute(&upsert, &columns);
+    if hotlines.is_empty() {
+        upserted.await?;
+    } else {
+        futures_util::future::try_join(
+            upserted,
+            c.execute(&insert_hotlines, &[&hotlines, &hotline_items]),
+        )
+        .await?;
+    }
     Ok(())
 }
 
