@@ -204,6 +204,7 @@ pub(crate) const CALL_FILTERS: &[&str] = &[
     "destination_number",
     "transaction_id",
     "phone",
+    "agent",
     "from",
     "to",
 ];
@@ -235,6 +236,7 @@ pub(crate) fn call_filter(
         destination_number: params.text("destination_number"),
         transaction_id: params.text("transaction_id"),
         phone: params.get("phone").map(normalize_phone),
+        agent: params.text("agent"),
         from: bound("from", false)?,
         to: bound("to", true)?,
     })

@@ -54,7 +54,11 @@ pub async fn view(
 ) -> Result<DestinationView, StoreError> {
     let counts = store.delivery_counts(&destination.id).await?;
     let (waiting, first_waiting) = store
-        .count_changes(destination.cursor, &destination.spec.change_filter())
+        .count_changes(
+            destination.cursor,
+            &destination.spec.change_filter(),
+            Some(&destination.id),
+        )
         .await?;
     let oldest = [counts.oldest_pending_received_at, first_waiting]
         .into_iter()

@@ -53,9 +53,17 @@ pub async fn stats(
     let (first, last) = builder.range();
     let (from, to) = (filter.from.or(first), filter.to.or(last));
     let undated = builder.undated();
-    let groups = builder
-        .finish(filter.from, filter.to)
-        .map_err(|e| ApiError::parameter("group_by", e.to_string()))?;
+    let groups = builder.finish(filter.from, filter.to).map_err(|e| {
+        let range = match (&from, &to) {
+            (Some(f), Some(t)) => format!(
+                " (the calls run from {} to {})",
+                format_local(*f, &state.tz),
+                format_local(*t, &state.tz)
+            ),
+            _ => String::new(),
+        };
+        ApiError::parameter("group_by", format!("{e}{range}"))
+    })?;
     Ok(Json(StatsView {
         from: from.map(|s| format_local(s, &state.tz)),
         to: to.map(|s| format_local(s, &state.tz)),

@@ -496,6 +496,7 @@ mod tests {
             &self,
             after: i64,
             filter: &ChangeFilter,
+            _undelivered_to: Option<&str>,
         ) -> Result<(i64, Option<i64>), StoreError> {
             let all = self.changes.lock().unwrap();
             let matching: Vec<&Change> = all

@@ -103,7 +103,11 @@ pub async fn backlog(
 ) -> Result<(i64, Option<i64>), StoreError> {
     let (pending, oldest_pending) = store.pending_deliveries(&destination.id).await?;
     let (waiting, oldest_waiting) = store
-        .count_changes(destination.cursor, &destination.spec.change_filter())
+        .count_changes(
+            destination.cursor,
+            &destination.spec.change_filter(),
+            Some(&destination.id),
+        )
         .await?;
     let oldest = [oldest_pending, oldest_waiting].into_iter().flatten().min();
     Ok((pending + waiting, oldest))

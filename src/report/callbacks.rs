@@ -248,9 +248,12 @@ pub fn worklist(phone: &str, calls: &[NumberCall], closes: &[ManualClose]) -> Ve
         let start = call.start_time.unwrap_or_default();
         // A close by hand comes after every call that started at or before it.
         while let Some(close) = closes.next_if(|c| c.at < start) {
-            if let Some(mut item) = open.take() {
-                close_by_hand(&mut item, close);
-                items.push(item);
+            match open.take() {
+                Some(mut item) => {
+                    close_by_hand(&mut item, close);
+                    items.push(item);
+                }
+                None => keep_note(&mut items, close),
             }
         }
         if call.is_miss() {
@@ -291,13 +294,31 @@ pub fn worklist(phone: &str, calls: &[NumberCall], closes: &[ManualClose]) -> Ve
             item.last_attempt_at = Some(item.last_attempt_at.map_or(start, |l| l.max(start)));
         }
     }
-    if let Some(mut item) = open.take() {
-        if let Some(close) = closes.next() {
-            close_by_hand(&mut item, close);
+    match open.take() {
+        Some(mut item) => {
+            if let Some(close) = closes.next() {
+                close_by_hand(&mut item, close);
+            }
+            items.push(item);
         }
-        items.push(item);
+        None => {
+            for close in closes {
+                keep_note(&mut items, close);
+            }
+        }
     }
     items
+}
+
+/// A close by hand that finds the item closed already (a call-back that started before it
+/// arrived after it) keeps its note on that item, so what the agent wrote is not lost.
+fn keep_note(items: &mut [Item], close: &ManualClose) {
+    if let Some(item) = items.last_mut()
+        && item.note.is_none()
+        && item.id == close.item_id
+    {
+        item.note = close.note.clone();
+    }
 }
 
 #[cfg(test)]
@@ -404,6 +425,30 @@ mod tests {
         let items = worklist(PHONE, &calls, &[late]);
         assert_eq!(items.len(), 1);
         assert_eq!((items[0].missed_count, items[0].open), (2, false));
+    }
+
+    #[test]
+    fn a_call_back_that_started_before_a_close_by_hand_keeps_its_note() {
+        let id = item_id(PHONE, "m1");
+        let close = ManualClose {
+            item_id: id.clone(),
+            at: 500,
+            note: Some("gọi rồi".into()),
+        };
+        let calls = [miss("m1", 100), call("a", "outbound", 200, true)];
+        let items = worklist(PHONE, &calls, std::slice::from_ref(&close));
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].closed_reason.as_deref(), Some("answered_outbound"));
+        assert_eq!(items[0].note.as_deref(), Some("gọi rồi"));
+        // A later miss opens a new item; the note stays on the first.
+        let calls = [
+            miss("m1", 100),
+            call("a", "outbound", 200, true),
+            miss("m2", 600),
+        ];
+        let items = worklist(PHONE, &calls, &[close]);
+        assert_eq!(items[0].note.as_deref(), Some("gọi rồi"));
+        assert_eq!(items[1].note, None);
     }
 
     #[test]

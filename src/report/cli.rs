@@ -57,6 +57,9 @@ pub struct CallsArgs {
     /// The caller's or the destination's number, in any usual form
     #[arg(long)]
     pub phone: Option<String>,
+    /// The agent: the user name, or the extension of a call with no user name
+    #[arg(long)]
+    pub agent: Option<String>,
     /// Calls that started at or after this (RFC 3339, or a day YYYY-MM-DD in the zone)
     #[arg(long)]
     pub from: Option<String>,
@@ -111,6 +114,7 @@ pub async fn run(command: ExportCommand, store: &dyn Store, tz: &TimeZone) -> an
                 ("destination_number", &a.destination_number),
                 ("transaction_id", &a.transaction_id),
                 ("phone", &a.phone),
+                ("agent", &a.agent),
                 ("from", &a.from),
                 ("to", &a.to),
             ]);
@@ -131,7 +135,14 @@ pub async fn run(command: ExportCommand, store: &dyn Store, tz: &TimeZone) -> an
     };
     let format = Format::parse(&output.format)
         .ok_or_else(|| anyhow::anyhow!("--format: must be one of csv, jsonl"))?;
-    let mut out: Box<dyn Write> = match &output.output {
+    // A file is written beside its name and renamed when complete: a failure part-way never
+    // leaves a file that looks whole.
+    let partial = output.output.as_ref().map(|path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        std::path::PathBuf::from(name)
+    });
+    let mut out: Box<dyn Write> = match &partial {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
@@ -150,17 +161,34 @@ pub async fn run(command: ExportCommand, store: &dyn Store, tz: &TimeZone) -> an
     };
     let name = export.name();
     let mut pages = Pages::new(export, format, tz.clone());
-    out.write_all(&pages.head(output.bom))?;
-    let mut rows = 0u64;
-    while let Some((chunk, n)) = pages.next(store).await? {
-        out.write_all(&chunk)?;
-        rows += n as u64;
-        progress.set_position(rows);
+    let written = async {
+        out.write_all(&pages.head(output.bom))?;
+        let mut rows = 0u64;
+        while let Some((chunk, n)) = pages.next(store).await? {
+            out.write_all(&chunk)?;
+            rows += n as u64;
+            progress.set_position(rows);
+        }
+        out.flush()?;
+        drop(out);
+        anyhow::Ok(rows)
     }
-    out.flush()?;
+    .await;
     progress.finish_and_clear();
-    if let Some(path) = &output.output {
-        eprintln!("alohook: {rows} {name} written to {}", path.display());
+    match (written, &partial, &output.output) {
+        (Ok(rows), Some(partial), Some(path)) => {
+            std::fs::rename(partial, path).with_context(|| {
+                format!("cannot rename {} to {}", partial.display(), path.display())
+            })?;
+            eprintln!("alohook: {rows} {name} written to {}", path.display());
+            Ok(())
+        }
+        (Ok(_), _, _) => Ok(()),
+        (Err(error), partial, _) => {
+            if let Some(partial) = partial {
+                let _ = std::fs::remove_file(partial);
+            }
+            Err(error)
+        }
     }
-    Ok(())
 }

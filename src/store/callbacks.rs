@@ -158,15 +158,19 @@ impl Refresh {
         stored: &[(String, String)],
     ) {
         let items = worklist(phone, calls, closes);
-        for (id, _) in stored {
-            if !items.iter().any(|i| &i.id == id) {
-                self.delete.push(id.clone());
+        let stored: std::collections::HashMap<&str, &str> = stored
+            .iter()
+            .map(|(id, body)| (id.as_str(), body.as_str()))
+            .collect();
+        for id in stored.keys() {
+            if !items.iter().any(|i| i.id == *id) {
+                self.delete.push(id.to_string());
             }
         }
         for item in items {
             let same = stored
-                .iter()
-                .any(|(id, body)| id == &item.id && parse_item(body).is_ok_and(|old| old == item));
+                .get(item.id.as_str())
+                .is_some_and(|body| parse_item(body).is_ok_and(|old| old == item));
             if !same {
                 self.upsert.push(item);
             }

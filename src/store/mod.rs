@@ -217,6 +217,9 @@ pub struct CallFilter {
     pub transaction_id: Option<String>,
     /// Normalised with [`crate::model::phone::normalize_phone`].
     pub phone: Option<String>,
+    /// The agent as the figures see one: `user_name`, or `destination_number` for a call with
+    /// no user name.
+    pub agent: Option<String>,
     /// Unix seconds, inclusive.
     pub from: Option<i64>,
     pub to: Option<i64>,
@@ -342,12 +345,14 @@ pub trait ChangeLog: Send + Sync + 'static {
     /// The position of the last committed change; 0 before the first.
     async fn last_seq(&self) -> Result<i64, StoreError>;
 
-    /// How many changes after `after` match `filter`, and when the first of them was received
-    /// (Unix microseconds).
+    /// How many changes after `after` match `filter` (and, with `undelivered_to`, have no
+    /// delivery to that destination yet), and when the first of them was received (Unix
+    /// microseconds).
     async fn count_changes(
         &self,
         after: i64,
         filter: &ChangeFilter,
+        undelivered_to: Option<&str>,
     ) -> Result<(i64, Option<i64>), StoreError>;
 
     /// A channel that gets a message whenever another process may have committed changes
@@ -527,10 +532,23 @@ pub(crate) fn change_filter_terms(filter: &ChangeFilter) -> (Vec<String>, Vec<Co
 }
 
 /// How many changes after `after` match `filter`, and the first one's receipt time.
-pub fn count_changes_query(after: i64, filter: &ChangeFilter) -> Statement {
+pub fn count_changes_query(
+    after: i64,
+    filter: &ChangeFilter,
+    undelivered_to: Option<&str>,
+) -> Statement {
     let (mut terms, mut args) = change_filter_terms(filter);
     terms.insert(0, "seq > ?".into());
     args.insert(0, Column::Integer(Some(after)));
+    if let Some(destination) = undelivered_to {
+        // Changes past a destination's saved cursor may have their deliveries already.
+        terms.push(
+            "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.destination_id = ? \
+             AND d.seq = changes.seq)"
+                .into(),
+        );
+        args.push(Column::Text(Some(destination.to_string())));
+    }
     Statement {
         sql: format!(
             "SELECT count(*), min(received_at) FROM changes WHERE {}",
@@ -957,6 +975,14 @@ pub(crate) fn call_filter_terms(
         terms.push("(caller_norm = ? OR destination_norm = ?)");
         args.push(Column::Text(Some(phone.clone())));
         args.push(Column::Text(Some(phone.clone())));
+    }
+    if let Some(agent) = &filter.agent {
+        terms.push(
+            "(user_name = ? OR ((user_name IS NULL OR TRIM(user_name) = '') \
+             AND destination_number = ?))",
+        );
+        args.push(Column::Text(Some(agent.clone())));
+        args.push(Column::Text(Some(agent.clone())));
     }
     let mut integer = |term: &'static str, value: Option<i64>| {
         if let Some(v) = value {

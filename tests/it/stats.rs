@@ -319,6 +319,11 @@ async fn every_figure_of_a_day_by_hand(db) {
         (json!(1), json!(0)));
     let lan_only = stats(&server, "?user_name=lan").await;
     assert_eq!(lan_only["groups"][0]["calls"], 2);
+    // The agent filter selects what group_by=agent groups: "101" is C2 and C3 (no user name).
+    let agent = stats(&server, "?agent=101&from=2026-11-02&to=2026-11-02").await;
+    assert_eq!(agent["groups"][0]["calls"], 2, "{agent}");
+    let (status, listed) = server.get("/api/calls?agent=lan").await;
+    assert_eq!((status, listed["items"].as_array().unwrap().len()), (StatusCode::OK, 2));
     // A range with no calls: one group of zeros, its figures null.
     let empty = stats(&server, "?from=2025-01-01&to=2025-01-01").await;
     assert_eq!(empty["groups"][0]["calls"], 0);

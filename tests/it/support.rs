@@ -334,8 +334,11 @@ impl ChangeLog for FlakyStore {
         &self,
         after: i64,
         filter: &ChangeFilter,
+        undelivered_to: Option<&str>,
     ) -> Result<(i64, Option<i64>), StoreError> {
-        self.inner.count_changes(after, filter).await
+        self.inner
+            .count_changes(after, filter, undelivered_to)
+            .await
     }
     fn watch_other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
         self.inner.watch_other_writers()

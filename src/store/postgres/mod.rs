@@ -594,8 +594,9 @@ impl ChangeLog for PgStore {
         &self,
         after: i64,
         filter: &ChangeFilter,
+        undelivered_to: Option<&str>,
     ) -> Result<(i64, Option<i64>), StoreError> {
-        let query = count_changes_query(after, filter);
+        let query = count_changes_query(after, filter, undelivered_to);
         let sql = numbered(&query.sql);
         self.read(async |client| {
             let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();

@@ -747,8 +747,9 @@ impl ChangeLog for SqliteStore {
         &self,
         after: i64,
         filter: &ChangeFilter,
+        undelivered_to: Option<&str>,
     ) -> Result<(i64, Option<i64>), StoreError> {
-        let query = count_changes_query(after, filter);
+        let query = count_changes_query(after, filter, undelivered_to);
         self.blocking(move |inner| {
             inner.with_reader(|conn| {
                 Ok(conn.prepare_cached(&query.sql)?.query_row(
