@@ -286,11 +286,19 @@ impl DestinationWorker {
         let mut save = tokio::time::interval(SAVE_EVERY);
         let mut disabled = false;
         let mut failures = FailureLog::default();
+        // Told to start over: nothing new goes out, and the sends under way finish and have
+        // their outcomes saved first (abandoned, one that reached the receiver would go again).
+        let mut restarting = false;
 
         loop {
+            if restarting && in_flight.is_empty() {
+                self.save(&mut progress, &unsaved, &waiting, reader.position)
+                    .await?;
+                return Ok(());
+            }
             let slots = (destination.spec.max_in_flight as usize).saturating_sub(in_flight.len());
             // New changes go out while there is room.
-            let may_take = slots > 0;
+            let may_take = slots > 0 && !restarting;
             while may_take
                 && !waiting.is_empty()
                 && in_flight.len() < destination.spec.max_in_flight as usize
@@ -349,9 +357,10 @@ impl DestinationWorker {
                                 || now.updated_at != destination.updated_at
                             {
                                 // Another filter or ordering, or deliveries queued again (a
-                                // replay): start over from what is saved.
-                                self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
-                                return Ok(());
+                                // replay): start over from what is saved, once the sends under
+                                // way are done.
+                                restarting = true;
+                                continue;
                             }
                             destination = now;
                         }
@@ -437,7 +446,7 @@ impl DestinationWorker {
                         return Ok(());
                     }
                 }
-                _ = retries.tick(), if slots > 0 && !disabled => {
+                _ = retries.tick(), if slots > 0 && !disabled && !restarting => {
                     let due = self.store.due_deliveries(&id, now_micros(), slots + in_flight_seqs.len()).await?;
                     for delivery in due {
                         // An outcome not saved yet leaves its row out of date: not due.

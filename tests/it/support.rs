@@ -165,7 +165,22 @@ impl TestServer {
     }
 
     /// Starts with `settings`, and with `store` instead of the configured database when given.
+    /// A SQLite database that the server stopped just before still holds for a moment (its
+    /// background tasks let go of the store after `stop` returns): that start is tried again.
     pub async fn start_with(settings: Settings, store: Option<Arc<dyn Store>>) -> Self {
+        for _ in 0..100 {
+            match Self::try_start(settings.clone(), store.clone()).await {
+                Ok(server) => return server,
+                Err(error) if error.contains("another alohook is already using") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("the test server stopped before it was ready: {error}"),
+            }
+        }
+        panic!("the SQLite database stayed held by the server stopped before");
+    }
+
+    async fn try_start(settings: Settings, store: Option<Arc<dyn Store>>) -> Result<Self, String> {
         let config = settings.resolve().expect("test settings resolve");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -191,11 +206,16 @@ impl TestServer {
         };
         // The listener is bound already; wait only for the store to be open (a start that
         // recomputes or builds something, on a machine busy with other tests, takes seconds).
+        let mut server = server;
         for _ in 0..1000 {
             if let Ok(r) = server.client.get(server.url("/readyz")).send().await
                 && r.status() == StatusCode::OK
             {
-                return server;
+                return Ok(server);
+            }
+            if server.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                let ended = server.handle.take().unwrap().await;
+                return Err(format!("{ended:?}"));
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
