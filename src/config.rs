@@ -403,6 +403,9 @@ pub struct Config {
     /// See `--short-abandon-seconds` and `--service-level-seconds`.
     pub thresholds: crate::report::stats::Thresholds,
     pub final_statuses: FinalStatuses,
+    /// Set by commands that only read: they refuse a database whose calls were merged under
+    /// other settings instead of recomputing them.
+    pub read_only: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -572,6 +575,7 @@ impl Settings {
             retry_schedule,
             thresholds,
             final_statuses,
+            read_only: false,
         })
     }
 }
@@ -676,6 +680,7 @@ impl Config {
             finals: self.final_statuses.clone(),
             timezone: self.timezone.clone(),
             timezone_name: self.timezone_name.clone(),
+            read_only: self.read_only,
         }
     }
 

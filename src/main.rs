@@ -378,7 +378,14 @@ fn destinations(
 }
 
 fn export(settings: Settings, command: alohook::report::cli::ExportCommand) -> anyhow::Result<()> {
-    let config = settings.resolve()?;
+    let mut config = settings.resolve()?;
+    // Only reads: never recomputes the calls, never makes a database where there is none.
+    config.read_only = true;
+    if let Some(path) = config.database.strip_prefix("sqlite://")
+        && !std::path::Path::new(path).exists()
+    {
+        anyhow::bail!("no alohook database at {path} (check --data-dir or --database)");
+    }
     runtime()?.block_on(async {
         let store = alohook::server::open_store(&config)
             .await

@@ -134,6 +134,8 @@ pub async fn run_with_store(
         max_streams = config.max_streams,
         max_connections = config.max_connections,
         retry_schedule = %config.retry_schedule,
+        short_abandon_seconds = config.thresholds.short_abandon_seconds,
+        service_level_seconds = config.thresholds.service_level_seconds,
         "alohook started"
     );
     let listener =

@@ -34,6 +34,28 @@ pub struct MergeSettings {
     pub finals: FinalStatuses,
     pub timezone: TimeZone,
     pub timezone_name: String,
+    /// A command that only reads (`alohook export`): stored records merged under other
+    /// settings are an error, not something to recompute.
+    pub read_only: bool,
+}
+
+impl MergeSettings {
+    /// The error of a read-only command whose settings are not the stored records'.
+    pub fn refuse_recompute(&self, stored: Option<&str>) -> Option<StoreError> {
+        (self.read_only).then(|| {
+            StoreError::Database(match stored {
+                Some(stored) => format!(
+                    "the stored calls were merged under \"{stored}\", and this command's settings \
+                     are \"{}\": give it the --timezone and --final-statuses alohook serve runs \
+                     with (a command that only reads never recomputes the calls)",
+                    self.fingerprint()
+                ),
+                None => "this database holds no alohook calls yet (check --data-dir or \
+                         --database)"
+                    .to_string(),
+            })
+        })
+    }
 }
 
 impl Default for MergeSettings {
@@ -43,6 +65,7 @@ impl Default for MergeSettings {
             timezone: TimeZone::get(crate::config::DEFAULT_TIMEZONE)
                 .expect("the bundled time zone database has the default zone"),
             timezone_name: crate::config::DEFAULT_TIMEZONE.to_string(),
+            read_only: false,
         }
     }
 }

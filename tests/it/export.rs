@@ -235,4 +235,37 @@ async fn the_command_line_exports_the_same_bytes() {
         String::from_utf8_lossy(&output.stderr).contains("--direction"),
         "{output:?}"
     );
+    // An export only reads: other merge settings are refused, not a recomputation of every
+    // call; a data dir with no database is named, not created.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_alohook"))
+        .args(["export", "--data-dir"])
+        .arg(db.path())
+        .args(["--timezone", "UTC", "calls"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--timezone"),
+        "{output:?}"
+    );
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_alohook"))
+        .args(["export", "--data-dir"])
+        .arg(db.path())
+        .args(["calls", "--bom", "--hotline", "19001234"])
+        .output()
+        .unwrap();
+    assert_eq!(again.stdout, from_api, "the stored calls are as they were");
+    let nowhere = db.path().join("nowhere");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_alohook"))
+        .args(["export", "--data-dir"])
+        .arg(&nowhere)
+        .arg("calls")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no alohook database"),
+        "{output:?}"
+    );
+    assert!(!nowhere.join("alohook.db").exists());
 }

@@ -441,6 +441,9 @@ async fn recompute_if_stale(
         tx.commit().await?;
         return Ok(());
     }
+    if let Some(error) = settings.refuse_recompute(stored.as_deref()) {
+        return Err(error);
+    }
     // No instance writes events or calls until the records and the fingerprint are rewritten:
     // a batch that began before waits here first (and is recomputed with the rest), and one that
     // begins after waits for this commit, then finds the new fingerprint in its last statement

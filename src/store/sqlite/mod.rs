@@ -322,6 +322,9 @@ fn recompute_if_stale(conn: &mut Connection, settings: &MergeSettings) -> Result
     if stored.as_deref() == Some(wanted.as_str()) {
         return Ok(());
     }
+    if let Some(error) = settings.refuse_recompute(stored.as_deref()) {
+        return Err(error);
+    }
     let started = std::time::Instant::now();
     let mut recomputed = 0usize;
     let mut after = i64::MIN;
