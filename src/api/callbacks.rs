@@ -55,6 +55,9 @@ pub(crate) fn callback_filter(params: &Params, tz: &TimeZone) -> Result<Callback
     Ok(CallbackFilter {
         open,
         hotline: params.text("hotline"),
+        phone: params
+            .get("phone")
+            .map(crate::model::phone::normalize_phone),
         from: bound("from", false)?,
         to: bound("to", true)?,
         newest_first,
@@ -68,7 +71,9 @@ pub async fn list(
 ) -> Result<Json<Page<ItemView>>, ApiError> {
     let params = Params::new(
         query,
-        &["state", "hotline", "from", "to", "sort", "limit", "cursor"],
+        &[
+            "state", "hotline", "phone", "from", "to", "sort", "limit", "cursor",
+        ],
     )?;
     let limit = params.limit()?;
     let filter = callback_filter(&params, &state.tz)?;

@@ -58,7 +58,9 @@ pub async fn callbacks(
 ) -> Result<Response, ApiError> {
     let params = Params::new(
         query,
-        &["format", "bom", "state", "hotline", "from", "to", "sort"],
+        &[
+            "format", "bom", "state", "hotline", "phone", "from", "to", "sort",
+        ],
     )?;
     let (format, bom) = format_and_bom(&params)?;
     let filter = callback_filter(&params, &state.tz)?;

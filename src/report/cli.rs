@@ -78,6 +78,9 @@ pub struct CallbacksArgs {
     /// Items with a miss on this hotline
     #[arg(long)]
     pub hotline: Option<String>,
+    /// Items of this number, in any usual form
+    #[arg(long)]
+    pub phone: Option<String>,
     /// Items first missed at or after this
     #[arg(long)]
     pub from: Option<String>,
@@ -125,6 +128,7 @@ pub async fn run(command: ExportCommand, store: &dyn Store, tz: &TimeZone) -> an
             let params = pairs(&[
                 ("state", &a.state),
                 ("hotline", &a.hotline),
+                ("phone", &a.phone),
                 ("from", &a.from),
                 ("to", &a.to),
                 ("sort", &a.sort),

@@ -201,6 +201,8 @@ pub struct CallbackFilter {
     /// `Some(true)`: open only; `Some(false)`: closed only; `None`: all.
     pub open: Option<bool>,
     pub hotline: Option<String>,
+    /// The item's number, in its normal form (`caller_norm`).
+    pub phone: Option<String>,
     /// On `first_missed_at`, Unix seconds, inclusive.
     pub from: Option<i64>,
     pub to: Option<i64>,
@@ -239,6 +241,10 @@ pub fn list_query(
              AND h.hotline = ?)",
         );
         args.push(Column::Text(Some(hotline.clone())));
+    }
+    if let Some(phone) = &filter.phone {
+        terms.push("phone = ?");
+        args.push(Column::Text(Some(phone.clone())));
     }
     if let Some(from) = filter.from {
         terms.push("first_missed_at >= ?");

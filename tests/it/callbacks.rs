@@ -234,6 +234,11 @@ async fn the_worklist_by_hand(db) {
     assert_eq!((status, error["parameter"].clone()), (StatusCode::BAD_REQUEST, json!("note")));
 
     // Filters: hotline (a miss on it), the first miss's range, and paging.
+    // A number in any usual form: does this customer have an open callback?
+    let a = list(&server, "?state=open&phone=%2B84901111111").await;
+    assert_eq!(summary(&a), [s3("+84901111111", "a5", "open")]);
+    let a = list(&server, "?state=all&phone=84901111111").await;
+    assert_eq!(a["items"].as_array().unwrap().len(), 2);
     let h2 = list(&server, "?state=all&hotline=H2").await;
     assert_eq!(summary(&h2).iter().map(|s| s.1.as_str()).collect::<Vec<_>>(), ["a2", "d1", "d2"]);
     let morning = list(&server, "?state=all&from=2026-11-02T08:00:00%2B07:00&to=2026-11-02T12:00:00%2B07:00").await;
