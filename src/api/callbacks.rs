@@ -11,7 +11,6 @@ use jiff::tz::TimeZone;
 use super::AppState;
 use super::calls::{Page, Params};
 use super::error::ApiError;
-use crate::model::time::parse_range_bound;
 use crate::report::callbacks::ItemView;
 use crate::store::callbacks::{CallbackCursor, CallbackFilter};
 
@@ -40,26 +39,14 @@ pub(crate) fn callback_filter(params: &Params, tz: &TimeZone) -> Result<Callback
         "newest" => true,
         _ => return Err(ApiError::parameter("sort", "must be one of oldest, newest")),
     };
-    let bound = |name: &str, end_of_day: bool| {
-        params
-            .get(name)
-            .map(|v| {
-                parse_range_bound(v, tz, end_of_day)
-                    .or_else(|| parse_range_bound(&v.replace(' ', "+"), tz, end_of_day))
-                    .ok_or_else(|| {
-                        ApiError::parameter(name, "must be an RFC 3339 time or a date YYYY-MM-DD")
-                    })
-            })
-            .transpose()
-    };
     Ok(CallbackFilter {
         open,
         hotline: params.text("hotline"),
         phone: params
             .get("phone")
             .map(crate::model::phone::normalize_phone),
-        from: bound("from", false)?,
-        to: bound("to", true)?,
+        from: params.range_bound("from", tz, false)?,
+        to: params.range_bound("to", tz, true)?,
         newest_first,
     })
 }

@@ -182,6 +182,25 @@ impl Params {
             .transpose()
     }
 
+    /// A `from` (`end_of_day` false) or inclusive `to` bound: RFC 3339, or a day in `tz`.
+    pub(crate) fn range_bound(
+        &self,
+        name: &str,
+        tz: &jiff::tz::TimeZone,
+        end_of_day: bool,
+    ) -> Result<Option<i64>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                // An unencoded `+` in an offset (…T08:55:00+07:00) arrives as a space.
+                parse_range_bound(v, tz, end_of_day)
+                    .or_else(|| parse_range_bound(&v.replace(' ', "+"), tz, end_of_day))
+                    .ok_or_else(|| {
+                        ApiError::parameter(name, "must be an RFC 3339 time or a date YYYY-MM-DD")
+                    })
+            })
+            .transpose()
+    }
+
     /// A `cursor` that is an id this API returned.
     pub(super) fn id_cursor(&self) -> Result<Option<i64>, ApiError> {
         self.get("cursor")
@@ -214,19 +233,6 @@ pub(crate) fn call_filter(
     params: &Params,
     tz: &jiff::tz::TimeZone,
 ) -> Result<CallFilter, ApiError> {
-    let bound = |name: &str, end_of_day: bool| {
-        params
-            .get(name)
-            .map(|v| {
-                // An unencoded `+` in an offset (…T08:55:00+07:00) arrives as a space.
-                parse_range_bound(v, tz, end_of_day)
-                    .or_else(|| parse_range_bound(&v.replace(' ', "+"), tz, end_of_day))
-                    .ok_or_else(|| {
-                        ApiError::parameter(name, "must be an RFC 3339 time or a date YYYY-MM-DD")
-                    })
-            })
-            .transpose()
-    };
     Ok(CallFilter {
         status: params.text("status"),
         phase: params.phase()?,
@@ -237,8 +243,8 @@ pub(crate) fn call_filter(
         transaction_id: params.text("transaction_id"),
         phone: params.get("phone").map(normalize_phone),
         agent: params.text("agent"),
-        from: bound("from", false)?,
-        to: bound("to", true)?,
+        from: params.range_bound("from", tz, false)?,
+        to: params.range_bound("to", tz, true)?,
     })
 }
 
