@@ -11,6 +11,7 @@ use jiff::tz::TimeZone;
 use super::AppState;
 use super::calls::{Page, Params};
 use super::error::ApiError;
+use super::openapi::{CallbackFilters, CloseRequest, ErrorBody, Paging};
 use crate::report::callbacks::ItemView;
 use crate::store::callbacks::{CallbackCursor, CallbackFilter};
 
@@ -51,17 +52,21 @@ pub(crate) fn callback_filter(params: &Params, tz: &TimeZone) -> Result<Callback
     })
 }
 
+/// The parameters of `GET /api/callbacks`.
+pub(crate) const LIST_PARAMS: &[&str] = &[
+    "state", "hotline", "phone", "from", "to", "sort", "limit", "cursor",
+];
+
 /// `GET /api/callbacks?state=open|closed|all&hotline&from&to&sort=oldest|newest&limit&cursor`.
+#[utoipa::path(get, path = "/callbacks", tag = "figures",
+    description = "The missed-call callback worklist: one open item per customer number with an unanswered inbound call not yet followed by an answered call with that number.",
+    params(CallbackFilters, Paging),
+    responses((status = 200, body = Page<ItemView>), (status = 400, description = "A parameter is wrong", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<ItemView>>, ApiError> {
-    let params = Params::new(
-        query,
-        &[
-            "state", "hotline", "phone", "from", "to", "sort", "limit", "cursor",
-        ],
-    )?;
+    let params = Params::new(query, LIST_PARAMS)?;
     let limit = params.limit()?;
     let filter = callback_filter(&params, &state.tz)?;
     let cursor = params
@@ -81,6 +86,13 @@ pub async fn list(
 }
 
 /// `POST /api/callbacks/{id}/close` with an optional `{"note":"…"}`.
+#[utoipa::path(post, path = "/callbacks/{id}/close", tag = "figures",
+    description = "Closes an item by hand (`closed_reason` `manual`); an item closed already is answered as it is.",
+    params(("id" = String, Path, description = "The item's id (`cb_…`)")),
+    request_body(content = Option<CloseRequest>, description = "Optional; an empty body closes without a note"),
+    responses((status = 200, description = "The item, closed", body = ItemView),
+        (status = 400, description = "The body or note is wrong", body = ErrorBody),
+        (status = 404, description = "No such item", body = ErrorBody)))]
 pub async fn close(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{CallFilters, ErrorBody, Paging};
 use crate::model::Phase;
 use crate::model::phone::normalize_phone;
 use crate::model::time::{format_utc_micros, parse_range_bound};
@@ -19,12 +20,18 @@ use crate::store::{CallCursor, CallFilter, StoredEvent};
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
 
-#[derive(Debug, Serialize)]
+/// An event as received.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub event_id: i64,
+    /// When alohook received it (UTC, RFC 3339).
     pub received_at: String,
+    /// How many times it was received (resends included).
     pub deliveries: i64,
+    /// What was odd about it (an unknown status, a time that cannot be read…).
     pub warnings: Vec<String>,
+    /// The body exactly as Alohub sent it.
+    #[schema(value_type = Object)]
     pub payload: Box<RawValue>,
 }
 
@@ -44,7 +51,8 @@ impl EventView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A page of items; `next_cursor` is null on the last.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
@@ -56,6 +64,10 @@ fn call_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
         .map_err(|e| ApiError::parameter("call_id", e.body_text()))
 }
 
+/// One call's record.
+#[utoipa::path(get, path = "/calls/{call_id}", tag = "calls",
+    params(("call_id" = String, Path, description = "The call's `call_id`")),
+    responses((status = 200, body = CallView), (status = 404, description = "No such call", body = ErrorBody)))]
 pub async fn get_call(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -72,6 +84,12 @@ pub async fn get_call(
 /// Events per page when `limit` is not given.
 const DEFAULT_EVENTS_LIMIT: usize = 100;
 
+/// The events received for one call, oldest first.
+#[utoipa::path(get, path = "/calls/{call_id}/events", tag = "calls",
+    params(("call_id" = String, Path, description = "The call's `call_id`"), Paging),
+    responses((status = 200, body = Page<EventView>),
+        (status = 400, description = "A parameter is wrong", body = ErrorBody),
+        (status = 404, description = "No such call", body = ErrorBody)))]
 pub async fn call_events(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -248,6 +266,11 @@ pub(crate) fn call_filter(
     })
 }
 
+/// Call records, newest start first; every filter is optional and they combine.
+#[utoipa::path(get, path = "/calls", tag = "calls",
+    params(CallFilters, Paging),
+    responses((status = 200, body = Page<CallView>),
+        (status = 400, description = "A parameter is wrong", body = ErrorBody)))]
 pub async fn list_calls(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -298,18 +321,27 @@ fn decode_call_cursor(text: &str) -> Result<CallCursor, ApiError> {
     Ok(CallCursor { sort_key, seq })
 }
 
-#[derive(Debug, Serialize)]
+/// A body refused by the webhook, kept in the quarantine.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RejectionView {
     pub id: i64,
+    /// `invalid_json`, `not_utf8`, `invalid_event`…
     pub reason: String,
     pub detail: String,
     pub received_at: String,
     pub deliveries: i64,
+    /// The body (lossy where it is not UTF-8).
     pub body: String,
+    /// The exact bytes, when the body is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<String>,
 }
 
+/// The quarantine: bodies refused by the webhook, newest first.
+#[utoipa::path(get, path = "/rejected", tag = "calls",
+    params(Paging),
+    responses((status = 200, body = Page<RejectionView>),
+        (status = 400, description = "A parameter is wrong", body = ErrorBody)))]
 pub async fn list_rejected(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,

@@ -8,11 +8,12 @@ use serde::Serialize;
 use super::AppState;
 use super::calls::Params;
 use super::error::ApiError;
+use super::openapi::{DeliveryFilters, ErrorBody, Paging};
 use crate::forward::sign::webhook_id;
 use crate::model::time::format_utc_micros;
 use crate::store::{DeliveryFilter, DeliveryState, StoredDelivery};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub id: i64,
     pub destination_id: String,
@@ -26,7 +27,7 @@ pub struct DeliveryView {
     pub attempts: Vec<AttemptView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub at: String,
     pub status: Option<i64>,
@@ -64,22 +65,25 @@ impl From<StoredDelivery> for DeliveryView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryPageView {
     pub items: Vec<DeliveryView>,
     pub next_cursor: Option<String>,
 }
 
+/// The parameters of `GET /api/deliveries`.
+pub(crate) const PARAMS: &[&str] = &["destination", "state", "call_id", "limit", "cursor"];
+
 /// `GET /api/deliveries?destination=…&state=pending|delivered|dead&call_id=…&limit&cursor`,
 /// newest first.
+#[utoipa::path(get, path = "/deliveries", tag = "forwarding",
+    params(DeliveryFilters, Paging),
+    responses((status = 200, body = DeliveryPageView), (status = 400, description = "A parameter is wrong", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<DeliveryPageView>, ApiError> {
-    let params = Params::new(
-        query,
-        &["destination", "state", "call_id", "limit", "cursor"],
-    )?;
+    let params = Params::new(query, PARAMS)?;
     let limit = params.limit()?;
     let before = params.id_cursor()?;
     let delivery_state = params

@@ -11,6 +11,10 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use super::openapi::{
+    DestinationInput, DestinationList, ErrorBody, JobView, PingView, ReplayRequest, ReplayStarted,
+    SecretView,
+};
 use crate::forward::destination::{DestinationSpec, FieldError, Start, new_id};
 use crate::forward::sign::new_secret;
 use crate::model::time::{format_utc_micros, now_micros};
@@ -20,7 +24,7 @@ use crate::store::{Store, StoreError, StoredDestination};
 pub const ROTATION_OVERLAP_MICROS: i64 = 24 * 60 * 60 * 1_000_000;
 
 /// A destination as the API shows it: as created, its state, and live figures.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DestinationView {
     pub id: String,
     #[serde(flatten)]
@@ -34,7 +38,8 @@ pub struct DestinationView {
     pub secret: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DestinationStats)]
 pub struct Stats {
     /// Deliveries waiting, and matching changes not handed to the destination yet.
     pub pending: i64,
@@ -133,6 +138,9 @@ pub async fn create(
 }
 
 /// `POST /api/destinations`: 201 with the destination and its secret.
+#[utoipa::path(post, path = "/destinations", tag = "forwarding",
+    request_body = DestinationInput,
+    responses((status = 201, description = "Created; `secret` is shown only here", body = DestinationView), (status = 400, description = "A field is wrong (`parameter` names it)", body = ErrorBody)))]
 pub async fn post(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let spec = DestinationSpec::from_json(&json_body(&body)?).map_err(field)?;
     let created = create(state.store.as_ref(), spec).await?;
@@ -143,6 +151,8 @@ pub async fn post(State(state): State<AppState>, body: Bytes) -> Result<Response
 }
 
 /// `GET /api/destinations`.
+#[utoipa::path(get, path = "/destinations", tag = "forwarding",
+    responses((status = 200, body = DestinationList)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut items = Vec::new();
     for destination in state.store.destinations().await? {
@@ -152,6 +162,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 }
 
 /// `GET /api/destinations/{id}`.
+#[utoipa::path(get, path = "/destinations/{id}", tag = "forwarding", params(("id" = String, Path, description = "The destination's id")),
+    responses((status = 200, body = DestinationView), (status = 404, description = "No such destination", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -161,6 +173,8 @@ pub async fn get(
 }
 
 /// `GET /api/destinations/{id}/secret`.
+#[utoipa::path(get, path = "/destinations/{id}/secret", tag = "forwarding", params(("id" = String, Path, description = "The destination's id")),
+    responses((status = 200, body = SecretView), (status = 404, description = "No such destination", body = ErrorBody)))]
 pub async fn secret(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -171,6 +185,9 @@ pub async fn secret(
 
 /// `PATCH /api/destinations/{id}`: the fields given change; `enabled: true` clears the reason
 /// it was disabled for.
+#[utoipa::path(patch, path = "/destinations/{id}", tag = "forwarding", params(("id" = String, Path, description = "The destination's id")),
+    request_body(content = DestinationInput, description = "Only the fields to change"),
+    responses((status = 200, body = DestinationView), (status = 400, description = "A field is wrong (`parameter` names it)", body = ErrorBody), (status = 404, description = "No such destination", body = ErrorBody)))]
 pub async fn patch(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -197,6 +214,8 @@ pub async fn patch(
 }
 
 /// `DELETE /api/destinations/{id}`: 204; its pending deliveries are dropped.
+#[utoipa::path(delete, path = "/destinations/{id}", tag = "forwarding", params(("id" = String, Path, description = "The destination's id")),
+    responses((status = 204, description = "Removed"), (status = 404, description = "No such destination", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -211,6 +230,8 @@ pub async fn delete(
 
 /// `POST /api/destinations/{id}/rotate-secret`: a new secret; the old one signs beside it for
 /// 24 h, so that receivers can switch without missing a delivery.
+#[utoipa::path(post, path = "/destinations/{id}/rotate-secret", tag = "forwarding", params(("id" = String, Path, description = "The destination's id")),
+    responses((status = 200, description = "The new secret; the previous one signs beside it for 24 h", body = SecretView), (status = 404, description = "No such destination", body = ErrorBody)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -231,6 +252,8 @@ pub async fn rotate_secret(
 
 /// `POST /api/destinations/{id}/ping`: a `test.ping` through the real signing and sending path,
 /// whatever the destination's filter; answers what came of it.
+#[utoipa::path(post, path = "/destinations/{id}/ping", tag = "forwarding", params(("id" = String, Path, description = "The destination's id")),
+    responses((status = 200, body = PingView), (status = 404, description = "No such destination", body = ErrorBody)))]
 pub async fn ping(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -254,6 +277,9 @@ pub async fn ping(
 
 /// `POST /api/destinations/{id}/replay`: queues again every change a flat filter matches (of
 /// those the destination receives), as a background job: 202 with the job's id and the count.
+#[utoipa::path(post, path = "/destinations/{id}/replay", tag = "forwarding", params(("id" = String, Path, description = "The destination's id")),
+    request_body(content = Option<ReplayRequest>, description = "Optional filter; empty for everything"),
+    responses((status = 202, description = "The job started", body = ReplayStarted), (status = 400, description = "A field is wrong (`parameter` names it)", body = ErrorBody), (status = 404, description = "No such destination", body = ErrorBody)))]
 pub async fn replay(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -276,6 +302,9 @@ pub async fn replay(
 }
 
 /// `GET /api/jobs/{id}`: how a background job (a replay) is going.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "forwarding",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = JobView), (status = 404, description = "No such job", body = ErrorBody)))]
 pub async fn job(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

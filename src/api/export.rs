@@ -10,6 +10,7 @@ use super::AppState;
 use super::callbacks::callback_filter;
 use super::calls::{CALL_FILTERS, Params, call_filter};
 use super::error::ApiError;
+use super::openapi::{CallFilters, CallbackFilters, ErrorBody, ExportFormat};
 use crate::report::export::{Export, Format, Pages};
 
 /// Pages rendered ahead of the client: how far reading the store may run ahead of the network.
@@ -36,6 +37,11 @@ fn format_and_bom(params: &Params) -> Result<(Format, bool), ApiError> {
 }
 
 /// `GET /api/export/calls?format=csv|jsonl&bom=true&<any /api/calls filter>`.
+#[utoipa::path(get, path = "/export/calls", tag = "figures",
+    description = "Every call the filters select, streamed (no limit). CSV columns in the README's fixed order.",
+    params(CallFilters, ExportFormat),
+    responses((status = 200, description = "CSV (`text/csv`) or JSON Lines (`application/jsonl`), one call per row or line",
+            content((String = "text/csv"), (String = "application/jsonl"))), (status = 400, description = "A parameter is wrong", body = ErrorBody)))]
 pub async fn calls(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -51,17 +57,22 @@ pub async fn calls(
     stream(state, Export::Calls(filter), format, bom)
 }
 
+/// The parameters of `GET /api/export/callbacks`.
+pub(crate) const CALLBACK_PARAMS: &[&str] = &[
+    "format", "bom", "state", "hotline", "phone", "from", "to", "sort",
+];
+
 /// `GET /api/export/callbacks?format&bom&state&hotline&from&to&sort`.
+#[utoipa::path(get, path = "/export/callbacks", tag = "figures",
+    description = "Every callback item the filters select, streamed (no limit).",
+    params(CallbackFilters, ExportFormat),
+    responses((status = 200, description = "CSV (`text/csv`) or JSON Lines (`application/jsonl`), one item per row or line",
+            content((String = "text/csv"), (String = "application/jsonl"))), (status = 400, description = "A parameter is wrong", body = ErrorBody)))]
 pub async fn callbacks(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let params = Params::new(
-        query,
-        &[
-            "format", "bom", "state", "hotline", "phone", "from", "to", "sort",
-        ],
-    )?;
+    let params = Params::new(query, CALLBACK_PARAMS)?;
     let (format, bom) = format_and_bom(&params)?;
     let filter = callback_filter(&params, &state.tz)?;
     stream(state, Export::Callbacks(filter), format, bom)

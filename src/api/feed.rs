@@ -15,6 +15,7 @@ use super::AppState;
 use super::calls::Params;
 use super::conn::Peer;
 use super::error::ApiError;
+use super::openapi::{ChangeFilters, ChangePage, ChangesLimit, ErrorBody};
 use crate::feed::FeedReader;
 use crate::feed::sse::{KEEP_ALIVE, RETRY_MILLIS};
 use crate::model::change::{ChangeFilter, ChangeType};
@@ -35,7 +36,7 @@ const FILTERS: &[&str] = &[
 ];
 
 /// The parameters a request of the feed takes: `since`, `extra`, and the filters.
-fn feed_params(extra: &[&'static str]) -> Vec<&'static str> {
+pub(crate) fn feed_params(extra: &[&'static str]) -> Vec<&'static str> {
     [&["since"], extra, FILTERS].concat()
 }
 /// Changes per page of `/api/changes` when `limit` is not given.
@@ -112,6 +113,9 @@ async fn within_the_feed(state: &AppState, name: &str, position: i64) -> Result<
 }
 
 /// `GET /api/changes?since=N&limit=L&…`: the changes after `since` (default 0), oldest first.
+#[utoipa::path(get, path = "/changes", tag = "feed",
+    params(ChangeFilters, ChangesLimit),
+    responses((status = 200, body = ChangePage), (status = 400, description = "A parameter is wrong", body = ErrorBody)))]
 pub async fn list_changes(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -153,6 +157,11 @@ pub async fn list_changes(
 }
 
 /// `GET /api/stream`: every matching change after the resume position, then live.
+#[utoipa::path(get, path = "/stream", tag = "feed",
+    description = "Server-Sent Events: each message is `id: <seq>`, `event: <type>`, `data: <change JSON>`; a comment every 15 s when idle. Resumes after `Last-Event-ID` (or `since`).",
+    params(ChangeFilters,
+        ("Last-Event-ID" = Option<i64>, Header, description = "The last `seq` received; wins over `since`")),
+    responses((status = 200, description = "The live stream", content_type = "text/event-stream", body = String), (status = 400, description = "A parameter is wrong", body = ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -8,9 +8,11 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use jiff::tz::TimeZone;
 use serde_json::json;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::feed::Feed;
 use crate::ingest::Ingest;
@@ -26,6 +28,7 @@ pub mod destinations;
 pub mod error;
 pub mod export;
 pub mod feed;
+pub mod openapi;
 pub mod stats;
 pub mod webhook;
 
@@ -67,55 +70,78 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
+/// The `/api` routes that hold one of the reads' places while they answer.
+fn api_reads() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(calls::list_calls))
+        .routes(routes!(calls::get_call))
+        .routes(routes!(calls::call_events))
+        .routes(routes!(calls::list_rejected))
+        .routes(routes!(stats::stats))
+        .routes(routes!(callbacks::list))
+        .routes(routes!(callbacks::close))
+        .routes(routes!(feed::list_changes))
+        .routes(routes!(destinations::list, destinations::post))
+        .routes(routes!(
+            destinations::get,
+            destinations::patch,
+            destinations::delete
+        ))
+        .routes(routes!(destinations::secret))
+        .routes(routes!(destinations::rotate_secret))
+        .routes(routes!(destinations::ping))
+        .routes(routes!(destinations::replay))
+        .routes(routes!(destinations::job))
+        .routes(routes!(deliveries::list))
+}
+
+/// The `/api` routes with places of their own: the live stream, and exports (a long download
+/// must not hold one of the reads').
+fn api_long() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(feed::stream))
+        .routes(routes!(export::calls))
+        .routes(routes!(export::callbacks))
+}
+
+/// The routes outside `/api` (and the OpenAPI document, which needs no token).
+fn outside() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(webhook::receive))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::document))
+}
+
+/// The OpenAPI document of every route [`app`] serves: the routers are built by `routes!`,
+/// which adds a handler and its `#[utoipa::path]` description together.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut api = api_reads().into_openapi();
+    api.merge(api_long().into_openapi());
+    let mut document = openapi::ApiDoc::openapi();
+    document.merge(outside().into_openapi());
+    openapi::finish(document.nest("/api", api))
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/calls", get(calls::list_calls))
-        .route("/calls/{call_id}", get(calls::get_call))
-        .route("/calls/{call_id}/events", get(calls::call_events))
-        .route("/rejected", get(calls::list_rejected))
-        .route("/stats", get(stats::stats))
-        .route("/callbacks", get(callbacks::list))
-        .route("/callbacks/{id}/close", post(callbacks::close))
-        .route("/changes", get(feed::list_changes))
-        .route(
-            "/destinations",
-            get(destinations::list).post(destinations::post),
-        )
-        .route(
-            "/destinations/{id}",
-            get(destinations::get)
-                .patch(destinations::patch)
-                .delete(destinations::delete),
-        )
-        .route("/destinations/{id}/secret", get(destinations::secret))
-        .route(
-            "/destinations/{id}/rotate-secret",
-            post(destinations::rotate_secret),
-        )
-        .route("/destinations/{id}/ping", post(destinations::ping))
-        .route("/destinations/{id}/replay", post(destinations::replay))
-        .route("/jobs/{id}", get(destinations::job))
-        .route("/deliveries", get(deliveries::list))
+    let (reads, _) = api_reads().split_for_parts();
+    let (long, _) = api_long().split_for_parts();
+    let api = reads
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::limit_reads,
         ))
-        .route("/stream", get(feed::stream))
-        // Exports have places of their own: a long download must not hold one of the reads'.
-        .route("/export/calls", get(export::calls))
-        .route("/export/callbacks", get(export::callbacks))
+        .merge(long)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_token,
         ));
-    Router::new()
-        .route("/webhooks/alohub", post(webhook::receive))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (outside, _) = outside().split_for_parts();
+    outside
         .nest("/api", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -146,6 +172,9 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// Alive: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = openapi::Health)))]
 async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
@@ -153,6 +182,9 @@ async fn healthz() -> Response {
 /// Ready when the store has room and answers (checked without waiting on the writer, so that
 /// readiness does not flap with lock contention) and commits succeed (after a failed commit, an
 /// empty one is tried until one succeeds).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready to take events", body = openapi::Health),
+    (status = 503, description = "Not ready: the log says why", body = openapi::ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), state.store.check_writable()).await {
         Ok(Ok(())) => {}
@@ -172,6 +204,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     axum::Json(json!({"status": "ready"})).into_response()
 }
 
+/// Prometheus metrics, in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "The metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -203,4 +238,24 @@ mod tests {
         let quick = within(REQUEST_TIMEOUT, healthz()).await;
         assert_eq!(quick.status(), axum::http::StatusCode::OK);
     }
+}
+
+/// A route added any other way than through `routes!` would be served without being described
+/// in the OpenAPI document: none may be.
+#[cfg(test)]
+#[test]
+fn every_route_is_added_with_its_description() {
+    let source = include_str!("mod.rs");
+    for way in ["route", "route_service", "nest_service"] {
+        let call = format!(".{way}(\"");
+        assert!(
+            !source.contains(&call),
+            "src/api/mod.rs adds a route with `{call}…`: add it with `.routes(routes!(handler))` \
+             and a `#[utoipa::path]` on the handler, so that /api/openapi.json describes it"
+        );
+    }
+    // Every handler `app` serves comes from the three documented routers.
+    let app = &source[source.find("pub fn app(").unwrap()..];
+    let app = &app[..app.find("\n}\n").unwrap()];
+    assert!(!app.contains("get(") && !app.contains("post("), "{app}");
 }

@@ -8,10 +8,12 @@ use serde::Serialize;
 use super::AppState;
 use super::calls::{CALL_FILTERS, Params, call_filter};
 use super::error::ApiError;
+use super::openapi::{CallFilters, ErrorBody, StatsQuery};
 use crate::model::time::format_local;
 use crate::report::stats::{Group, GroupBy, StatsBuilder};
 
-#[derive(Debug, Serialize)]
+/// The figures, one group per key (see the README's "Definitions").
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatsView {
     /// The range counted: `from`/`to` as given, else the first and last call's start.
     pub from: Option<String>,
@@ -25,6 +27,10 @@ pub struct StatsView {
 }
 
 /// `GET /api/stats?from&to&group_by&<any /api/calls filter>`.
+#[utoipa::path(get, path = "/stats", tag = "figures",
+    description = "Call-centre figures from the call records, in the configured zone. `calls` and `in_progress` count every call of the period; every other figure counts ended calls only.",
+    params(CallFilters, StatsQuery),
+    responses((status = 200, body = StatsView), (status = 400, description = "A parameter is wrong", body = ErrorBody)))]
 pub async fn stats(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,

@@ -15,12 +15,13 @@ use super::AppState;
 use super::auth::{KeyForm, webhook_key_form};
 use super::conn::Peer;
 use super::error::ApiError;
+use super::openapi::ErrorBody;
 use crate::ingest::Receipt;
 use crate::model::BodyError;
 
 /// `{"ok":true,"event_id":…,"duplicate":…}`, in the order of the contract.
-#[derive(Serialize)]
-struct Ack {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Ack {
     ok: bool,
     event_id: i64,
     duplicate: bool,
@@ -35,6 +36,15 @@ pub(crate) fn source(peer: Option<&ConnectInfo<Peer>>, headers: &HeaderMap) -> S
     }
 }
 
+/// Where Alohub posts call events.
+#[utoipa::path(post, path = "/webhooks/alohub", tag = "webhook",
+    description = "One call event as Alohub sends it (see the spec). 200 only once it is stored durably; a resend answers 200 with `duplicate: true`.",
+    request_body(content = Object, description = "An Alohub call event", content_type = "application/json"),
+    responses((status = 200, description = "Stored", body = Ack),
+        (status = 400, description = "Not JSON (kept in the quarantine)", body = ErrorBody),
+        (status = 413, description = "Larger than --max-body", body = ErrorBody),
+        (status = 422, description = "JSON but not an event (kept in the quarantine)", body = ErrorBody),
+        (status = 503, description = "Not stored (the store is failing or too much is in flight): resend", body = ErrorBody)))]
 pub async fn receive(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<Peer>>>,

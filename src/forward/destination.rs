@@ -33,7 +33,7 @@ const MAX_TIMEOUT_SECONDS: u64 = 120;
 const MAX_IN_FLIGHT: u64 = 256;
 
 /// In what order a destination receives the changes of one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Ordering {
     /// A call's later change is not sent while an earlier one of the same call is pending.
@@ -72,7 +72,7 @@ impl<'de> Deserialize<'de> for Start {
 
 /// What a destination is, as created (and changed since): everything but its id, its secret and
 /// its state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DestinationSpec {
     pub url: String,
     /// NATS only: the subject template.
@@ -85,6 +85,8 @@ pub struct DestinationSpec {
     /// Headers sent with every delivery.
     pub headers: BTreeMap<String, String>,
     pub ordering: Ordering,
+    /// `now`, `beginning`, or the `seq` after which it started.
+    #[schema(value_type = String)]
     pub start: Start,
     pub timeout_seconds: u64,
     pub max_in_flight: u64,

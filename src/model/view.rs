@@ -8,7 +8,7 @@ use super::merge::{CallRecord, Phase};
 use super::time::{format_local, format_utc_micros};
 
 /// The call object of the API: exactly these fields, absent values as `null`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallView {
     pub call_id: String,
     pub call_status: Option<String>,

@@ -58,7 +58,7 @@ pub struct Item {
 }
 
 /// An item as the API shows it: times in the configured zone.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ItemView {
     pub id: String,
     pub phone: String,

@@ -280,7 +280,7 @@ impl Tally {
 }
 
 /// One group of `GET /api/stats`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Group {
     pub key: Option<String>,
     pub calls: u64,

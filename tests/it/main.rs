@@ -16,6 +16,8 @@ mod feed;
 mod forward;
 /// One record per call whatever the arrival order; typing of loose fields.
 mod merge;
+/// `GET /api/openapi.json`: described and served agree.
+mod openapi;
 /// PostgreSQL only: two instances on one database, and a database outage mid-load.
 mod postgres;
 /// The read API: call object, events, filters, cursor paging, quarantine listing, auth.
