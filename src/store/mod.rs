@@ -17,6 +17,7 @@ use crate::model::{
 
 pub mod callbacks;
 pub mod deliveries;
+pub mod listing;
 pub mod postgres;
 pub mod reports;
 pub mod sqlite;
@@ -601,12 +602,27 @@ pub trait Store: ChangeLog + Destinations + Deliveries + reports::Reports {
     /// One call by id.
     async fn call(&self, call_id: &str) -> Result<Option<StoredCall>, StoreError>;
 
-    /// Calls matching `filter`, newest start first, `limit` at most, after `cursor`.
+    /// Calls matching `filter`, newest start first, `limit` at most, after `cursor`, with the
+    /// work of [`listing::SCAN_BUDGET`] (see [`Store::calls_within`]).
     async fn calls(
         &self,
         filter: &CallFilter,
         limit: usize,
         cursor: Option<CallCursor>,
+    ) -> Result<CallPage, StoreError> {
+        self.calls_within(filter, limit, cursor, listing::SCAN_BUDGET)
+            .await
+    }
+
+    /// Calls matching `filter`, newest start first, `limit` at most, after `cursor`, each walk
+    /// of an index examining at most `budget` entries (see [`listing`]): a page may then hold
+    /// fewer than `limit` calls, or none, and still have a `next` to go on from.
+    async fn calls_within(
+        &self,
+        filter: &CallFilter,
+        limit: usize,
+        cursor: Option<CallCursor>,
+        budget: usize,
     ) -> Result<CallPage, StoreError>;
 
     /// The events of one call in the order received, with ids above `after`: at most `limit`
@@ -943,28 +959,6 @@ pub fn read_call_row(row: &impl RowColumns) -> Result<(i64, StoredCall), StoreEr
     Ok((row.required_integer(0)?, call))
 }
 
-/// The query of a call listing: newest start first, `limit + 1` rows so that the caller knows
-/// whether a next page exists.
-pub fn list_calls_query(
-    filter: &CallFilter,
-    cursor: Option<CallCursor>,
-    limit: usize,
-) -> Statement {
-    let (terms, mut args) = call_filter_terms(filter, cursor);
-    let where_sql = if terms.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", terms.join(" AND "))
-    };
-    args.push(Column::Integer(Some(limit as i64 + 1)));
-    Statement {
-        sql: format!(
-            "SELECT {CALL_COLUMNS} FROM calls {where_sql} ORDER BY sort_key DESC, seq DESC LIMIT ?"
-        ),
-        args,
-    }
-}
-
 /// The WHERE terms of a call listing, each with one `?` per argument, and the arguments in order.
 pub(crate) fn call_filter_terms(
     filter: &CallFilter,
@@ -1263,41 +1257,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn listing_query_binds_every_filter_in_order() {
-        let filter = CallFilter {
-            status: Some("missed".into()),
-            phone: Some("+84389123456".into()),
-            from: Some(100),
-            ..CallFilter::default()
-        };
-        let query = list_calls_query(
-            &filter,
-            Some(CallCursor {
-                sort_key: 500,
-                seq: 9,
-            }),
-            50,
-        );
-        assert_eq!(
-            query.sql.matches('?').count(),
-            query.args.len(),
-            "{}",
-            query.sql
-        );
-        assert!(query.sql.contains("status_norm = ?"));
-        assert!(
-            query
-                .sql
-                .contains("(caller_norm = ? OR destination_norm = ?)")
-        );
-        assert!(
-            query
-                .sql
-                .ends_with("ORDER BY sort_key DESC, seq DESC LIMIT ?")
-        );
-        assert_eq!(query.args.last(), Some(&Column::Integer(Some(51))));
     }
 }

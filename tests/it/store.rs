@@ -590,3 +590,282 @@ on_every_backend! {
             .unwrap();
     }
 }
+
+/// A store of calls drawn from small domains (so that filters combine into rare and common
+/// matches), some whose start time moved after they were first seen, some with none, some
+/// with the agent only as an extension.
+async fn fill_for_listing(store: &dyn Store, calls: usize, seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut batch = Vec::new();
+    for n in 0..calls {
+        let call_id = format!("L{n:04}");
+        let pick =
+            |rng: &mut fastrand::Rng, options: &[&'static str]| options[rng.usize(..options.len())];
+        let day = rng.u8(10..13);
+        let start = format!("2025-11-{day} {:02}:{:02}:00", rng.u8(8..18), rng.u8(0..60));
+        let mut body = json!({
+            "call_id": call_id,
+            "call_status": pick(&mut rng, &["answered", "missed", "MISSED", "busy", "ringing"]),
+            "direction": pick(&mut rng, &["inbound", "outbound", "inbound"]),
+            "caller_number": pick(&mut rng, &["0901000001", "+84901000002", "0901000003", "03899xxx", "101"]),
+            "destination_number": pick(&mut rng, &["101", "102", "0901000001", ""]),
+            "hotline": pick(&mut rng, &["1900", "1800", "1700", ""]),
+            "userName": pick(&mut rng, &["an", "binh", "", " "]),
+            "transactionID": format!("T{}", n % 7),
+            "starttime": start,
+            "eventType": "call",
+        });
+        match rng.u8(..10) {
+            0 => body["starttime"] = json!(""),
+            1 => {
+                // First seen with one start time, then another: the call keeps its place in
+                // the listing (its first start) and is found by its start time now.
+                let mut later = body.clone();
+                later["starttime"] = json!(format!("2025-11-{} 12:00:00", rng.u8(10..13)));
+                later["call_status"] = json!("answered");
+                batch.push(event(&body, n as i64));
+                batch.push(event(&later, n as i64));
+                continue;
+            }
+            _ => {}
+        }
+        batch.push(event(&body, n as i64));
+    }
+    for chunk in batch.chunks(64) {
+        store.commit(chunk.to_vec()).await.unwrap();
+    }
+}
+
+/// Every call id `filter` lists, page by page, and the most items a page held.
+async fn list_all(
+    store: &dyn Store,
+    filter: &alohook::store::CallFilter,
+    limit: usize,
+    budget: usize,
+) -> (Vec<String>, usize) {
+    let (mut ids, mut most, mut cursor) = (Vec::new(), 0, None);
+    for _ in 0..100_000 {
+        let page = store
+            .calls_within(filter, limit, cursor, budget)
+            .await
+            .unwrap();
+        most = most.max(page.items.len());
+        ids.extend(
+            page.items
+                .iter()
+                .map(|c| c.record.fields.call_id.clone().unwrap()),
+        );
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return (ids, most),
+        }
+    }
+    panic!("the listing never ended");
+}
+
+/// Whether `call` matches `filter`, as the README defines each filter.
+fn matches(call: &alohook::store::StoredCall, f: &alohook::store::CallFilter) -> bool {
+    use alohook::model::phone::normalize_phone;
+    let r = &call.record.fields;
+    let eq = |value: &Option<String>, wanted: &Option<String>| wanted.is_none() || value == wanted;
+    let norm = |n: &Option<String>| n.as_deref().map(normalize_phone);
+    let no_user = r.user_name.as_deref().is_none_or(|u| u.trim().is_empty());
+    (f.status.is_none() || r.call_status.as_deref().map(str::to_lowercase) == f.status)
+        && eq(&r.direction, &f.direction)
+        && eq(&r.hotline, &f.hotline)
+        && eq(&r.user_name, &f.user_name)
+        && (f.destination_number.is_none()
+            || norm(&r.destination_number) == norm(&f.destination_number))
+        && eq(&r.transaction_id, &f.transaction_id)
+        && f.phase.is_none_or(|p| call.phase == p)
+        && f.phone.as_ref().is_none_or(|p| {
+            norm(&r.caller_number).as_ref() == Some(p)
+                || norm(&r.destination_number).as_ref() == Some(p)
+        })
+        && f.agent.as_ref().is_none_or(|a| {
+            r.user_name.as_ref() == Some(a) || (no_user && r.destination_number.as_ref() == Some(a))
+        })
+        && f.from
+            .is_none_or(|from| r.start_time.is_some_and(|s| s >= from))
+        && f.to.is_none_or(|to| r.start_time.is_some_and(|s| s <= to))
+}
+
+on_every_backend! {
+    /// Any filter, any page size, any scan budget: paging through the listing gives exactly the
+    /// calls the filter's definition selects, in the listing's order, each once; a small budget
+    /// only cuts the same list into more (possibly empty) pages.
+    async fn any_filter_and_budget_list_the_same_calls(db) {
+        use alohook::model::Phase;
+        use alohook::store::CallFilter;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let store = open(&db).await;
+        fill_for_listing(store.as_ref(), 240, 7).await;
+        let everything = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let mut all = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = store.calls_within(&CallFilter::default(), 1000, cursor, usize::MAX).await.unwrap();
+                    all.extend(page.items);
+                    match page.next { Some(n) => cursor = Some(n), None => break all }
+                }
+            })
+        });
+        assert_eq!(everything.len(), 240);
+        let some = |values: Vec<&'static str>| {
+            prop::option::weighted(0.3, prop::sample::select(values).prop_map(str::to_string))
+        };
+        let day = |d: u8| jiff::civil::date(2025, 11, d as i8).at(0, 0, 0, 0)
+            .to_zoned(jiff::tz::TimeZone::fixed(jiff::tz::offset(7))).unwrap().timestamp().as_second();
+        let filters = (
+            (some(vec!["missed", "answered", "busy"]), some(vec!["inbound", "outbound"]),
+             some(vec!["1900", "1800"]), some(vec!["an", "binh"]), some(vec!["101", "0901000001"])),
+            (some(vec!["T1", "T3"]), prop::option::weighted(0.2, prop::sample::select(vec![Phase::Ringing, Phase::Ended])),
+             some(vec!["+84901000001", "+84901000002", "101"]), some(vec!["an", "101", "102"]),
+             prop::option::weighted(0.3, 10u8..13), prop::option::weighted(0.3, 10u8..13)),
+            prop::sample::select(vec![1usize, 3, 7, 50]),
+            prop::sample::select(vec![1usize, 2, 5, 40]),
+        );
+        let handle = tokio::runtime::Handle::current();
+        let mut runner = TestRunner::new(Config { cases: 96, ..Config::default() });
+        runner.run(&filters, |((status, direction, hotline, user_name, destination_number),
+                              (transaction_id, phase, phone, agent, from, to), limit, budget)| {
+            let filter = CallFilter {
+                status, direction, hotline, user_name, destination_number, transaction_id, phase,
+                phone, agent,
+                from: from.map(day),
+                to: to.map(|d| day(d) + 86_399),
+            };
+            let expected: Vec<String> = everything.iter().filter(|c| matches(c, &filter))
+                .map(|c| c.record.fields.call_id.clone().unwrap()).collect();
+            let (whole, _) = tokio::task::block_in_place(|| handle.block_on(list_all(store.as_ref(), &filter, 1000, usize::MAX)));
+            prop_assert_eq!(&whole, &expected, "{:?}", filter);
+            let (paged, most) = tokio::task::block_in_place(|| handle.block_on(list_all(store.as_ref(), &filter, limit, budget)));
+            prop_assert_eq!(&paged, &expected, "{:?} limit {} budget {}", filter, limit, budget);
+            prop_assert!(most <= limit);
+            Ok(())
+        }).unwrap();
+    }
+}
+
+/// SQLite's plan of every statement a listing runs walks one index in the listing's order
+/// (no sort of the matches, no scan of the table): the work of a page is the walk, which the
+/// budget bounds. Checked for each shape of filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_walks_an_index_in_order_for_every_filter_shape() {
+    use alohook::store::listing::{ListPlan, plan};
+    use alohook::store::{CallCursor, CallFilter, Column};
+    let db = Db::sqlite();
+    let store = open(&db).await;
+    fill_for_listing(store.as_ref(), 50, 1).await;
+    drop(store);
+    let conn = rusqlite::Connection::open(db.path().join("alohook.db")).unwrap();
+    let explain = |sql: &str, args: &[Column]| -> String {
+        let values: Vec<rusqlite::types::Value> = args
+            .iter()
+            .map(|c| match c {
+                Column::Text(Some(t)) => rusqlite::types::Value::Text(t.clone()),
+                Column::Integer(Some(i)) => rusqlite::types::Value::Integer(*i),
+                _ => rusqlite::types::Value::Null,
+            })
+            .collect();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(values), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join(" | ")
+    };
+    let text = |s: &str| Some(s.to_string());
+    let shapes = [
+        CallFilter::default(),
+        CallFilter {
+            status: text("missed"),
+            ..Default::default()
+        },
+        CallFilter {
+            direction: text("outbound"),
+            ..Default::default()
+        },
+        CallFilter {
+            status: text("missed"),
+            direction: text("outbound"),
+            ..Default::default()
+        },
+        CallFilter {
+            hotline: text("1900"),
+            direction: text("outbound"),
+            ..Default::default()
+        },
+        CallFilter {
+            status: text("missed"),
+            hotline: text("1900"),
+            from: Some(1),
+            to: Some(2_000_000_000),
+            ..Default::default()
+        },
+        CallFilter {
+            user_name: text("an"),
+            ..Default::default()
+        },
+        CallFilter {
+            phone: text("+84901000001"),
+            ..Default::default()
+        },
+        CallFilter {
+            phone: text("+84901000001"),
+            status: text("answered"),
+            ..Default::default()
+        },
+        CallFilter {
+            agent: text("101"),
+            ..Default::default()
+        },
+        CallFilter {
+            agent: text("an"),
+            hotline: text("1900"),
+            from: Some(1),
+            ..Default::default()
+        },
+        CallFilter {
+            from: Some(1),
+            to: Some(2_000_000_000),
+            ..Default::default()
+        },
+    ];
+    let cursor = Some(CallCursor {
+        sort_key: i64::MAX,
+        seq: i64::MAX,
+    });
+    for filter in &shapes {
+        let plan = plan(filter, cursor, 50, 1000);
+        for end in plan.window_ends() {
+            let p = explain(&end.sql, &end.args);
+            assert!(
+                p.contains("USING COVERING INDEX") || p.contains("USING INDEX"),
+                "{filter:?}: {p}"
+            );
+            assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
+        }
+        let rows = plan.rows(ListPlan::cutoff(&[Some(CallCursor {
+            sort_key: 0,
+            seq: 0,
+        })]));
+        let p = explain(&rows.sql, &rows.args);
+        for step in p
+            .split(" | ")
+            .filter(|s| s.starts_with("SEARCH") || s.starts_with("SCAN"))
+        {
+            assert!(
+                step.contains("INDEX") || step.starts_with("SCAN w") || step.starts_with("SCAN u"),
+                "{filter:?}: a walk without an index: {p}"
+            );
+        }
+        // Only the merge of several walks sorts (their few rows each).
+        if !rows.sql.contains(" UNION ") {
+            assert!(!p.contains("TEMP B-TREE"), "{filter:?}: {p}");
+        }
+    }
+}

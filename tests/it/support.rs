@@ -548,18 +548,19 @@ impl Store for FlakyStore {
     async fn call(&self, call_id: &str) -> Result<Option<StoredCall>, StoreError> {
         self.inner.call(call_id).await
     }
-    async fn calls(
+    async fn calls_within(
         &self,
         filter: &CallFilter,
         limit: usize,
         cursor: Option<CallCursor>,
+        budget: usize,
     ) -> Result<CallPage, StoreError> {
         if self.listings_left.fetch_sub(1, Ordering::SeqCst) <= 0 {
             return Err(StoreError::Database(
                 "injected failure: connection lost".into(),
             ));
         }
-        self.inner.calls(filter, limit, cursor).await
+        self.inner.calls_within(filter, limit, cursor, budget).await
     }
     async fn call_events(
         &self,

@@ -15,15 +15,16 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::deliveries;
+use super::listing;
 use super::{
     CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, ChangeLog,
     ChangePage, Column, Committed, DELETE_DESTINATION, DELIVERY_ATTEMPT_COUNTS, DELIVERY_COUNTS,
     DESTINATION_COLUMNS, DeliveryCounts, Destinations, EventPage, INSERT_DESTINATION, Incoming,
     LAST_DELIVERY_ERROR, MERGE_SETTINGS_KEY, MergeSettings, OLDEST_PENDING, Pager, REJECTED_QUERY,
     RejectedPage, RowColumns, Store, StoreError, StoredCall, StoredDestination, UPDATE_DESTINATION,
-    call_page, call_size, change_size, changes_query, count_changes_query, describe_failure,
-    list_calls_query, read_call_row, read_change_row, read_destination_row, read_event_row,
-    read_rejected_row, rewrite_call, spec_json,
+    call_size, change_size, changes_query, count_changes_query, describe_failure, read_call_row,
+    read_change_row, read_destination_row, read_event_row, read_rejected_row, rewrite_call,
+    spec_json,
 };
 use super::{Deliveries, DeliveryFilter, DeliveryPage, DeliveryUpdate, StoredDelivery};
 use crate::forward::destination::DestinationSpec;
@@ -80,6 +81,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_changes.sql"),
     include_str!("migrations/0004_forwarding.sql"),
     include_str!("migrations/0005_callbacks.sql"),
+    include_str!("migrations/0006_listing_indexes.sql"),
 ];
 /// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance (the
 /// notification goes out at commit, and only if the transaction commits; see write.rs).
@@ -413,6 +415,12 @@ async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<(), 
         tx.commit().await?;
         tracing::info!(version = i + 1, "applied PostgreSQL migration");
     }
+    if version < MIGRATIONS.len() {
+        // New tables and indexes have no statistics until autovacuum gets to them: until then
+        // the planner guesses, and a lookup by phone walked the whole start-time index.
+        client.batch_execute("ANALYZE").await?;
+        tracing::info!("analysed the database after its migrations");
+    }
     Ok(())
 }
 
@@ -508,6 +516,10 @@ async fn recompute_if_stale(
     )
     .await?;
     tx.commit().await?;
+    // Every row was rewritten: the planner's statistics start again from what is there now.
+    client
+        .batch_execute("ANALYZE calls, callbacks, callback_hotlines")
+        .await?;
     super::log_recomputed(stored.as_deref(), &wanted, recomputed, started);
     Ok(())
 }
@@ -1268,20 +1280,36 @@ impl Store for PgStore {
         .await
     }
 
-    async fn calls(
+    async fn calls_within(
         &self,
         filter: &CallFilter,
         limit: usize,
         cursor: Option<CallCursor>,
+        budget: usize,
     ) -> Result<CallPage, StoreError> {
-        let query = list_calls_query(filter, cursor, limit);
-        let sql = numbered(&query.sql);
+        let plan = listing::plan(filter, cursor, limit, budget);
         self.read(async |client| {
+            // The window ends and the rows are read apart: a call committed in between is
+            // either above the cutoff (listed now or on a later page) or below it (listed on a
+            // later page), never skipped.
+            let mut ends = Vec::new();
+            for end in plan.window_ends() {
+                let params: Vec<&(dyn ToSql + Sync)> = end.args.iter().map(sql_param).collect();
+                let row = client.query_opt(&numbered(&end.sql), &params).await?;
+                ends.push(row.map(|r| CallCursor {
+                    sort_key: r.get(0),
+                    seq: r.get(1),
+                }));
+            }
+            let cutoff = listing::ListPlan::cutoff(&ends);
+            let query = plan.rows(cutoff);
             let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
-            let rows = client.query_raw(&sql, params).await?;
-            let mut pager = Pager::new(limit);
-            fill(rows, &mut pager, read_call_row, |(_, call)| call_size(call)).await?;
-            Ok(call_page(pager))
+            let rows = client.query(&numbered(&query.sql), &params).await?;
+            let rows = rows
+                .iter()
+                .map(read_call_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(plan.page(rows, cutoff, call_size))
         })
         .await
     }

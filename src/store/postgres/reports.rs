@@ -329,6 +329,11 @@ pub(super) async fn build_callbacks_if_missing(
         );
     }
     tx.commit().await?;
+    if !built {
+        client
+            .batch_execute("ANALYZE callbacks, callback_hotlines")
+            .await?;
+    }
     Ok(())
 }
 

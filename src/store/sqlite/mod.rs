@@ -15,16 +15,17 @@ use rusqlite::{
 use sha2::{Digest, Sha256};
 
 use super::deliveries;
+use super::listing;
 use super::{
     CALL_COLUMNS, CALL_EVENTS_QUERY, CallCache, CallCursor, CallFilter, CallPage, ChangeLog,
     ChangePage, Column, Committed, DELETE_DESTINATION, DELIVERY_ATTEMPT_COUNTS, DELIVERY_COUNTS,
     DESTINATION_COLUMNS, DeliveryCounts, Destinations, EventPage, HEARTBEAT, INSERT_DESTINATION,
     Incoming, LAST_DELIVERY_ERROR, MERGE_SETTINGS_KEY, MergeSettings, OLDEST_PENDING, Outcome,
     Pager, REJECTED_QUERY, RejectedPage, RowColumns, Statement, Store, StoreError, StoredCall,
-    StoredDestination, UPDATE_DESTINATION, call_change, call_columns, call_page, call_size,
-    change_columns, change_size, changes_query, count_changes_query, describe_failure,
-    list_calls_query, read_call_row, read_change_row, read_destination_row, read_event_row,
-    read_rejected_row, rewrite_call, spec_json,
+    StoredDestination, UPDATE_DESTINATION, call_change, call_columns, call_size, change_columns,
+    change_size, changes_query, count_changes_query, describe_failure, read_call_row,
+    read_change_row, read_destination_row, read_event_row, read_rejected_row, rewrite_call,
+    spec_json,
 };
 use super::{Deliveries, DeliveryFilter, DeliveryPage, DeliveryUpdate, StoredDelivery};
 use crate::forward::destination::DestinationSpec;
@@ -37,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_changes.sql"),
     include_str!("migrations/0004_forwarding.sql"),
     include_str!("migrations/0005_callbacks.sql"),
+    include_str!("migrations/0006_listing_indexes.sql"),
 ];
 /// Below this much free space on the database's file system, the store says it is not ready:
 /// a batch of large events, the WAL's growth and a checkpoint need room.
@@ -691,25 +693,32 @@ fn read_call(row: &Row<'_>) -> rusqlite::Result<CallRow> {
     }
 }
 
-fn list_calls(
-    conn: &Connection,
-    filter: &CallFilter,
-    limit: usize,
-    cursor: Option<CallCursor>,
-) -> Result<CallPage, StoreError> {
-    let query = list_calls_query(filter, cursor, limit);
-    let args = query.args.into_iter().map(sql_value);
-    let mut stmt = conn.prepare_cached(&query.sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
-    let mut pager = Pager::new(limit);
-    while let Some(row) = rows.next()? {
-        let (seq, call) = read_call_row(row)?;
-        let size = call_size(&call);
-        if !pager.push((seq, call), size) {
-            break;
-        }
+/// A page of the call listing, as `plan` says (one snapshot: every statement in one read
+/// transaction).
+fn list_calls(conn: &Connection, plan: &listing::ListPlan) -> Result<CallPage, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let mut ends = Vec::new();
+    for end in plan.window_ends() {
+        let at = tx
+            .prepare_cached(&end.sql)?
+            .query_row(params_from_iter(end.args.into_iter().map(sql_value)), |r| {
+                Ok(CallCursor {
+                    sort_key: r.get(0)?,
+                    seq: r.get(1)?,
+                })
+            })
+            .optional()?;
+        ends.push(at);
     }
-    Ok(call_page(pager))
+    let cutoff = listing::ListPlan::cutoff(&ends);
+    let query = plan.rows(cutoff);
+    let rows = query_rows(
+        &tx,
+        &query.sql,
+        params_from_iter(query.args.into_iter().map(sql_value)),
+        |row| read_call_row(row),
+    )?;
+    Ok(plan.page(rows, cutoff, call_size))
 }
 
 #[async_trait]
@@ -1273,17 +1282,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn calls(
+    async fn calls_within(
         &self,
         filter: &CallFilter,
         limit: usize,
         cursor: Option<CallCursor>,
+        budget: usize,
     ) -> Result<CallPage, StoreError> {
-        let filter = filter.clone();
-        self.blocking(move |inner| {
-            inner.with_reader(|conn| list_calls(conn, &filter, limit, cursor))
-        })
-        .await
+        let plan = listing::plan(filter, cursor, limit, budget);
+        self.blocking(move |inner| inner.with_reader(|conn| list_calls(conn, &plan)))
+            .await
     }
 
     async fn call_events(
