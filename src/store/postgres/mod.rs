@@ -29,6 +29,7 @@ use super::{
 use super::{Deliveries, DeliveryFilter, DeliveryPage, DeliveryUpdate, StoredDelivery};
 use crate::forward::destination::DestinationSpec;
 use crate::model::change::ChangeFilter;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod reports;
 mod tls;
@@ -120,6 +121,8 @@ pub struct PgStore {
     /// The database URL, for the connection that listens for other instances' changes. It may
     /// hold a password: never logged.
     url: String,
+    /// How cancel requests reach the server (see [`Checkout`]).
+    tls: MakeRustlsConnect,
     /// Set when a batch appended changes: the listening connection then tells the other
     /// instances (see [`listen_for_changes`]).
     appended: std::sync::Arc<tokio::sync::Notify>,
@@ -179,14 +182,21 @@ impl RowColumns for Row {
 /// connection is closed rather than returned to the pool: after an error, a time limit, or a
 /// future dropped half-way, it may sit in a transaction or wait on a peer that will never answer,
 /// and closing it is what rolls back and frees it.
+///
+/// Closing does not stop a statement the server is running (it notices the closed socket only
+/// when it answers): a statement that outlived its time limit, or whose request went away,
+/// would go on using the database for nothing. So an unfinished checkout also sends the
+/// server a cancel request for whatever the connection is running.
 struct Checkout {
     client: Option<deadpool_postgres::Client>,
     finished: bool,
+    cancel: Option<(tokio_postgres::CancelToken, MakeRustlsConnect)>,
 }
 
 impl Checkout {
-    fn new(client: deadpool_postgres::Client) -> Self {
+    fn new(client: deadpool_postgres::Client, tls: &MakeRustlsConnect) -> Self {
         Checkout {
+            cancel: Some((client.cancel_token(), tls.clone())),
             client: Some(client),
             finished: false,
         }
@@ -206,6 +216,17 @@ impl Drop for Checkout {
     fn drop(&mut self) {
         if let (false, Some(client)) = (self.finished, self.client.take()) {
             drop(deadpool_postgres::Client::take(client));
+            if let (Some((token, tls)), Ok(runtime)) =
+                (self.cancel.take(), tokio::runtime::Handle::try_current())
+            {
+                runtime.spawn(async move {
+                    let cancelled =
+                        tokio::time::timeout(Duration::from_secs(5), token.cancel_query(tls)).await;
+                    if let Ok(Err(error)) = cancelled {
+                        tracing::debug!(%error, "could not cancel an abandoned statement");
+                    }
+                });
+            }
         }
     }
 }
@@ -245,15 +266,7 @@ fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
 }
 
 /// The connection settings of `url`, with alohook's time limits where the URL sets none.
-fn client_config(
-    url: &str,
-) -> Result<
-    (
-        tokio_postgres::Config,
-        tokio_postgres_rustls::MakeRustlsConnect,
-    ),
-    StoreError,
-> {
+fn client_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), StoreError> {
     let (mut config, tls) = tls::connect_config(url)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
@@ -284,6 +297,7 @@ impl PgStore {
             checked_at: Mutex::new(None),
             cache: Mutex::new(CallCache::default()),
             reads: pool(url, 8)?,
+            tls: client_config(url)?.1,
             settings,
             url: url.to_string(),
             appended: Default::default(),
@@ -295,7 +309,7 @@ impl PgStore {
     /// The value a batch transaction sees for `setting` (a `SHOW` inside [`BEGIN_BATCH`]'s
     /// transaction, rolled back): how tests check what a batch pins, whatever the server says.
     pub async fn batch_setting(&self, setting: &str) -> Result<String, StoreError> {
-        let mut connection = Checkout::new(self.writes.get().await?);
+        let mut connection = Checkout::new(self.writes.get().await?, &self.tls);
         let client = connection.client();
         let value = within(BATCH_TIMEOUT, async {
             client.batch_execute(BEGIN_BATCH).await?;
@@ -315,7 +329,7 @@ impl PgStore {
         &self,
         work: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut connection = Checkout::new(self.reads.get().await?);
+        let mut connection = Checkout::new(self.reads.get().await?, &self.tls);
         let result = within(READ_TIMEOUT, work(connection.client())).await?;
         connection.finished();
         Ok(result)
@@ -332,7 +346,7 @@ impl PgStore {
         } else {
             BEGIN_BATCH
         };
-        let mut connection = Checkout::new(self.writes.get().await?);
+        let mut connection = Checkout::new(self.writes.get().await?, &self.tls);
         let client = connection.client();
         let written = within(BATCH_TIMEOUT, async {
             // BEGIN goes out with the batch's first statement, not a round trip ahead of it.
@@ -844,7 +858,7 @@ impl Destinations for PgStore {
     }
 
     async fn delete_destination(&self, id: &str) -> Result<bool, StoreError> {
-        let mut connection = Checkout::new(self.reads.get().await?);
+        let mut connection = Checkout::new(self.reads.get().await?, &self.tls);
         let deleted = within(READ_TIMEOUT, async {
             let client = connection.client();
             client.batch_execute("BEGIN").await?;
@@ -891,7 +905,7 @@ impl PgStore {
         &self,
         work: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut connection = Checkout::new(self.reads.get().await?);
+        let mut connection = Checkout::new(self.reads.get().await?, &self.tls);
         let client = connection.client();
         let result = within(READ_TIMEOUT, async {
             client.batch_execute("BEGIN").await?;
@@ -1379,7 +1393,40 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
-    use super::numbered;
+    use super::*;
+
+    /// A statement whose work was abandoned (its request timed out, its client went away) is
+    /// cancelled on the server, not left running there.
+    #[tokio::test]
+    #[cfg_attr(
+        not(postgres_tests),
+        ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+    )]
+    async fn an_abandoned_statement_is_cancelled_on_the_server() {
+        let url = std::env::var("ALOHOOK_TEST_POSTGRES_URL").unwrap();
+        let (_, tls) = client_config(&url).unwrap();
+        let pool = pool(&url, 2).unwrap();
+        let marker = format!("cancel-test-{}", std::process::id());
+        let sql = format!("SELECT pg_sleep(60) /* {marker} */");
+        let running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                       AND query LIKE '%' || $1 || '%' AND query NOT LIKE '%pg_stat_activity%'";
+        let abandoned = tokio::time::timeout(Duration::from_millis(500), async {
+            let connection = Checkout::new(pool.get().await.unwrap(), &tls);
+            connection.client().batch_execute(&sql).await
+        })
+        .await;
+        assert!(abandoned.is_err(), "the sleep ended by itself");
+        let watcher = pool.get().await.unwrap();
+        let mut left = i64::MAX;
+        for _ in 0..50 {
+            left = watcher.query_one(running, &[&marker]).await.unwrap().get(0);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(left, 0, "the abandoned statement still runs on the server");
+    }
 
     #[test]
     fn placeholders_are_numbered() {

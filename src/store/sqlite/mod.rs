@@ -210,15 +210,51 @@ impl SqliteStore {
         Self::open(Path::new(path), settings)
     }
 
+    /// Runs `f` on a thread that may block. A read it makes is interrupted when this future is
+    /// dropped (its request timed out, or its client went away): a statement left running
+    /// would hold a reader, the CPU and the WAL's start for nothing.
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        let slot = ReadSlot::default();
+        let mut abandon = InterruptOnDrop(Some(slot.clone()));
+        let result = tokio::task::spawn_blocking(move || {
+            CURRENT_READ.set(Some(slot));
+            let result = f(&inner);
+            CURRENT_READ.set(None);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?;
+        abandon.0 = None;
+        result
+    }
+}
+
+/// Where a read running for a [`SqliteStore::blocking`] call puts its connection's interrupt
+/// handle while a statement may run (and takes it back before the connection goes back to the
+/// pool, under the same lock an interrupt takes: a later interrupt cannot reach the next user).
+type ReadSlot = Arc<Mutex<Option<rusqlite::InterruptHandle>>>;
+
+thread_local! {
+    /// The slot of the `blocking` call this thread runs, if any.
+    static CURRENT_READ: std::cell::RefCell<Option<ReadSlot>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Interrupts the read of its slot when dropped armed.
+struct InterruptOnDrop(Option<ReadSlot>);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take()
+            && let Ok(handle) = slot.lock()
+            && let Some(handle) = handle.as_ref()
+        {
+            handle.interrupt();
+        }
     }
 }
 
@@ -390,7 +426,18 @@ impl Inner {
                 c
             }
         };
+        let slot = CURRENT_READ.with_borrow(Clone::clone);
+        if let Some(slot) = &slot
+            && let Ok(mut held) = slot.lock()
+        {
+            *held = Some(conn.get_interrupt_handle());
+        }
         let result = f(&conn);
+        if let Some(slot) = &slot
+            && let Ok(mut held) = slot.lock()
+        {
+            *held = None;
+        }
         if let Ok(mut idle) = self.readers.lock()
             && idle.len() < MAX_IDLE_READERS
         {
@@ -1382,5 +1429,50 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A read whose future is dropped (its request timed out or went away) stops: a statement
+    /// that would otherwise run forever returns, interrupted, and its connection serves the
+    /// next read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_read_is_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db"), MergeSettings::default()).unwrap();
+        let (ended, ends) = std::sync::mpsc::channel();
+        let forever = store.blocking(move |inner| {
+            let result = inner.with_reader(|conn| {
+                Ok(conn.query_row(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                     SELECT count(*) FROM c",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            });
+            let _ = ended.send(result.is_err());
+            result
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), forever)
+                .await
+                .is_err()
+        );
+        let interrupted =
+            tokio::task::spawn_blocking(move || ends.recv_timeout(Duration::from_secs(5)))
+                .await
+                .unwrap();
+        assert_eq!(
+            interrupted,
+            Ok(true),
+            "the abandoned statement did not stop"
+        );
+        // The pool's connection still reads.
+        assert_eq!(store.last_seq().await.unwrap(), 0);
     }
 }
