@@ -357,6 +357,8 @@ pub async fn run(options: SimOptions) -> Result<SimReport, SimError> {
             days: options.days,
             repeat_callers: options.repeat_callers,
             callers_pool: (options.calls / 20).max(1) as u32,
+            agents: scenario::AGENTS,
+            hotlines: scenario::HOTLINES.len() as u32,
         },
     ));
     let client = reqwest::Client::builder()

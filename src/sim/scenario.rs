@@ -59,6 +59,10 @@ pub struct ScenarioOptions {
     pub repeat_callers: f64,
     /// How many returning customers there are.
     pub callers_pool: u32,
+    /// Agents taking and making calls (each an extension from 101 and a user name).
+    pub agents: u32,
+    /// Hotlines called (the first three are [`HOTLINES`], the others `1900` numbers).
+    pub hotlines: u32,
 }
 
 /// How busy each hour from 08:00 to 19:00 is, relative to the busiest (mornings and
@@ -102,15 +106,24 @@ const MOBILE_PREFIXES: &[&str] = &[
     "081", "082", "083", "084", "085", "088", "086", "096", "097", "098", "090", "093", "091",
     "094",
 ];
-const HOTLINES: &[&str] = &["19001234", "18006789", "02873001234"];
-const AGENTS: u32 = 40;
+pub const HOTLINES: &[&str] = &["19001234", "18006789", "02873001234"];
+/// The simulator's agents.
+pub const AGENTS: u32 = 40;
 
 /// The calls of a run; call `i` is the same for the same seed whatever `n` is.
 pub fn generate(n: usize, options: &ScenarioOptions) -> Vec<SimCall> {
     (0..n).map(|i| generate_call(i, options)).collect()
 }
 
-fn generate_call(index: usize, options: &ScenarioOptions) -> SimCall {
+/// Hotline `i` of a scenario.
+fn hotline(i: u32) -> String {
+    HOTLINES
+        .get(i as usize)
+        .map_or_else(|| format!("1900{:04}", 5000 + i), |h| h.to_string())
+}
+
+/// Call `index` of the scenario (what [`generate`] gives at that place).
+pub fn generate_call(index: usize, options: &ScenarioOptions) -> SimCall {
     let mut rng = fastrand::Rng::with_seed(
         options
             .seed
@@ -152,7 +165,7 @@ fn generate_call(index: usize, options: &ScenarioOptions) -> SimCall {
         (start, call_id)
     };
 
-    let agent = rng.u32(0..AGENTS);
+    let agent = rng.u32(0..options.agents.max(1));
     let extension = (101 + agent).to_string();
     let user_name = format!(
         "{}.{}",
@@ -183,7 +196,7 @@ fn generate_call(index: usize, options: &ScenarioOptions) -> SimCall {
     };
     let inbound = rng.f64() < 0.6;
     let direction = if inbound { "inbound" } else { "outbound" };
-    let hotline = inbound.then(|| rng.choice(HOTLINES).unwrap_or(&HOTLINES[0]).to_string());
+    let hotline = inbound.then(|| hotline(rng.usize(..options.hotlines.max(1) as usize) as u32));
     let transaction_id = (!inbound).then(|| {
         if rng.bool() {
             format!("CAMP-{}-{:08}", 1 + rng.u32(0..9), rng.u32(0..100_000_000))
@@ -378,6 +391,8 @@ mod tests {
             days: 1,
             repeat_callers: 0.0,
             callers_pool: 1,
+            agents: AGENTS,
+            hotlines: HOTLINES.len() as u32,
         }
     }
 

@@ -33,7 +33,7 @@ use crate::model::phone::normalize_phone;
 
 /// Index entries one walk of a listing may examine per request: bounds the work of one page
 /// (a few tens of milliseconds) whatever the filter and the store's size.
-pub const SCAN_BUDGET: usize = 20_000;
+pub const SCAN_BUDGET: usize = 10_000;
 
 /// The order of the listing.
 const ORDER: &str = "ORDER BY sort_key DESC, seq DESC";
@@ -70,19 +70,24 @@ impl Term {
     /// another one that a condition of the same shape would offer (whatever its statistics say,
     /// or before there are any).
     fn unindexed(&self) -> Term {
-        let sql = match self.sql.split_once(' ') {
-            Some((column, rest)) if is_column(column) && rest == "= ?" => {
-                format!("{column} || '' = ?")
-            }
-            Some((column, rest)) if is_column(column) && (rest == ">= ?" || rest == "<= ?") => {
-                format!("{column} + 0 {rest}")
-            }
-            _ => self.sql.clone(),
-        };
         Term {
-            sql,
+            sql: unindexed_sql(&self.sql),
             args: self.args.clone(),
         }
+    }
+}
+
+/// `sql` (`col = ?`, `col >= ?`, `col <= ?`) in a form no index serves (`col || '' = ?`,
+/// `col + 0 >= ?`); any other condition as it is.
+pub(crate) fn unindexed_sql(sql: &str) -> String {
+    match sql.split_once(' ') {
+        Some((column, rest)) if is_column(column) && rest == "= ?" => {
+            format!("{column} || '' = ?")
+        }
+        Some((column, rest)) if is_column(column) && (rest == ">= ?" || rest == "<= ?") => {
+            format!("{column} + 0 {rest}")
+        }
+        _ => sql.to_string(),
     }
 }
 

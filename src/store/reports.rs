@@ -56,6 +56,43 @@ pub fn dated_facts_query(filter: &CallFilter) -> Statement {
     }
 }
 
+/// Rows of [`dated_facts_chunk`] per statement.
+pub const FACTS_CHUNK: usize = 20_000;
+
+/// A chunk of [`dated_facts_query`]'s rows, in (start time, seq) order after `after`: the scan
+/// as a series of short statements (each its own snapshot), so that a long scan neither holds one
+/// snapshot for seconds (SQLite's WAL cannot restart under it) nor outlives its request by more
+/// than a chunk. The start time's index leads the scan (the other conditions are checked on the
+/// rows), so that each chunk continues the same walk rather than sorting the matches again.
+/// Its rows are [`FACT_COLUMNS`] then `seq`.
+pub fn dated_facts_chunk(filter: &CallFilter, after: Option<(i64, i64)>, rows: usize) -> Statement {
+    let (terms, mut args) = call_filter_terms(filter, None);
+    let mut sql_terms: Vec<String> = terms
+        .iter()
+        .map(|t| {
+            if t.starts_with("start_time") {
+                t.to_string()
+            } else {
+                super::listing::unindexed_sql(t)
+            }
+        })
+        .collect();
+    sql_terms.push("start_time IS NOT NULL".into());
+    if let Some((start, seq)) = after {
+        sql_terms.push("(start_time, seq) > (?, ?)".into());
+        args.push(super::Column::Integer(Some(start)));
+        args.push(super::Column::Integer(Some(seq)));
+    }
+    args.push(super::Column::Integer(Some(rows as i64)));
+    Statement {
+        sql: format!(
+            "SELECT {FACT_COLUMNS}, seq FROM calls WHERE {} ORDER BY start_time, seq LIMIT ?",
+            sql_terms.join(" AND ")
+        ),
+        args,
+    }
+}
+
 /// How many calls match `filter` but for its range, and have no start time.
 pub fn undated_count_query(filter: &CallFilter) -> Statement {
     let undated = CallFilter {

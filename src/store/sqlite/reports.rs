@@ -14,7 +14,9 @@ use crate::store::callbacks::{
     NUMBER_CALLS, NUMBER_CLOSES, NUMBER_ITEMS, Refresh, UPSERT_ITEM, list_query, page, parse_item,
     read_close, read_number_call, upsert_args,
 };
-use crate::store::reports::{Reports, dated_facts_query, read_call_facts, undated_count_query};
+use crate::store::reports::{
+    FACTS_CHUNK, Reports, dated_facts_chunk, read_call_facts, undated_count_query,
+};
 use crate::store::{CallFilter, RowColumns, StoreError};
 
 #[async_trait]
@@ -22,29 +24,11 @@ impl Reports for SqliteStore {
     async fn stats(
         &self,
         filter: &CallFilter,
-        mut stats: StatsBuilder,
+        stats: StatsBuilder,
     ) -> Result<StatsBuilder, StoreError> {
-        let dated = dated_facts_query(filter);
-        let undated = undated_count_query(filter);
-        self.blocking(move |inner| {
-            inner.with_reader(|conn| {
-                // One snapshot for both counts.
-                let tx = conn.unchecked_transaction()?;
-                let mut stmt = tx.prepare_cached(&dated.sql)?;
-                let mut rows =
-                    stmt.query(params_from_iter(dated.args.into_iter().map(sql_value)))?;
-                while let Some(row) = rows.next()? {
-                    stats.add(&read_call_facts(row)?);
-                }
-                let n: i64 = tx.prepare_cached(&undated.sql)?.query_row(
-                    params_from_iter(undated.args.into_iter().map(sql_value)),
-                    |r| r.get(0),
-                )?;
-                stats.add_undated(n as u64);
-                Ok(stats)
-            })
-        })
-        .await
+        let filter = filter.clone();
+        self.reading(move |inner| stats_in_chunks(inner, &filter, stats, FACTS_CHUNK))
+            .await
     }
 
     async fn callbacks(
@@ -54,7 +38,7 @@ impl Reports for SqliteStore {
         cursor: Option<CallbackCursor>,
     ) -> Result<CallbackPage, StoreError> {
         let query = list_query(filter, cursor.as_ref(), limit);
-        self.blocking(move |inner| {
+        self.reading(move |inner| {
             inner.with_reader(|conn| {
                 let items = query_rows(
                     conn,
@@ -214,4 +198,119 @@ pub(super) fn rebuild_callbacks(conn: &Connection) -> Result<usize, StoreError> 
     }
     flush(&current, &mut calls)?;
     Ok(written)
+}
+
+/// The figures of `filter` counted into `stats`, the dated calls `chunk` rows per statement
+/// (see [`dated_facts_chunk`]).
+pub(super) fn stats_in_chunks(
+    inner: &super::Inner,
+    filter: &CallFilter,
+    mut stats: StatsBuilder,
+    chunk: usize,
+) -> Result<StatsBuilder, StoreError> {
+    let undated = undated_count_query(filter);
+    let mut after = None;
+    loop {
+        let statement = dated_facts_chunk(filter, after, chunk);
+        let (read, last) = inner.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&statement.sql)?;
+            let mut rows =
+                stmt.query(params_from_iter(statement.args.into_iter().map(sql_value)))?;
+            let (mut read, mut last) = (0usize, None);
+            while let Some(row) = rows.next()? {
+                let facts = read_call_facts(row)?;
+                if let Some(start) = facts.start_time {
+                    last = Some((start, row.required_integer(10)?));
+                }
+                stats.add(&facts);
+                read += 1;
+            }
+            Ok((read, last))
+        })?;
+        if read < chunk {
+            break;
+        }
+        after = last;
+    }
+    let n: i64 = inner.with_reader(|conn| {
+        Ok(conn.prepare_cached(&undated.sql)?.query_row(
+            params_from_iter(undated.args.into_iter().map(sql_value)),
+            |r| r.get(0),
+        )?)
+    })?;
+    stats.add_undated(n as u64);
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_body;
+    use crate::report::stats::{GroupBy, Thresholds};
+    use crate::store::{Incoming, MergeSettings, Store};
+
+    /// Counting the dated calls a few rows per statement gives what one statement gives, calls
+    /// that share a start time included (the chunks continue after a (start time, seq)).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stats_in_small_chunks_equal_stats_in_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db"), MergeSettings::default()).unwrap();
+        let tz = jiff::tz::TimeZone::get("Asia/Ho_Chi_Minh").unwrap();
+        let mut batch = Vec::new();
+        for i in 0..40 {
+            let status = ["answered", "missed", "busy"][i % 3];
+            let direction = ["inbound", "outbound"][i % 2];
+            let user = ["an", "binh", ""][i % 3];
+            let body = serde_json::json!({
+                "call_id": format!("C{i}"),
+                "call_status": status,
+                "direction": direction,
+                "caller_number": "0901000001",
+                "destination_number": "101",
+                "userName": user,
+                "hotline": "1900",
+                // Seven calls share each start time.
+                "starttime": format!("2025-11-2{} 09:00:00", i / 7),
+                "answertime": if i % 3 == 0 { format!("2025-11-2{} 09:00:09", i / 7) } else { String::new() },
+                "endtime": format!("2025-11-2{} 09:05:00", i / 7),
+                "eventType": "call",
+            });
+            let event = parse_body(body.to_string().as_bytes(), &tz).unwrap();
+            batch.push(Incoming::Event {
+                event: Box::new(event),
+                received_at: i as i64,
+            });
+        }
+        store.commit(batch).await.unwrap();
+        for group_by in [GroupBy::None, GroupBy::Agent, GroupBy::Day] {
+            let filters = [
+                CallFilter::default(),
+                CallFilter {
+                    direction: Some("inbound".into()),
+                    ..Default::default()
+                },
+                CallFilter {
+                    from: Some(1_764_000_000),
+                    ..Default::default()
+                },
+            ];
+            for filter in filters {
+                let counted = |chunk: usize| {
+                    let (inner, filter, tz) = (store.inner.clone(), filter.clone(), tz.clone());
+                    let builder = StatsBuilder::new(group_by, Thresholds::default(), tz);
+                    let stats = stats_in_chunks(&inner, &filter, builder, chunk).unwrap();
+                    (stats.undated(), stats.finish(None, None).unwrap())
+                };
+                let whole = counted(1_000);
+                assert!(whole.1.iter().any(|g| g.calls > 0), "{filter:?}");
+                for chunk in [1, 2, 3, 7, 8] {
+                    assert_eq!(
+                        counted(chunk),
+                        whole,
+                        "{group_by:?} {filter:?} chunk {chunk}"
+                    );
+                }
+            }
+        }
+    }
 }
