@@ -147,6 +147,8 @@ struct Client {
 }
 
 impl Client {
+    /// The answer to `GET path` and how long it took; a failed request (a 408 past the time
+    /// limit, say) is reported on stderr and answers `null`.
     async fn get(&self, path: &str) -> (Duration, Value) {
         let started = Instant::now();
         let response = self
@@ -154,13 +156,19 @@ impl Client {
             .get(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+            .await;
         let took = started.elapsed();
-        assert!(status.is_success(), "GET {path}: {status} {body}");
-        (took, body)
+        match response {
+            Ok(r) if r.status().is_success() => (took, r.json().await.unwrap_or(Value::Null)),
+            Ok(r) => {
+                eprintln!("GET {path}: {} after {took:?}", r.status());
+                (took, Value::Null)
+            }
+            Err(e) => {
+                eprintln!("GET {path}: {e} after {took:?}");
+                (took, Value::Null)
+            }
+        }
     }
 
     /// The `page`th page of `path` (1 = the first), by following `next_cursor`.

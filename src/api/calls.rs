@@ -51,7 +51,8 @@ impl EventView {
     }
 }
 
-/// A page of items; `next_cursor` is null on the last.
+/// A page of items. Follow `next_cursor` until it is null: a page may hold fewer items than
+/// `limit`, even none, and still have one (each page does bounded work).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,

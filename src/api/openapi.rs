@@ -122,11 +122,11 @@ pub fn finish(mut openapi: OpenApi) -> OpenApi {
                     .entry(status.to_string())
                     .or_insert_with(|| response.into());
             };
+            add("405", error("The path exists but not with this method"));
             if api || webhook {
                 add("401", error("No valid key or token in `Authorization`"));
             }
             if api {
-                add("405", error("The path exists but not with this method"));
                 add("408", error("Not answered within 30 s"));
                 add(
                     "503",
@@ -166,6 +166,24 @@ pub async fn document() -> axum::response::Response {
         DOCUMENT.clone(),
     )
         .into_response()
+}
+
+/// Where a destination starts: `now`, `beginning`, or a position (`seq`).
+pub fn start_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .enum_values(Some(["now", "beginning"])),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::Integer))
+                .minimum(Some(0)),
+        )
+        .build()
+        .into()
 }
 
 // ---- Parameters. Every field is optional; an empty value counts as absent. ----
@@ -258,7 +276,8 @@ pub struct ExportFormat {
 pub struct ChangeFilters {
     /// The position after which to start (a change's `seq`); default 0 (everything).
     since: Option<i64>,
-    /// Comma-separated change types: `call.updated`, `event.received`.
+    /// Comma-separated change types: `call.created`, `call.updated`, `call.ended`,
+    /// `event.received`.
     types: Option<String>,
     /// One call.
     call_id: Option<String>,
@@ -363,12 +382,13 @@ pub struct JobView {
 #[allow(dead_code)]
 pub struct ChangeView {
     seq: i64,
-    /// `call.updated` or `event.received`.
+    /// `call.created`, `call.updated`, `call.ended` (the call as it is after the event), or
+    /// `event.received` (an event that is not a call's).
     #[schema(rename = "type")]
     kind: String,
     event_id: i64,
     received_at: String,
-    /// `call.updated`: the call as it is after the event.
+    /// `call.*`: the call as it is after the event.
     call: Option<CallView>,
     /// `event.received`: the event's payload as sent.
     event: Option<BTreeMap<String, serde_json::Value>>,
@@ -415,8 +435,8 @@ pub struct DestinationInput {
     headers: Option<BTreeMap<String, String>>,
     /// `per_call` (default) or `none`.
     ordering: Option<String>,
-    /// `now` (default), `beginning`, or a `seq`.
-    #[schema(value_type = Option<String>)]
+    /// `now` (default), `beginning`, or a `seq` (a non-negative integer) after which to start.
+    #[schema(schema_with = start_schema)]
     start: Option<serde_json::Value>,
     /// 1–120 (default 15).
     timeout_seconds: Option<u64>,

@@ -86,7 +86,7 @@ pub struct DestinationSpec {
     pub headers: BTreeMap<String, String>,
     pub ordering: Ordering,
     /// `now`, `beginning`, or the `seq` after which it started.
-    #[schema(value_type = String)]
+    #[schema(schema_with = crate::api::openapi::start_schema)]
     pub start: Start,
     pub timeout_seconds: u64,
     pub max_in_flight: u64,

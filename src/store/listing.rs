@@ -118,8 +118,12 @@ struct Branch {
 /// One walk down one index.
 #[derive(Debug, Clone)]
 struct Walk {
-    /// The conditions the index serves: its column's, the cursor, the range of sort keys.
-    drive: Vec<Term>,
+    /// The condition the walk's index serves (every condition, for a walk by transaction id).
+    index: Vec<Term>,
+    /// Rows before this position (exclusive): the cursor, and `to`.
+    upper: Option<(i64, i64)>,
+    /// Rows from this position (inclusive): `from`.
+    lower: Option<(i64, i64)>,
     /// The conditions checked on the rows.
     rest: Vec<Term>,
     /// Whether the walk's work is bounded by a window: it is when rows are checked for more than
@@ -128,6 +132,26 @@ struct Walk {
 }
 
 impl Walk {
+    /// The walk's conditions, with `lower` as its lower bound: each side of the range a single
+    /// row value (given two lower bounds, a database takes one for the walk and checks the other
+    /// on every entry, which walked the whole range again on every page).
+    fn terms(&self, lower: Option<(i64, i64)>) -> Vec<Term> {
+        let mut terms = self.index.clone();
+        let bound = |sql: &str, (k, s): (i64, i64)| {
+            Term::new(
+                sql,
+                vec![Column::Integer(Some(k)), Column::Integer(Some(s))],
+            )
+        };
+        if let Some(upper) = self.upper {
+            terms.push(bound("(sort_key, seq) < (?, ?)", upper));
+        }
+        if let Some(lower) = lower {
+            terms.push(bound("(sort_key, seq) >= (?, ?)", lower));
+        }
+        terms
+    }
+
     /// `WHERE …` of `terms` (empty when there are none), its arguments added to `args`.
     fn where_sql<'a>(terms: impl IntoIterator<Item = &'a Term>, args: &mut Vec<Column>) -> String {
         let mut sqls = Vec::new();
@@ -168,26 +192,35 @@ pub fn plan(
     if let Some(to) = filter.to {
         times.push(Term::integer("start_time <= ?", to));
     }
+    let cursor = cursor.map(|c| (c.sort_key, c.seq));
+    // `sort_key <= to` and `sort_key >= from` as row values: before (to + 1, MIN), from (from, MIN).
+    let before_to = filter
+        .to
+        .and_then(|to| to.checked_add(1))
+        .map(|next| (next, i64::MIN));
+    let upper = match (cursor, before_to) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let lower = filter.from.map(|from| (from, i64::MIN));
     let mut walks = Vec::new();
     for branch in branches(filter) {
         if times.is_empty() {
-            walks.push(walk(branch.terms, cursor, &[]));
+            walks.push(walk(branch.terms, cursor, None));
             continue;
         }
         // Calls whose sort key is their start time, by a range of sort keys...
-        let mut range = Vec::new();
-        if let Some(from) = filter.from {
-            range.push(Term::integer("sort_key >= ?", from));
-        }
-        if let Some(to) = filter.to {
-            range.push(Term::integer("sort_key <= ?", to));
-        }
         let mut terms = branch.terms.clone();
         terms.extend(times.iter().cloned());
-        walks.push(walk(terms.clone(), cursor, &range));
+        let mut in_range = walk(terms.clone(), upper, lower);
+        if filter.to.is_some() && before_to.is_none() {
+            // `to` is the last second there is: no bound.
+            in_range.upper = cursor;
+        }
+        walks.push(in_range);
         // ...and the few whose start time moved, by an index of their own.
         terms.push(Term::new(MOVED, vec![]));
-        walks.push(walk(terms, cursor, &[]));
+        walks.push(walk(terms, cursor, None));
     }
     ListPlan {
         walks,
@@ -197,44 +230,37 @@ pub fn plan(
     }
 }
 
-/// The walk for `terms`: down the best index they have (the listing's own when none), after
-/// `cursor`, within `range` (conditions on `sort_key`), the other terms checked on the rows.
-fn walk(mut terms: Vec<Term>, cursor: Option<CallCursor>, range: &[Term]) -> Walk {
-    let mut drive = Vec::new();
-    // A transaction id names a call or two: its index finds them, nothing to bound.
-    let unordered = terms.iter().any(|t| t.sql == "transaction_id = ?");
-    if unordered {
-    } else if let Some(i) = terms.iter().position(|t| t.sql == MOVED) {
-        drive.push(terms.remove(i));
+/// The walk for `terms`: down the best index they have (the listing's own when none), between
+/// `lower` and `upper`, the other terms checked on the rows.
+fn walk(mut terms: Vec<Term>, upper: Option<(i64, i64)>, lower: Option<(i64, i64)>) -> Walk {
+    // A transaction id names a call or two: its index finds them, nothing to bound, and the
+    // other conditions are checked on those rows (in a form no other index serves).
+    if let Some(i) = terms.iter().position(|t| t.sql == "transaction_id = ?") {
+        let index = vec![terms.remove(i)];
+        return Walk {
+            index,
+            upper,
+            lower,
+            rest: terms.iter().map(Term::unindexed).collect(),
+            windowed: false,
+        };
+    }
+    let mut index = Vec::new();
+    if let Some(i) = terms.iter().position(|t| t.sql == MOVED) {
+        index.push(terms.remove(i));
     } else if let Some((i, _)) = terms
         .iter()
         .enumerate()
         .filter_map(|(i, t)| Some((i, rank(&t.sql)?)))
         .min_by_key(|(_, r)| *r)
     {
-        drive.push(terms.remove(i));
-    }
-    if let Some(c) = cursor {
-        drive.push(Term::new(
-            "(sort_key, seq) < (?, ?)",
-            vec![
-                Column::Integer(Some(c.sort_key)),
-                Column::Integer(Some(c.seq)),
-            ],
-        ));
-    }
-    drive.extend(range.iter().cloned());
-    if unordered {
-        drive.extend(terms);
-        return Walk {
-            drive,
-            rest: Vec::new(),
-            windowed: false,
-        };
+        index.push(terms.remove(i));
     }
     Walk {
         windowed: !terms.is_empty(),
-        drive,
+        index,
+        upper,
+        lower,
         rest: terms.iter().map(Term::unindexed).collect(),
     }
 }
@@ -248,7 +274,7 @@ impl ListPlan {
             .filter(|w| w.windowed)
             .map(|w| {
                 let mut args = Vec::new();
-                let where_sql = Walk::where_sql(&w.drive, &mut args);
+                let where_sql = Walk::where_sql(&w.terms(w.lower), &mut args);
                 args.push(Column::Integer(Some(self.budget as i64 - 1)));
                 Statement {
                     sql: format!(
@@ -268,21 +294,18 @@ impl ListPlan {
 
     /// The page's rows, in order, `limit + 1` at most, none below `cutoff`.
     pub fn rows(&self, cutoff: Option<CallCursor>) -> Statement {
-        let bound = cutoff.map(|c| {
-            Term::new(
-                "(sort_key, seq) >= (?, ?)",
-                vec![
-                    Column::Integer(Some(c.sort_key)),
-                    Column::Integer(Some(c.seq)),
-                ],
-            )
-        });
+        let cutoff = cutoff.map(|c| (c.sort_key, c.seq));
         let limit = Column::Integer(Some(self.limit as i64 + 1));
         let mut args = Vec::new();
         let mut selects = Vec::new();
         for w in &self.walks {
-            let terms = w.drive.iter().chain(&w.rest).chain(&bound);
-            let where_sql = Walk::where_sql(terms, &mut args);
+            let lower = match (w.lower, cutoff) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            let terms = w.terms(lower).into_iter().chain(w.rest.iter().cloned());
+            let terms: Vec<Term> = terms.collect();
+            let where_sql = Walk::where_sql(&terms, &mut args);
             args.push(limit.clone());
             selects.push(format!(
                 "SELECT {CALL_COLUMNS} FROM calls {where_sql} {ORDER} LIMIT ?"
@@ -483,7 +506,7 @@ mod tests {
         placeholders_match(&rows);
         // 2 alternatives × 2 alternatives × (range, moved).
         assert_eq!(rows.sql.matches(" UNION ").count(), 7, "{}", rows.sql);
-        assert!(rows.sql.contains("sort_key >= ?"));
+        assert!(rows.sql.contains("(sort_key, seq) >= (?, ?)"));
         assert!(rows.sql.contains(MOVED));
         assert!(rows.sql.contains("start_time + 0 >= ?"));
         for end in plan.window_ends() {
@@ -505,8 +528,68 @@ mod tests {
         );
         assert!(plan.window_ends().is_empty());
         let rows = plan.rows(None);
-        assert!(rows.sql.contains("transaction_id = ?"), "{}", rows.sql);
-        assert!(rows.sql.contains("direction = ?"), "{}", rows.sql);
+        assert!(
+            rows.sql.contains("WHERE transaction_id = ?"),
+            "{}",
+            rows.sql
+        );
+        // The other conditions in a form no index serves: the transaction id's index leads.
+        assert!(rows.sql.contains("direction || '' = ?"), "{}", rows.sql);
+    }
+
+    /// Each side of a walk's range is one row value: a second lower bound (the range's `from`
+    /// beside the cutoff) made the database walk from `from` on every page.
+    #[test]
+    fn a_range_and_a_cutoff_make_one_bound_on_each_side() {
+        let plan = plan(
+            &CallFilter {
+                status: text("missed"),
+                direction: text("outbound"),
+                from: Some(100),
+                to: Some(900),
+                ..Default::default()
+            },
+            Some(CallCursor {
+                sort_key: 800,
+                seq: 5,
+            }),
+            10,
+            50,
+        );
+        let rows = plan.rows(Some(CallCursor {
+            sort_key: 300,
+            seq: 7,
+        }));
+        placeholders_match(&rows);
+        // Two walks (in range, moved), each with one upper and one lower bound.
+        assert_eq!(
+            rows.sql.matches("(sort_key, seq) >= (?, ?)").count(),
+            2,
+            "{}",
+            rows.sql
+        );
+        assert_eq!(
+            rows.sql.matches("(sort_key, seq) < (?, ?)").count(),
+            2,
+            "{}",
+            rows.sql
+        );
+        assert!(!rows.sql.contains("sort_key >= ?"), "{}", rows.sql);
+        assert!(!rows.sql.contains("sort_key <= ?"), "{}", rows.sql);
+        // The cutoff (300, 7) wins over from (100, MIN); the cursor (800, 5) over to (901, MIN).
+        let ints: Vec<i64> = rows
+            .args
+            .iter()
+            .filter_map(|c| match c {
+                Column::Integer(Some(i)) => Some(*i),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(&ints[..5], &[800, 5, 300, 7, 100], "{ints:?}");
+        for end in plan.window_ends() {
+            placeholders_match(&end);
+            assert!(end.sql.matches("(sort_key, seq) >= (?, ?)").count() <= 1);
+        }
     }
 
     #[test]

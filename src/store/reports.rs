@@ -66,7 +66,13 @@ pub const FACTS_CHUNK: usize = 20_000;
 /// rows), so that each chunk continues the same walk rather than sorting the matches again.
 /// Its rows are [`FACT_COLUMNS`] then `seq`.
 pub fn dated_facts_chunk(filter: &CallFilter, after: Option<(i64, i64)>, rows: usize) -> Statement {
-    let (terms, mut args) = call_filter_terms(filter, None);
+    // After a chunk, `from` is implied by where it ended; given too, it would be the bound the
+    // database walks from, and every chunk would walk again from `from`.
+    let filter = CallFilter {
+        from: if after.is_some() { None } else { filter.from },
+        ..filter.clone()
+    };
+    let (terms, mut args) = call_filter_terms(&filter, None);
     let mut sql_terms: Vec<String> = terms
         .iter()
         .map(|t| {

@@ -289,7 +289,15 @@ fn lower_priority() {
 /// Where a read running for a [`SqliteStore::blocking`] call puts its connection's interrupt
 /// handle while a statement may run (and takes it back before the connection goes back to the
 /// pool, under the same lock an interrupt takes: a later interrupt cannot reach the next user).
-type ReadSlot = Arc<Mutex<Option<rusqlite::InterruptHandle>>>;
+/// Once abandoned, it stays so: a read that had not started yet (queued for a thread, or
+/// between two statements) does not start another statement.
+type ReadSlot = Arc<Mutex<ReadState>>;
+
+#[derive(Default)]
+struct ReadState {
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
+    running: Option<rusqlite::InterruptHandle>,
+}
 
 thread_local! {
     /// The slot of the `blocking` call this thread runs, if any.
@@ -302,10 +310,14 @@ struct InterruptOnDrop(Option<ReadSlot>);
 impl Drop for InterruptOnDrop {
     fn drop(&mut self) {
         if let Some(slot) = self.0.take()
-            && let Ok(handle) = slot.lock()
-            && let Some(handle) = handle.as_ref()
+            && let Ok(state) = slot.lock()
         {
-            handle.interrupt();
+            state
+                .abandoned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(handle) = state.running.as_ref() {
+                handle.interrupt();
+            }
         }
     }
 }
@@ -320,9 +332,12 @@ const WAL_SAFETY_FRAMES: i64 = 65536;
 /// using the WAL, instead of leaving its restart to chance: reads that keep overlapping never
 /// leave a moment with none, and the WAL grew by gigabytes.
 const WAL_RESTART_FRAMES: i64 = 16_384;
-/// How long that wait may last; commits wait as long (reads are bounded: a listing page does
-/// bounded work, and every read stops when its request does).
-const WAL_RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long that wait may last; commits wait as long (reads are short: a listing page does
+/// bounded work, the figures read in chunks, and every read stops when its request does).
+const WAL_RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// After a wait that the reads outlasted, the next is not tried before this (doubling, up to
+/// 32 times), so that long reads do not make commits wait again and again.
+const WAL_RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
 /// The WAL's size on disk after it starts over.
 const WAL_KEEP_BYTES: i64 = 64 * 1024 * 1024;
 
@@ -349,6 +364,9 @@ fn spawn_checkpointer(
     std::thread::Builder::new()
         .name("alohook-checkpoint".into())
         .spawn(move || {
+            // After a restart that the reads prevented, the next waits a while (doubling).
+            let mut backoff = WAL_RESTART_BACKOFF;
+            let mut next_restart = std::time::Instant::now();
             while let Err(RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(std::time::Duration::from_millis(100))
             {
@@ -368,7 +386,7 @@ fn spawn_checkpointer(
                     }
                     // ...then copy the last few frames with commits held, so the WAL rewinds.
                     let _writer = writer.lock().unwrap_or_else(|e| e.into_inner());
-                    if frames < WAL_RESTART_FRAMES {
+                    if frames < WAL_RESTART_FRAMES || std::time::Instant::now() < next_restart {
                         return checkpoint(&conn).map(|_| ());
                     }
                     // Long: wait (a little) for the reads still in the WAL, then restart it.
@@ -376,11 +394,15 @@ fn spawn_checkpointer(
                     let restarted = conn
                         .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
                     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-                    if restarted? != 0 {
+                    if restarted? == 0 {
+                        backoff = WAL_RESTART_BACKOFF;
+                    } else {
                         tracing::debug!(
                             frames,
                             "the WAL is long and reads kept it from restarting"
                         );
+                        next_restart = std::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(WAL_RESTART_BACKOFF * 32);
                     }
                     Ok(())
                 });
@@ -486,6 +508,19 @@ impl Inner {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let slot = CURRENT_READ.with_borrow(Clone::clone);
+        let flag = slot
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|s| s.abandoned.clone()));
+        let abandoned = || {
+            flag.as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        if abandoned() {
+            return Err(StoreError::Database(
+                "the read was abandoned: its request ended".into(),
+            ));
+        }
         let pooled = self.readers.lock().map_err(|_| StoreError::Closed)?.pop();
         let conn = match pooled {
             Some(c) => c,
@@ -501,17 +536,35 @@ impl Inner {
                 c
             }
         };
-        let slot = CURRENT_READ.with_borrow(Clone::clone);
         if let Some(slot) = &slot
-            && let Ok(mut held) = slot.lock()
+            && let Ok(mut state) = slot.lock()
         {
-            *held = Some(conn.get_interrupt_handle());
+            state.running = Some(conn.get_interrupt_handle());
         }
-        let result = f(&conn);
+        // An interrupt only stops the statement running when it lands; one between two
+        // statements of `f` would be lost. The flag, checked every few thousand steps of any
+        // statement, is not.
+        if let Some(flag) = flag.clone() {
+            conn.progress_handler(
+                10_000,
+                Some(move || flag.load(std::sync::atomic::Ordering::Relaxed)),
+            );
+        }
+        // Abandoned between the check and the handle being there: nothing was interrupted.
+        let result = if abandoned() {
+            Err(StoreError::Database(
+                "the read was abandoned: its request ended".into(),
+            ))
+        } else {
+            f(&conn)
+        };
         if let Some(slot) = &slot
-            && let Ok(mut held) = slot.lock()
+            && let Ok(mut state) = slot.lock()
         {
-            *held = None;
+            state.running = None;
+        }
+        if flag.is_some() {
+            conn.progress_handler(0, None::<fn() -> bool>);
         }
         if let Ok(mut idle) = self.readers.lock()
             && idle.len() < MAX_IDLE_READERS
@@ -1513,6 +1566,40 @@ mod tests {
 
     use super::*;
 
+    /// A read abandoned between two of its statements does not run the next one to its end
+    /// (an interrupt lands only on a running statement; the flag stays).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_abandoned_between_statements_stops_at_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db"), MergeSettings::default()).unwrap();
+        let (ended, ends) = std::sync::mpsc::channel();
+        let read = store.reading(move |inner| {
+            let result = inner.with_reader(|conn| {
+                let _: i64 = conn.query_row("SELECT 1", [], |r| r.get(0))?;
+                // The request goes away here, between two statements.
+                std::thread::sleep(Duration::from_millis(400));
+                Ok(conn.query_row(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                     SELECT count(*) FROM c",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            });
+            let _ = ended.send(result.is_err());
+            result
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), read)
+                .await
+                .is_err()
+        );
+        let stopped =
+            tokio::task::spawn_blocking(move || ends.recv_timeout(Duration::from_secs(5)))
+                .await
+                .unwrap();
+        assert_eq!(stopped, Ok(true), "the next statement ran on");
+    }
+
     /// Reads that keep overlapping (there is never a moment without one) do not let the WAL
     /// grow without bound: past WAL_RESTART_FRAMES the checkpointer waits for them and restarts
     /// it, and its file shrinks back to WAL_KEEP_BYTES.
@@ -1523,20 +1610,20 @@ mod tests {
         let path = dir.path().join("a.db");
         let store = SqliteStore::open(&path, MergeSettings::default()).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        // Three readers, each holding a snapshot 120 ms at a time, a third of a period apart:
+        // Three readers, each holding a snapshot 30 ms at a time, a third of a period apart:
         // there is never a moment without one.
         let readers: Vec<_> = (0..3)
             .map(|i| {
                 let (path, stop) = (path.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_millis(40 * i));
+                    std::thread::sleep(Duration::from_millis(10 * i));
                     let conn = Connection::open(&path).unwrap();
                     while !stop.load(Ordering::Relaxed) {
                         conn.execute_batch("BEGIN").unwrap();
                         let _: i64 = conn
                             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
                             .unwrap();
-                        std::thread::sleep(Duration::from_millis(120));
+                        std::thread::sleep(Duration::from_millis(30));
                         conn.execute_batch("COMMIT").unwrap();
                     }
                 })
