@@ -138,6 +138,17 @@ async fn load(args: &[String]) {
         "loaded {calls} calls in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    drop(store);
+    if let Some(path) = database
+        .strip_prefix("sqlite://")
+        .or_else(|| database.strip_prefix("sqlite:"))
+    {
+        // The load outran the checkpointer: copy the WAL into the database and empty it, so
+        // that every run starts from the state a served store is in, not with a catch-up.
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
 }
 
 struct Client {
@@ -209,7 +220,13 @@ struct Sample {
 
 async fn sample(client: &Client) -> Sample {
     let (_, page) = client.get("/api/calls?limit=1000").await;
-    let calls = page["items"].as_array().unwrap();
+    // Not the calls of an earlier run's acknowledgement test (before they started in 2000).
+    let calls: Vec<&Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["user_name"] != "ack.bench")
+        .collect();
     let text = |c: &Value, f: &str| c[f].as_str().unwrap_or("").to_string();
     let first = |f: &str| {
         calls
@@ -219,7 +236,7 @@ async fn sample(client: &Client) -> Sample {
             .unwrap_or_default()
     };
     let mut callers: HashMap<String, usize> = HashMap::new();
-    for c in calls {
+    for c in &calls {
         let n = text(c, "caller_number");
         if !n.contains('x') {
             *callers.entry(n).or_default() += 1;
@@ -230,10 +247,17 @@ async fn sample(client: &Client) -> Sample {
         .max_by_key(|(n, count)| (*count, n.clone()))
         .map(|(n, _)| n)
         .unwrap();
-    let (_, oldest) = client.get("/api/stats?group_by=none").await;
+    let day = first("start_time")[..10].to_string();
+    // The scenario's 90 days end on the newest call's.
+    let first_day = day
+        .parse::<jiff::civil::Date>()
+        .unwrap()
+        .checked_sub(jiff::Span::new().days(89))
+        .unwrap()
+        .to_string();
     Sample {
-        day: first("start_time")[..10].to_string(),
-        first_day: oldest["from"].as_str().unwrap()[..10].to_string(),
+        day,
+        first_day,
         hotline: first("hotline"),
         user_name: first("user_name"),
         extension: first("destination_number"),
@@ -280,6 +304,12 @@ async fn run(args: &[String]) {
     );
     let mut results = serde_json::Map::new();
     let mut measure = async |name: &str, path: String, target_ms: f64, deep: bool| {
+        // The long reports a tenth as often (their p95 is then their second slowest).
+        let iterations = if target_ms >= 1000.0 {
+            (iterations / 4).max(5)
+        } else {
+            iterations
+        };
         let first = time(&client, &path, iterations).await;
         let mut entry =
             json!({"query": path, "target_p95_ms": target_ms, "first_page": summary(&first)});
@@ -318,6 +348,13 @@ async fn run(args: &[String]) {
         (
             "rare_hotline_direction",
             format!("/api/calls?hotline={hotline}&direction=outbound"),
+        ),
+        (
+            "rare_status_direction_90_days",
+            format!(
+                "/api/calls?status=missed&direction=outbound&from={}&to={day}",
+                s.first_day
+            ),
         ),
         (
             "gone_user_name",
@@ -447,9 +484,9 @@ async fn acks(
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let mut sends = tokio::task::JoinSet::new();
     let started = tokio::time::Instant::now();
-    let now =
-        jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::get("Asia/Ho_Chi_Minh").unwrap());
-    let start_time = now.strftime("%Y-%m-%d %H:%M:%S").to_string();
+    // Long before the scenario's calls: they list after them and fall in none of the
+    // measured ranges, so the next run's samples are the scenario's.
+    let start_time = "2000-01-01 09:00:00";
     for i in 0..total {
         tokio::time::sleep_until(started + interval * i as u32).await;
         let body = json!({"call_id": format!("ACK{run}{i:08}"), "call_status": "missed", "direction": "inbound",

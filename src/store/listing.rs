@@ -33,7 +33,7 @@ use crate::model::phone::normalize_phone;
 
 /// Index entries one walk of a listing may examine per request: bounds the work of one page
 /// (a few tens of milliseconds) whatever the filter and the store's size.
-pub const SCAN_BUDGET: usize = 10_000;
+pub const SCAN_BUDGET: usize = 5_000;
 
 /// The order of the listing.
 const ORDER: &str = "ORDER BY sort_key DESC, seq DESC";
