@@ -681,6 +681,7 @@ impl Config {
             timezone: self.timezone.clone(),
             timezone_name: self.timezone_name.clone(),
             read_only: self.read_only,
+            thresholds: self.thresholds,
         }
     }
 

@@ -247,6 +247,103 @@ impl Tally {
         }
     }
 
+    /// The tally of one call alone.
+    pub fn of(call: &CallFacts, thresholds: &Thresholds) -> Tally {
+        let mut tally = Tally::default();
+        tally.add(call, thresholds);
+        tally
+    }
+
+    /// The counts and sums, in [`Tally::COUNT_NAMES`]' order.
+    pub fn counts(&self) -> [i64; 17] {
+        [
+            self.calls as i64,
+            self.ended as i64,
+            self.answered as i64,
+            self.inbound as i64,
+            self.inbound_answered as i64,
+            self.abandoned as i64,
+            self.short_abandoned as i64,
+            self.service_level_met as i64,
+            self.inbound_ring_answered_sum,
+            self.inbound_ring_answered_count as i64,
+            self.talk_sum,
+            self.talk_count as i64,
+            self.hold_sum,
+            self.hold_count as i64,
+            self.talk_total,
+            self.outbound as i64,
+            self.outbound_answered as i64,
+        ]
+    }
+
+    /// The names of [`Tally::counts`], as the summary's columns are named.
+    pub const COUNT_NAMES: [&'static str; 17] = [
+        "calls",
+        "ended",
+        "answered",
+        "inbound",
+        "inbound_answered",
+        "abandoned",
+        "short_abandoned",
+        "service_level_met",
+        "asa_sum",
+        "asa_count",
+        "talk_sum",
+        "talk_count",
+        "hold_sum",
+        "hold_count",
+        "talk_total",
+        "outbound",
+        "outbound_answered",
+    ];
+
+    /// A tally from its counts and longest wait. A count below zero (a summary that no longer
+    /// matches its calls) is an error rather than a figure.
+    pub fn from_counts(counts: [i64; 17], longest_wait: Option<i64>) -> Option<Tally> {
+        let n = |i: usize| u64::try_from(counts[i]).ok();
+        Some(Tally {
+            calls: n(0)?,
+            ended: n(1)?,
+            answered: n(2)?,
+            inbound: n(3)?,
+            inbound_answered: n(4)?,
+            abandoned: n(5)?,
+            short_abandoned: n(6)?,
+            service_level_met: n(7)?,
+            inbound_ring_answered_sum: counts[8],
+            inbound_ring_answered_count: n(9)?,
+            talk_sum: counts[10],
+            talk_count: n(11)?,
+            hold_sum: counts[12],
+            hold_count: n(13)?,
+            talk_total: counts[14],
+            outbound: n(15)?,
+            outbound_answered: n(16)?,
+            longest_wait,
+        })
+    }
+
+    /// The longest known ring of an ended inbound call counted.
+    pub fn longest_wait(&self) -> Option<i64> {
+        self.longest_wait
+    }
+
+    /// Adds another tally's calls to this one.
+    pub fn merge(&mut self, other: &Tally) {
+        let (a, b) = (self.counts(), other.counts());
+        let mut sum = [0i64; 17];
+        for i in 0..17 {
+            sum[i] = a[i] + b[i];
+        }
+        let wait = match (self.longest_wait, other.longest_wait) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        // Sums of non-negative counts stay non-negative.
+        *self = Tally::from_counts(sum, wait).unwrap_or_default();
+    }
+
     fn group(&self, key: Option<String>) -> Group {
         let ratio = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
         let mean = |sum: i64, n: u64| (n > 0).then(|| sum as f64 / n as f64);
@@ -349,6 +446,35 @@ impl StatsBuilder {
             .entry(key)
             .or_default()
             .add(call, &self.thresholds);
+    }
+
+    /// Counts in a summary of calls rather than a call: `dims` gives the group's dimensions
+    /// (agent, hotline, direction, status; its times are not read), `bucket` a start time the
+    /// summary's calls share the group of, `first` and `last` their earliest and latest start.
+    pub fn add_summary(
+        &mut self,
+        dims: &CallFacts,
+        bucket: i64,
+        first: i64,
+        last: i64,
+        tally: &Tally,
+    ) {
+        self.first = Some(self.first.map_or(first, |f| f.min(first)));
+        self.last = Some(self.last.map_or(last, |l| l.max(last)));
+        let key = self.key(dims, bucket);
+        self.groups.entry(key).or_default().merge(tally);
+    }
+
+    pub fn group_by(&self) -> GroupBy {
+        self.group_by
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
+    }
+
+    pub fn time_zone(&self) -> &TimeZone {
+        &self.tz
     }
 
     /// Undated calls counted by the store rather than given one by one.

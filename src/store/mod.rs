@@ -20,6 +20,7 @@ pub mod deliveries;
 pub mod listing;
 pub mod postgres;
 pub mod reports;
+pub mod rollup;
 pub mod sqlite;
 
 pub use deliveries::{
@@ -38,6 +39,9 @@ pub struct MergeSettings {
     /// A command that only reads (`alohook export`): stored records merged under other
     /// settings are an error, not something to recompute.
     pub read_only: bool,
+    /// The figures' thresholds: the summary of `/api/stats` counts abandons and the service level
+    /// with them (see [`rollup`]).
+    pub thresholds: crate::report::stats::Thresholds,
 }
 
 impl MergeSettings {
@@ -67,6 +71,7 @@ impl Default for MergeSettings {
                 .expect("the bundled time zone database has the default zone"),
             timezone_name: crate::config::DEFAULT_TIMEZONE.to_string(),
             read_only: false,
+            thresholds: crate::report::stats::Thresholds::default(),
         }
     }
 }

@@ -56,6 +56,11 @@ pub fn dated_facts_query(filter: &CallFilter) -> Statement {
     }
 }
 
+/// Every call, dated or not, with [`FACT_COLUMNS`] (building the figures' summary).
+pub fn all_facts_sql() -> String {
+    format!("SELECT {FACT_COLUMNS} FROM calls")
+}
+
 /// Rows of [`dated_facts_chunk`] per statement.
 pub const FACTS_CHUNK: usize = 20_000;
 

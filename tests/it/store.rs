@@ -869,3 +869,277 @@ async fn sqlite_walks_an_index_in_order_for_every_filter_shape() {
         }
     }
 }
+
+/// Calls for the figures' summary: several events each, whose start time, answer time, status
+/// and agent change from one event to the next (a record moves between summary rows, and its
+/// ring changes after it ended), each event of `calls` ids from `first`.
+fn events_for_figures(rng: &mut fastrand::Rng, first: usize, calls: usize) -> Vec<Value> {
+    let mut events = Vec::new();
+    let at = |day: u8, secs: u32| {
+        format!(
+            "2025-11-{day} {:02}:{:02}:{:02}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    };
+    for n in first..first + calls {
+        let pick =
+            |rng: &mut fastrand::Rng, options: &[&'static str]| options[rng.usize(..options.len())];
+        let day = rng.u8(10..13);
+        // Around midnight too, so that calls fall on both sides of a day in the zone.
+        let start = if rng.u8(..8) == 0 {
+            rng.u32(0..1200)
+        } else {
+            rng.u32(8 * 3600..18 * 3600)
+        };
+        let mut body = json!({
+            "call_id": format!("F{n:04}"),
+            "call_status": "ringing",
+            "direction": pick(rng, &["inbound", "inbound", "outbound"]),
+            "caller_number": format!("09010000{:02}", rng.u8(..40)),
+            "destination_number": pick(rng, &["101", "102", ""]),
+            "hotline": pick(rng, &["1900", "1800", ""]),
+            "userName": pick(rng, &["an", "binh", "", " "]),
+            "starttime": at(day, start),
+            "eventType": "call",
+        });
+        if rng.u8(..10) == 0 {
+            body["starttime"] = json!("");
+        }
+        events.push(body.clone());
+        let ring = rng.u32(0..40);
+        let talk = rng.u32(0..300);
+        let answered = rng.bool();
+        let mut last = body.clone();
+        if answered {
+            last["call_status"] = json!("answered");
+            last["answertime"] = json!(at(day, start + ring));
+            events.push(last.clone());
+            last["endtime"] = json!(at(day, start + ring + talk));
+            last["holding_duration"] = json!(rng.u8(..30).to_string());
+        } else {
+            last["call_status"] = json!(pick(rng, &["missed", "MISSED", "busy"]));
+            if rng.u8(..5) != 0 {
+                last["endtime"] = json!(at(day, start + ring));
+            }
+        }
+        events.push(last.clone());
+        match rng.u8(..6) {
+            // A later event with another start time: the call moves to another hour.
+            0 => {
+                let mut moved = last.clone();
+                moved["starttime"] = json!(at(day, rng.u32(8 * 3600..18 * 3600)));
+                events.push(moved);
+            }
+            // An answer time learnt after the end: the ring of an ended call shrinks.
+            1 if !answered => {
+                let mut late = last.clone();
+                late["answertime"] = json!(at(day, start + ring / 2));
+                events.push(late);
+            }
+            // Another agent takes it over.
+            2 => {
+                let mut other = last.clone();
+                other["userName"] = json!("chi");
+                events.push(other);
+            }
+            _ => {}
+        }
+    }
+    events
+}
+
+/// Every figure of `filter` grouped by `group_by`, computed from the call records alone (the
+/// definitions applied to the listing), and as the store answers it: (groups, undated, first
+/// and last start).
+async fn figures_both_ways(
+    store: &dyn Store,
+    filter: &alohook::store::CallFilter,
+    group_by: alohook::report::stats::GroupBy,
+    thresholds: alohook::report::stats::Thresholds,
+) -> (String, String) {
+    use alohook::report::stats::StatsBuilder;
+    use alohook::store::CallFilter;
+    let tz = TimeZone::get("Asia/Ho_Chi_Minh").unwrap();
+    let mut by_hand = StatsBuilder::new(group_by, thresholds, tz.clone());
+    let mut cursor = None;
+    loop {
+        let page = store
+            .calls_within(&CallFilter::default(), 1000, cursor, usize::MAX)
+            .await
+            .unwrap();
+        for call in &page.items {
+            let undated_filter = CallFilter {
+                from: None,
+                to: None,
+                ..filter.clone()
+            };
+            let dated = call.record.fields.start_time.is_some();
+            if (dated && matches(call, filter)) || (!dated && matches(call, &undated_filter)) {
+                by_hand.add(&alohook::store::rollup::facts(
+                    &call.record,
+                    &alohook::model::FinalStatuses::default(),
+                ));
+            }
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    let stored = store
+        .stats(filter, StatsBuilder::new(group_by, thresholds, tz))
+        .await
+        .unwrap();
+    let show = |b: StatsBuilder| {
+        let (undated, range) = (b.undated(), b.range());
+        format!(
+            "{:?} undated {undated} range {range:?}",
+            b.finish(filter.from, filter.to)
+        )
+    };
+    (show(stored), show(by_hand))
+}
+
+/// Queries of every grouping, with the filters the summary holds and one it does not, over
+/// ranges of whole hours, ragged ends, and none.
+fn figure_queries() -> Vec<(alohook::store::CallFilter, alohook::report::stats::GroupBy)> {
+    use alohook::report::stats::GroupBy;
+    use alohook::store::CallFilter;
+    let local = |d: i8, h: i8, m: i8| {
+        jiff::civil::date(2025, 11, d)
+            .at(h, m, 0, 0)
+            .to_zoned(TimeZone::get("Asia/Ho_Chi_Minh").unwrap())
+            .unwrap()
+            .timestamp()
+            .as_second()
+    };
+    let ranges = [
+        (None, None),
+        (Some(local(10, 0, 0)), Some(local(12, 0, 0) - 1)),
+        (Some(local(10, 9, 17)), Some(local(11, 15, 42))),
+        (Some(local(11, 0, 0)), None),
+        (None, Some(local(11, 10, 30))),
+    ];
+    let filters = [
+        CallFilter::default(),
+        CallFilter {
+            hotline: Some("1900".into()),
+            ..CallFilter::default()
+        },
+        CallFilter {
+            direction: Some("inbound".into()),
+            ..CallFilter::default()
+        },
+        CallFilter {
+            status: Some("missed".into()),
+            hotline: Some("1800".into()),
+            ..CallFilter::default()
+        },
+        CallFilter {
+            agent: Some("an".into()),
+            ..CallFilter::default()
+        },
+    ];
+    let groups = [
+        GroupBy::None,
+        GroupBy::Agent,
+        GroupBy::Hotline,
+        GroupBy::Direction,
+        GroupBy::Status,
+        GroupBy::Day,
+        GroupBy::Hour,
+        GroupBy::HourOfDay,
+        GroupBy::Weekday,
+    ];
+    let mut queries = Vec::new();
+    for (from, to) in ranges {
+        for f in &filters {
+            for g in groups {
+                queries.push((
+                    CallFilter {
+                        from,
+                        to,
+                        ..f.clone()
+                    },
+                    g,
+                ));
+            }
+        }
+    }
+    queries
+}
+
+on_every_backend! {
+    /// The figures the store answers (from its summary where it can) are the figures of the
+    /// call records, whatever order the events came in, however they were batched and resent,
+    /// after records moved between hours and agents and rings shrank; and again after the store
+    /// reopens with other thresholds.
+    async fn the_summary_counts_what_the_calls_count(db) {
+        use alohook::report::stats::Thresholds;
+        let seed = fastrand::u64(..);
+        println!("seed {seed}");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let store = open(&db).await;
+        let thresholds = Thresholds::default();
+        let mut received = 0;
+        for round in 0..3 {
+            let mut events = events_for_figures(&mut rng, round * 60, 60);
+            let resent: Vec<Value> = events.iter().filter(|_| rng.u8(..4) == 0).cloned().collect();
+            events.extend(resent);
+            rng.shuffle(&mut events);
+            let mut rest = events.as_slice();
+            while !rest.is_empty() {
+                let n = rng.usize(1..=rest.len().min(40));
+                let batch: Vec<Incoming> = rest[..n].iter().map(|e| { received += 1; event(e, received) }).collect();
+                store.commit(batch).await.unwrap();
+                rest = &rest[n..];
+            }
+            for (filter, group_by) in figure_queries() {
+                let (stored, by_hand) = figures_both_ways(store.as_ref(), &filter, group_by, thresholds).await;
+                assert_eq!(stored, by_hand, "seed {seed}, round {round}: {filter:?} by {group_by:?}");
+            }
+        }
+        // Other thresholds: the summary is rebuilt with them at open.
+        drop(store);
+        let other = Thresholds { short_abandon_seconds: 12, service_level_seconds: 7 };
+        let settings = MergeSettings { thresholds: other, ..MergeSettings::default() };
+        let store = open_with(&db, settings).await.unwrap();
+        for (filter, group_by) in figure_queries() {
+            let (stored, by_hand) = figures_both_ways(store.as_ref(), &filter, group_by, other).await;
+            assert_eq!(stored, by_hand, "seed {seed}, other thresholds: {filter:?} by {group_by:?}");
+        }
+    }
+}
+
+on_every_backend! {
+    /// The figures of an aligned range come from the summary, not from the calls: a summary
+    /// changed behind alohook's back changes them (so the test above compares the summary).
+    async fn the_figures_of_whole_hours_are_read_from_the_summary(db) {
+        use alohook::report::stats::{GroupBy, StatsBuilder, Thresholds};
+        use alohook::store::CallFilter;
+        let store = open(&db).await;
+        let mut rng = fastrand::Rng::with_seed(3);
+        let batch: Vec<Incoming> = events_for_figures(&mut rng, 0, 30)
+            .iter()
+            .enumerate()
+            .map(|(i, e)| event(e, i as i64))
+            .collect();
+        store.commit(batch).await.unwrap();
+        let tz = TimeZone::get("Asia/Ho_Chi_Minh").unwrap();
+        let calls = async || {
+            let b = store
+                .stats(&CallFilter::default(), StatsBuilder::new(GroupBy::None, Thresholds::default(), tz.clone()))
+                .await
+                .unwrap();
+            b.finish(None, None).unwrap()[0].calls
+        };
+        let before = calls().await;
+        execute(&db, "UPDATE call_rollup SET calls = calls + 1000 WHERE kind = 2 AND bucket = \
+                (SELECT min(bucket) FROM call_rollup WHERE kind = 2 AND bucket > -9000000000000000000)",
+            "UPDATE call_rollup SET calls = calls + 1000 WHERE kind = 2 AND bucket = \
+                (SELECT min(bucket) FROM call_rollup WHERE kind = 2 AND bucket > -9000000000000000000)").await;
+        assert!(calls().await >= before + 1000);
+    }
+}

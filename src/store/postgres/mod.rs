@@ -83,6 +83,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_forwarding.sql"),
     include_str!("migrations/0005_callbacks.sql"),
     include_str!("migrations/0006_listing_indexes.sql"),
+    include_str!("migrations/0007_rollup.sql"),
 ];
 /// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance (the
 /// notification goes out at commit, and only if the transaction commits; see write.rs).
@@ -386,7 +387,10 @@ async fn migrate(pool: &Pool, settings: &MergeSettings) -> Result<(), StoreError
         .await?;
     let applied = match apply_migrations(&mut client).await {
         Ok(()) => match recompute_if_stale(&mut client, settings).await {
-            Ok(()) => reports::build_callbacks_if_missing(&mut client).await,
+            Ok(()) => match reports::build_callbacks_if_missing(&mut client).await {
+                Ok(()) => reports::build_rollup_if_stale(&mut client, settings).await,
+                failed => failed,
+            },
             failed => failed,
         },
         failed => failed,
@@ -522,6 +526,8 @@ async fn recompute_if_stale(
     reports::rebuild_callbacks(&tx).await?;
     tx.batch_execute(crate::store::callbacks::MARK_CALLBACKS_BUILT)
         .await?;
+    // And so does the figures' summary.
+    reports::rebuild_rollup(&tx, &settings.thresholds).await?;
     let hash = settings.fingerprint_hash();
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES ($1, $2), ('merge_settings_sha256', $3) \

@@ -15,7 +15,10 @@ use crate::store::callbacks::{
     CallbackPage, INSERT_CLOSE, ITEM_BY_ID, MARK_CALLBACKS_BUILT, Refresh, list_query, page,
     parse_item, read_close, read_number_call,
 };
-use crate::store::reports::{Reports, dated_facts_query, read_call_facts, undated_count_query};
+use crate::store::reports::{
+    Reports, all_facts_sql, dated_facts_query, read_call_facts, undated_count_query,
+};
+use crate::store::rollup::{self, Deltas, NotSummarised, Plan, ROLLUP_KEY};
 use crate::store::{CallFilter, StoreError};
 
 #[async_trait]
@@ -25,17 +28,23 @@ impl Reports for PgStore {
         filter: &CallFilter,
         mut stats: StatsBuilder,
     ) -> Result<StatsBuilder, StoreError> {
-        let dated = dated_facts_query(filter);
-        let undated = undated_count_query(filter);
-        let (dated_sql, undated_sql) = (numbered(&dated.sql), numbered(&undated.sql));
+        let plan = rollup::plan(filter, stats.group_by(), stats.time_zone());
+        let wanted = rollup::settings_value(&stats.thresholds());
         self.read(async |client| {
-            let params: Vec<&(dyn ToSql + Sync)> = dated.args.iter().map(sql_param).collect();
-            let mut rows = std::pin::pin!(client.query_raw(&dated_sql, params).await?);
-            while let Some(row) = rows.try_next().await? {
-                stats.add(&read_call_facts(&row)?);
+            // The summary answers when it can, and holds this instance's thresholds.
+            if let Some(plan) = plan
+                && rollup_settings(&***client).await?.as_deref() == Some(wanted.as_str())
+                && let Ok(summed) = summarised(&***client, filter, &plan, stats.clone()).await?
+            {
+                return Ok(summed);
             }
+            scan_dated(&***client, filter, &mut stats).await?;
+            let undated = undated_count_query(filter);
             let params: Vec<&(dyn ToSql + Sync)> = undated.args.iter().map(sql_param).collect();
-            let n: i64 = client.query_one(&undated_sql, &params).await?.try_get(0)?;
+            let n: i64 = client
+                .query_one(&numbered(&undated.sql), &params)
+                .await?
+                .try_get(0)?;
             stats.add_undated(n as u64);
             Ok(stats)
         })
@@ -386,5 +395,211 @@ pub(super) async fn rebuild_callbacks<P: Prepared>(db: &P) -> Result<usize, Stor
         }
     }
     client.batch_execute("CLOSE callbacks_rebuild").await?;
+    Ok(written)
+}
+
+/// Counts the dated calls matching `filter` into `stats`, one by one.
+async fn scan_dated<C: GenericClient + Sync>(
+    client: &C,
+    filter: &CallFilter,
+    stats: &mut StatsBuilder,
+) -> Result<(), StoreError> {
+    let dated = dated_facts_query(filter);
+    let sql = numbered(&dated.sql);
+    let params: Vec<&(dyn ToSql + Sync)> = dated.args.iter().map(sql_param).collect();
+    let mut rows = std::pin::pin!(client.query_raw(&sql, params).await?);
+    while let Some(row) = rows.try_next().await? {
+        stats.add(&read_call_facts(&row)?);
+    }
+    Ok(())
+}
+
+/// The settings the figures' summary holds (see store::rollup).
+async fn rollup_settings<C: GenericClient + Sync>(
+    client: &C,
+) -> Result<Option<String>, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT value FROM alohook_meta WHERE key = $1",
+            &[&ROLLUP_KEY],
+        )
+        .await?
+        .map(|row| row.get(0)))
+}
+
+/// The thresholds the figures' summary holds, read in a batch's transaction.
+pub(super) async fn rollup_thresholds<C: GenericClient + Sync>(
+    client: &C,
+) -> Result<Option<crate::report::stats::Thresholds>, StoreError> {
+    Ok(rollup_settings(client)
+        .await?
+        .as_deref()
+        .and_then(rollup::parse_settings))
+}
+
+/// The figures from the summary (see the SQLite store's twin). `Ok(Err(NotSummarised))` when
+/// the summary cannot answer.
+async fn summarised<C: GenericClient + Sync>(
+    client: &C,
+    filter: &CallFilter,
+    plan: &Plan,
+    mut stats: StatsBuilder,
+) -> Result<Result<StatsBuilder, NotSummarised>, StoreError> {
+    let query = rollup::rows_query(plan);
+    let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
+    let rows = client
+        .query(&numbered(&query.sql), &params)
+        .await?
+        .iter()
+        .map(rollup::read_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut dirty: BTreeMap<i64, Vec<&rollup::Key>> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.dirty && r.counts[0] != 0) {
+        dirty.entry(row.key.bucket).or_default().push(&row.key);
+    }
+    let mut exact = HashMap::new();
+    for (bucket, keys) in dirty {
+        let hour = CallFilter {
+            from: Some(bucket),
+            to: Some(bucket + rollup::BUCKET_SECONDS - 1),
+            ..CallFilter::default()
+        };
+        let q = dated_facts_query(&hour);
+        let params: Vec<&(dyn ToSql + Sync)> = q.args.iter().map(sql_param).collect();
+        let calls = client
+            .query(&numbered(&q.sql), &params)
+            .await?
+            .iter()
+            .map(read_call_facts)
+            .collect::<Result<Vec<_>, _>>()?;
+        rollup::exact_bounds(&keys, &calls, &stats.thresholds(), &mut exact);
+    }
+    if let Err(e) = rollup::add_rows(&mut stats, rows, &exact) {
+        return Ok(Err(e));
+    }
+    for (from, to) in &plan.edges {
+        let edge = CallFilter {
+            from: Some(*from),
+            to: Some(*to),
+            ..filter.clone()
+        };
+        scan_dated(client, &edge, &mut stats).await?;
+    }
+    let undated = rollup::undated_query(plan);
+    let params: Vec<&(dyn ToSql + Sync)> = undated.args.iter().map(sql_param).collect();
+    let n: i64 = client
+        .query_one(&numbered(&undated.sql), &params)
+        .await?
+        .try_get(0)?;
+    stats.add_undated(n.max(0) as u64);
+    Ok(Ok(stats))
+}
+
+/// Writes a batch's changes to the figures' summary, in its transaction: one statement, the
+/// rows in key order (two batches lock shared rows in the same order).
+pub(super) async fn apply_rollup<P: Prepared>(db: &P, deltas: Deltas) -> Result<(), StoreError> {
+    let rows = deltas.into_sorted();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let columns = rollup::all_columns();
+    let n = columns.split(", ").count();
+    let mut integers: Vec<Vec<Option<i64>>> = vec![Vec::with_capacity(rows.len()); n];
+    let mut texts: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(rows.len()); n];
+    for (key, delta) in &rows {
+        for (i, value) in rollup::row_values(key, delta).into_iter().enumerate() {
+            match value {
+                crate::store::Column::Integer(v) => integers[i].push(v),
+                crate::store::Column::Text(v) => texts[i].push(v),
+            }
+        }
+    }
+    // Key columns 3 to 5 are text, the rest integers.
+    let text_column = |i: usize| (2..5).contains(&i);
+    let arrays: Vec<String> = (0..n)
+        .map(|i| {
+            let t = if text_column(i) { "text[]" } else { "int8[]" };
+            format!("${}::{t}", i + 1)
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO call_rollup ({columns}) SELECT * FROM UNNEST({}) {}",
+        arrays.join(", "),
+        rollup::upsert_tail()
+    );
+    let params: Vec<&(dyn ToSql + Sync)> = (0..n)
+        .map(|i| -> &(dyn ToSql + Sync) {
+            if text_column(i) {
+                &texts[i]
+            } else {
+                &integers[i]
+            }
+        })
+        .collect();
+    let statement = db.statement(&sql).await?;
+    db.client().execute(&statement, &params).await?;
+    Ok(())
+}
+
+/// Builds the figures' summary from the stored calls when it was never built, or built with
+/// other thresholds. Called under the migration lock; the lock on `calls` keeps every batch
+/// out until the summary and its settings are rewritten (a batch reads the settings after
+/// writing its calls).
+pub(super) async fn build_rollup_if_stale(
+    client: &mut deadpool_postgres::Client,
+    settings: &crate::store::MergeSettings,
+) -> Result<(), StoreError> {
+    let wanted = rollup::settings_value(&settings.thresholds);
+    if rollup_settings(&***client).await?.as_deref() == Some(wanted.as_str()) || settings.read_only
+    {
+        return Ok(());
+    }
+    let tx = client.transaction().await?;
+    tx.batch_execute("LOCK TABLE calls IN EXCLUSIVE MODE")
+        .await?;
+    let started = std::time::Instant::now();
+    let rows = rebuild_rollup(&tx, &settings.thresholds).await?;
+    tx.commit().await?;
+    client.batch_execute("ANALYZE call_rollup").await?;
+    tracing::info!(
+        rows,
+        seconds = started.elapsed().as_secs_f64(),
+        thresholds = wanted,
+        "figures' summary built from the stored calls"
+    );
+    Ok(())
+}
+
+/// Builds the whole summary again from every call, with `thresholds`, inside the caller's
+/// transaction (which keeps batches out). Returns how many rows it wrote.
+pub(super) async fn rebuild_rollup<P: Prepared>(
+    db: &P,
+    thresholds: &crate::report::stats::Thresholds,
+) -> Result<usize, StoreError> {
+    let c = db.client();
+    c.execute("DELETE FROM call_rollup", &[]).await?;
+    let mut deltas = Deltas::default();
+    let params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    let mut rows = std::pin::pin!(c.query_raw(&all_facts_sql(), params).await?);
+    while let Some(row) = rows.try_next().await? {
+        deltas.record(None, &read_call_facts(&row)?, thresholds);
+    }
+    let written = deltas.rows.len();
+    // In slices: one statement's arrays stay a few megabytes.
+    let mut all = deltas.into_sorted();
+    while !all.is_empty() {
+        let rest = all.split_off(all.len().min(20_000));
+        let slice = Deltas {
+            rows: all.into_iter().collect(),
+        };
+        apply_rollup(db, slice).await?;
+        all = rest;
+    }
+    c.execute(
+        "INSERT INTO alohook_meta (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        &[&ROLLUP_KEY, &rollup::settings_value(thresholds)],
+    )
+    .await?;
     Ok(written)
 }

@@ -339,6 +339,23 @@ pub(super) async fn write_batch(
         crate::store::callbacks::touched(call.base.as_ref(), &call.record, finals, &mut phones);
     }
     super::reports::refresh_callbacks(tx, &phones).await?;
+    // The figures' summary, with the thresholds it holds: read after the calls were written, so
+    // that a rebuild (which locks `calls`) is either all before this batch or all after it.
+    if !written.is_empty() {
+        let thresholds = super::reports::rollup_thresholds(&**tx)
+            .await?
+            .unwrap_or(settings.thresholds);
+        let mut rollup = crate::store::rollup::Deltas::default();
+        let facts = |r: &CallRecord| crate::store::rollup::facts(r, finals);
+        for call in &written {
+            rollup.record(
+                call.base.as_ref().map(facts).as_ref(),
+                &facts(&call.record),
+                &thresholds,
+            );
+        }
+        super::reports::apply_rollup(tx, rollup).await?;
+    }
     // In the order the events were stored, which is the order each call's events were merged.
     new_changes.sort_unstable_by_key(|c| c.event_id);
     if new_changes.len() != stored_count {

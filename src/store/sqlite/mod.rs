@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_forwarding.sql"),
     include_str!("migrations/0005_callbacks.sql"),
     include_str!("migrations/0006_listing_indexes.sql"),
+    include_str!("migrations/0007_rollup.sql"),
 ];
 /// Below this much free space on the database's file system, the store says it is not ready:
 /// a batch of large events, the WAL's growth and a checkpoint need room.
@@ -55,6 +56,9 @@ struct Inner {
     writer: Arc<Mutex<Writer>>,
     readers: Mutex<Vec<Connection>>,
     settings: MergeSettings,
+    /// The figures' summary was built with this store's thresholds (see store::rollup); a
+    /// command that only reads may find it built with others, and counts from the calls.
+    rollup_ready: bool,
     /// Dropping it stops the checkpointer.
     _checkpointer: std::sync::mpsc::Sender<()>,
     /// Held while the store is open: one alohook per database file (see `lock_database`).
@@ -187,6 +191,7 @@ impl SqliteStore {
         migrate(&mut writer)?;
         recompute_if_stale(&mut writer, &settings)?;
         reports::build_callbacks_if_missing(&mut writer)?;
+        let rollup_ready = reports::build_rollup_if_stale(&mut writer, &settings)?;
         let writer = Arc::new(Mutex::new(Writer {
             conn: writer,
             calls: CallCache::default(),
@@ -198,6 +203,7 @@ impl SqliteStore {
                 writer,
                 readers: Mutex::new(Vec::new()),
                 settings,
+                rollup_ready,
                 _checkpointer: checkpointer,
                 _lock: lock,
             }),
@@ -493,6 +499,8 @@ fn recompute_if_stale(conn: &mut Connection, settings: &MergeSettings) -> Result
     // The worklist follows the records.
     reports::rebuild_callbacks(&tx)?;
     tx.execute(super::callbacks::MARK_CALLBACKS_BUILT, [])?;
+    // And so does the figures' summary.
+    reports::rebuild_rollup(&tx, &settings.thresholds)?;
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -615,11 +623,20 @@ fn commit_batch(
     let mut changes = Vec::new();
     // The numbers whose callback items may have changed (see callbacks::touched).
     let mut phones = std::collections::BTreeMap::new();
+    // What the batch does to the figures' summary.
+    let mut rollup = super::rollup::Deltas::default();
     for item in batch {
         let outcome = match item {
             Incoming::Event { event, received_at } => {
-                let (outcome, change) =
-                    store_event(&tx, calls, &event, received_at, settings, &mut phones)?;
+                let (outcome, change) = store_event(
+                    &tx,
+                    calls,
+                    &event,
+                    received_at,
+                    settings,
+                    &mut phones,
+                    &mut rollup,
+                )?;
                 if let Some(change) = change {
                     changes.push(insert_change(&tx, change, settings)?);
                 }
@@ -645,6 +662,7 @@ fn commit_batch(
         outcomes.push(outcome);
     }
     reports::refresh_callbacks(&tx, &phones)?;
+    reports::apply_rollup(&tx, rollup)?;
     tx.commit()?;
     Ok(Committed { outcomes, changes })
 }
@@ -683,6 +701,7 @@ fn store_event(
     received_at: i64,
     settings: &MergeSettings,
     phones: &mut std::collections::BTreeMap<String, bool>,
+    rollup: &mut super::rollup::Deltas,
 ) -> Result<(Outcome, Option<NewChange>), StoreError> {
     let call_id = event.merged_call_id();
     let warnings = event.warnings_json();
@@ -727,6 +746,12 @@ fn store_event(
                 &settings.finals,
             )?;
             super::callbacks::touched(before.as_ref(), &after, &settings.finals, phones);
+            let facts = |r: &CallRecord| super::rollup::facts(r, &settings.finals);
+            rollup.record(
+                before.as_ref().map(facts).as_ref(),
+                &facts(&after),
+                &settings.thresholds,
+            );
             call_change(event_id, received_at, before.as_ref(), &after, settings)
         }
         None => NewChange::event(event_id, received_at, &event.raw),

@@ -15,8 +15,10 @@ use crate::store::callbacks::{
     read_close, read_number_call, upsert_args,
 };
 use crate::store::reports::{
-    FACTS_CHUNK, Reports, dated_facts_chunk, read_call_facts, undated_count_query,
+    FACTS_CHUNK, Reports, dated_facts_chunk, dated_facts_query, read_call_facts,
+    undated_count_query,
 };
+use crate::store::rollup::{self, Deltas, NotSummarised, Plan, ROLLUP_KEY};
 use crate::store::{CallFilter, RowColumns, StoreError};
 
 #[async_trait]
@@ -27,8 +29,20 @@ impl Reports for SqliteStore {
         stats: StatsBuilder,
     ) -> Result<StatsBuilder, StoreError> {
         let filter = filter.clone();
-        self.reading(move |inner| stats_in_chunks(inner, &filter, stats, FACTS_CHUNK))
-            .await
+        let plan = self
+            .inner
+            .rollup_ready
+            .then(|| rollup::plan(&filter, stats.group_by(), stats.time_zone()))
+            .flatten();
+        self.reading(move |inner| {
+            if let Some(plan) = plan
+                && let Ok(summed) = summarised(inner, &filter, &plan, stats.clone())?
+            {
+                return Ok(summed);
+            }
+            stats_in_chunks(inner, &filter, stats, FACTS_CHUNK, true)
+        })
+        .await
     }
 
     async fn callbacks(
@@ -207,6 +221,7 @@ pub(super) fn stats_in_chunks(
     filter: &CallFilter,
     mut stats: StatsBuilder,
     chunk: usize,
+    count_undated: bool,
 ) -> Result<StatsBuilder, StoreError> {
     let undated = undated_count_query(filter);
     let mut after = None;
@@ -232,6 +247,9 @@ pub(super) fn stats_in_chunks(
         }
         after = last;
     }
+    if !count_undated {
+        return Ok(stats);
+    }
     let n: i64 = inner.with_reader(|conn| {
         Ok(conn.prepare_cached(&undated.sql)?.query_row(
             params_from_iter(undated.args.into_iter().map(sql_value)),
@@ -240,6 +258,150 @@ pub(super) fn stats_in_chunks(
     })?;
     stats.add_undated(n as u64);
     Ok(stats)
+}
+
+/// The figures from the summary: its whole hours, the range's ends from the calls, the dirty
+/// rows' bounds from their calls. `Ok(Err(NotSummarised))` when the summary cannot answer.
+fn summarised(
+    inner: &super::Inner,
+    filter: &CallFilter,
+    plan: &Plan,
+    mut stats: StatsBuilder,
+) -> Result<Result<StatsBuilder, NotSummarised>, StoreError> {
+    let query = rollup::rows_query(plan);
+    let rows = inner.with_reader(|conn| {
+        query_rows(
+            conn,
+            &query.sql,
+            params_from_iter(query.args.iter().cloned().map(sql_value)),
+            |r| rollup::read_row(r),
+        )
+    })?;
+    // The dirty rows, bucket by bucket: their bounds from the bucket's calls.
+    let mut dirty: BTreeMap<i64, Vec<&rollup::Key>> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.dirty && r.counts[0] != 0) {
+        dirty.entry(row.key.bucket).or_default().push(&row.key);
+    }
+    let mut exact = HashMap::new();
+    for (bucket, keys) in dirty {
+        let hour = CallFilter {
+            from: Some(bucket),
+            to: Some(bucket + rollup::BUCKET_SECONDS - 1),
+            ..CallFilter::default()
+        };
+        let q = dated_facts_query(&hour);
+        let calls = inner.with_reader(|conn| {
+            query_rows(
+                conn,
+                &q.sql,
+                params_from_iter(q.args.iter().cloned().map(sql_value)),
+                |r| read_call_facts(r),
+            )
+        })?;
+        rollup::exact_bounds(&keys, &calls, &stats.thresholds(), &mut exact);
+    }
+    if let Err(e) = rollup::add_rows(&mut stats, rows, &exact) {
+        return Ok(Err(e));
+    }
+    for (from, to) in &plan.edges {
+        let edge = CallFilter {
+            from: Some(*from),
+            to: Some(*to),
+            ..filter.clone()
+        };
+        stats = stats_in_chunks(inner, &edge, stats, FACTS_CHUNK, false)?;
+    }
+    let undated = rollup::undated_query(plan);
+    let n: i64 = inner.with_reader(|conn| {
+        Ok(conn.prepare_cached(&undated.sql)?.query_row(
+            params_from_iter(undated.args.into_iter().map(sql_value)),
+            |r| r.get(0),
+        )?)
+    })?;
+    stats.add_undated(n.max(0) as u64);
+    Ok(Ok(stats))
+}
+
+/// Writes a batch's changes to the figures' summary, in its transaction.
+pub(super) fn apply_rollup(conn: &Connection, deltas: Deltas) -> Result<(), StoreError> {
+    let rows = deltas.into_sorted();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = upsert_sql();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    for (key, delta) in rows {
+        stmt.execute(params_from_iter(
+            rollup::row_values(&key, &delta).into_iter().map(sql_value),
+        ))?;
+    }
+    Ok(())
+}
+
+fn upsert_sql() -> String {
+    let n = rollup::all_columns().split(", ").count();
+    format!(
+        "INSERT INTO call_rollup ({}) VALUES ({}) {}",
+        rollup::all_columns(),
+        vec!["?"; n].join(", "),
+        rollup::upsert_tail()
+    )
+}
+
+/// Builds the figures' summary from the stored calls when it was never built, or built with
+/// other thresholds. Answers whether it holds this store's thresholds (a command that only
+/// reads never builds it).
+pub(super) fn build_rollup_if_stale(
+    conn: &mut Connection,
+    settings: &crate::store::MergeSettings,
+) -> Result<bool, StoreError> {
+    let wanted = rollup::settings_value(&settings.thresholds);
+    let stored: Option<String> = conn
+        .query_row(
+            "SELECT value FROM alohook_meta WHERE key = ?1",
+            [ROLLUP_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if stored.as_deref() == Some(wanted.as_str()) {
+        return Ok(true);
+    }
+    if settings.read_only {
+        return Ok(false);
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let started = std::time::Instant::now();
+    let rows = rebuild_rollup(&tx, &settings.thresholds)?;
+    tx.commit()?;
+    tracing::info!(
+        rows,
+        seconds = started.elapsed().as_secs_f64(),
+        thresholds = wanted,
+        "figures' summary built from the stored calls"
+    );
+    Ok(true)
+}
+
+/// Builds the whole summary again from every call, with `thresholds`, in the caller's
+/// transaction. Returns how many rows it wrote.
+pub(super) fn rebuild_rollup(
+    conn: &Connection,
+    thresholds: &crate::report::stats::Thresholds,
+) -> Result<usize, StoreError> {
+    conn.execute("DELETE FROM call_rollup", [])?;
+    let mut deltas = Deltas::default();
+    let mut stmt = conn.prepare(&crate::store::reports::all_facts_sql())?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        deltas.record(None, &read_call_facts(row)?, thresholds);
+    }
+    let written = deltas.rows.len();
+    apply_rollup(conn, deltas)?;
+    conn.execute(
+        "INSERT INTO alohook_meta (key, value) VALUES (?1, ?2)          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [ROLLUP_KEY, &rollup::settings_value(thresholds)],
+    )?;
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -298,7 +460,7 @@ mod tests {
                 let counted = |chunk: usize| {
                     let (inner, filter, tz) = (store.inner.clone(), filter.clone(), tz.clone());
                     let builder = StatsBuilder::new(group_by, Thresholds::default(), tz);
-                    let stats = stats_in_chunks(&inner, &filter, builder, chunk).unwrap();
+                    let stats = stats_in_chunks(&inner, &filter, builder, chunk, true).unwrap();
                     (stats.undated(), stats.finish(None, None).unwrap())
                 };
                 let whole = counted(1_000);

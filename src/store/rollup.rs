@@ -1,0 +1,768 @@
+//! The figures' summary: the counts and sums of `/api/stats` per hour of start time, kept by
+//! every write in the same transaction as the calls, so that a day or a quarter is a few
+//! thousand summary rows rather than every call of it.
+//!
+//! Two summaries, each narrow enough to stay small at millions of calls:
+//! - **by agent** (`KIND_AGENT`): hour × agent. It serves `group_by=agent` with no filter.
+//! - **by line** (`KIND_LINE`): hour × hotline × direction × status. It serves every other
+//!   grouping, with any of the `hotline`, `direction` and `status` filters. Its rows at
+//!   [`UNDATED`] count the calls with no start time.
+//!
+//! A write removes the call's old contribution and adds its new one, so the summary is exact
+//! whatever order the events arrive in, and a resend (which changes no record) changes nothing.
+//! The counts and sums are additive; a maximum is not, so the longest wait and the first and
+//! last start of a row are kept as upper and lower bounds, exact until a call that held one
+//! leaves the row or changes: then the row is marked `dirty`, and a read computes those three
+//! from the row's calls (one hour's worth) instead. Any other query (a `phone`, `agent`,
+//! `user_name` filter, a zone whose hours are not whole UTC hours...) is computed from the
+//! calls, as it was before the summary.
+//!
+//! The abandon and service-level counts depend on `--short-abandon-seconds` and
+//! `--service-level-seconds`: the summary records the thresholds it was built with
+//! ([`ROLLUP_KEY`]), and is rebuilt at start when they differ from the running ones.
+
+use std::collections::HashMap;
+
+use super::{CallFilter, StoreError};
+use crate::model::{CallRecord, FinalStatuses, Phase};
+use crate::report::stats::{CallFacts, GroupBy, StatsBuilder, Tally, Thresholds};
+
+pub const KIND_AGENT: i64 = 1;
+pub const KIND_LINE: i64 = 2;
+/// A summary row's span: an hour, from a whole UTC hour.
+pub const BUCKET_SECONDS: i64 = 3_600;
+/// The bucket of the calls with no start time.
+pub const UNDATED: i64 = i64::MIN;
+/// The key in `alohook_meta` holding the settings the summary was built with.
+pub const ROLLUP_KEY: &str = "rollup";
+
+/// The settings value of [`ROLLUP_KEY`] for `thresholds`.
+pub fn settings_value(thresholds: &Thresholds) -> String {
+    format!(
+        "v1 short_abandon_seconds={} service_level_seconds={}",
+        thresholds.short_abandon_seconds, thresholds.service_level_seconds
+    )
+}
+
+/// The thresholds of a [`settings_value`].
+pub fn parse_settings(value: &str) -> Option<Thresholds> {
+    let mut parts = value.split(' ');
+    if parts.next()? != "v1" {
+        return None;
+    }
+    let mut number = |name: &str| {
+        parts
+            .next()?
+            .strip_prefix(name)?
+            .strip_prefix('=')?
+            .parse()
+            .ok()
+    };
+    Some(Thresholds {
+        short_abandon_seconds: number("short_abandon_seconds")?,
+        service_level_seconds: number("service_level_seconds")?,
+    })
+}
+
+/// The columns of a summary row after its key, in order: the counts, the bounds, whether they
+/// are dirty, and the bounds the last write removed (how an upsert passes them to its update).
+pub fn value_columns() -> String {
+    let mut names: Vec<&str> = Tally::COUNT_NAMES.to_vec();
+    names.extend([
+        "longest_wait",
+        "first_start",
+        "last_start",
+        "dirty",
+        "rm_wait",
+        "rm_first",
+        "rm_last",
+    ]);
+    names.join(", ")
+}
+
+/// A summary row's key. Absent values are `''` (a key column cannot be null).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub kind: i64,
+    pub bucket: i64,
+    pub k1: String,
+    pub k2: String,
+    pub k3: String,
+}
+
+/// The figures' view of a call record: what `read_call_facts` reads from its row.
+pub fn facts(record: &CallRecord, finals: &FinalStatuses) -> CallFacts {
+    let f = &record.fields;
+    CallFacts {
+        ended: record.phase(finals) == Phase::Ended,
+        call_status: f.call_status.clone(),
+        direction: f.direction.clone(),
+        destination_number: f.destination_number.clone(),
+        hotline: f.hotline.clone(),
+        user_name: f.user_name.clone(),
+        start_time: f.start_time,
+        answer_time: f.answer_time,
+        end_time: f.end_time,
+        holding_duration: f.holding_duration,
+    }
+}
+
+fn text(value: &Option<String>) -> String {
+    value.clone().unwrap_or_default()
+}
+
+/// The bucket of a start time.
+pub fn bucket_of(start: i64) -> i64 {
+    start - start.rem_euclid(BUCKET_SECONDS)
+}
+
+/// The summary row a call counts in, for each kind (an undated call counts only by line).
+fn keys(call: &CallFacts) -> Vec<Key> {
+    let line = |bucket| Key {
+        kind: KIND_LINE,
+        bucket,
+        k1: text(&call.hotline),
+        k2: text(&call.direction),
+        k3: text(&call.call_status.as_deref().map(str::to_lowercase)),
+    };
+    match call.start_time {
+        None => vec![line(UNDATED)],
+        Some(start) => {
+            let bucket = bucket_of(start);
+            vec![
+                Key {
+                    kind: KIND_AGENT,
+                    bucket,
+                    k1: call.agent().unwrap_or_default().to_string(),
+                    k2: String::new(),
+                    k3: String::new(),
+                },
+                line(bucket),
+            ]
+        }
+    }
+}
+
+/// What a call adds to its row: its tally (an undated call's is its count alone).
+fn contribution(call: &CallFacts, thresholds: &Thresholds) -> Tally {
+    if call.start_time.is_some() {
+        Tally::of(call, thresholds)
+    } else {
+        let mut counts = [0; 17];
+        counts[0] = 1;
+        Tally::from_counts(counts, None).unwrap_or_default()
+    }
+}
+
+/// What a batch does to one summary row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub counts: [i64; 17],
+    /// The largest longest-wait and the earliest and latest start added.
+    pub added_wait: Option<i64>,
+    pub added_first: Option<i64>,
+    pub added_last: Option<i64>,
+    /// The largest wait and the earliest and latest start that left the row: a bound they
+    /// held is no longer known to be exact.
+    pub removed_wait: Option<i64>,
+    pub removed_first: Option<i64>,
+    pub removed_last: Option<i64>,
+}
+
+fn max(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+fn min(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+impl Delta {
+    /// Whether a row made only by this delta may hold a bound that left it.
+    pub fn dirty_when_new(&self) -> bool {
+        let at_or_above = |removed: Option<i64>, bound: Option<i64>| matches!((removed, bound), (Some(r), Some(b)) if r >= b);
+        at_or_above(self.removed_wait, self.added_wait)
+            || at_or_above(self.removed_last, self.added_last)
+            || matches!((self.removed_first, self.added_first), (Some(r), Some(b)) if r <= b)
+    }
+
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.counts == [0; 17]
+            && self.added_wait.is_none()
+            && self.added_first.is_none()
+            && self.removed_wait.is_none()
+            && self.removed_first.is_none()
+    }
+}
+
+/// The changes a batch makes to the summary, row by row.
+#[derive(Debug, Default)]
+pub struct Deltas {
+    pub rows: HashMap<Key, Delta>,
+}
+
+impl Deltas {
+    /// A call's record went from `before` (`None`: a new call) to `after`.
+    pub fn record(&mut self, before: Option<&CallFacts>, after: &CallFacts, th: &Thresholds) {
+        if before == Some(after) {
+            return;
+        }
+        let old = before.map(|b| (keys(b), contribution(b, th), b.start_time));
+        let new = (keys(after), contribution(after, th), after.start_time);
+        if let Some((old_keys, tally, start)) = &old {
+            let counts = tally.counts();
+            for key in old_keys {
+                let delta = self.rows.entry(key.clone()).or_default();
+                for (d, c) in delta.counts.iter_mut().zip(counts) {
+                    *d -= c;
+                }
+                // A bound stays where it was when the call stays in the row with the same value.
+                let stays = new.0.contains(key);
+                if start.is_some() && !(stays && *start == new.2) {
+                    delta.removed_first = min(delta.removed_first, *start);
+                    delta.removed_last = max(delta.removed_last, *start);
+                }
+                let wait = tally.longest_wait();
+                if wait.is_some() && !(stays && wait == new.1.longest_wait()) {
+                    delta.removed_wait = max(delta.removed_wait, wait);
+                }
+            }
+        }
+        let counts = new.1.counts();
+        for key in &new.0 {
+            let delta = self.rows.entry(key.clone()).or_default();
+            for (d, c) in delta.counts.iter_mut().zip(counts) {
+                *d += c;
+            }
+            if key.bucket != UNDATED {
+                delta.added_wait = max(delta.added_wait, new.1.longest_wait());
+                delta.added_first = min(delta.added_first, new.2);
+                delta.added_last = max(delta.added_last, new.2);
+            }
+        }
+    }
+
+    /// The rows to write, in key order (two writers lock rows in the same order).
+    pub fn into_sorted(self) -> Vec<(Key, Delta)> {
+        let mut rows: Vec<(Key, Delta)> = self
+            .rows
+            .into_iter()
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+}
+
+/// A dirty row's longest wait and first and last start, computed from its calls.
+pub type Bounds = (Option<i64>, Option<i64>, Option<i64>);
+
+/// A summary row as read.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub key: Key,
+    pub counts: [i64; 17],
+    pub longest_wait: Option<i64>,
+    pub first_start: Option<i64>,
+    pub last_start: Option<i64>,
+    pub dirty: bool,
+}
+
+/// How a `/api/stats` query reads the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub kind: i64,
+    /// `(column, value)` conditions on the key.
+    pub keys: Vec<(&'static str, String)>,
+    /// The buckets read from the summary: `lo <= bucket < hi`.
+    pub lo: i64,
+    pub hi: i64,
+    /// The parts of the range at its ends that do not fill an hour, counted from the calls.
+    pub edges: Vec<(i64, i64)>,
+}
+
+/// The plan for `filter` grouped by `group_by`, or `None` when the summary cannot answer it (a
+/// filter it does not hold, a zone whose hours are not the summary's), and the calls are
+/// counted one by one.
+pub fn plan(filter: &CallFilter, group_by: GroupBy, tz: &jiff::tz::TimeZone) -> Option<Plan> {
+    let CallFilter {
+        status,
+        phase,
+        direction,
+        hotline,
+        user_name,
+        destination_number,
+        transaction_id,
+        phone,
+        agent,
+        from,
+        to,
+    } = filter;
+    if phase.is_some()
+        || user_name.is_some()
+        || destination_number.is_some()
+        || transaction_id.is_some()
+        || phone.is_some()
+        || agent.is_some()
+    {
+        return None;
+    }
+    let mut keys = Vec::new();
+    if let Some(h) = hotline {
+        keys.push(("k1", h.clone()));
+    }
+    if let Some(d) = direction {
+        keys.push(("k2", d.to_lowercase()));
+    }
+    if let Some(s) = status {
+        keys.push(("k3", s.to_lowercase()));
+    }
+    let kind = if group_by == GroupBy::Agent {
+        if !keys.is_empty() {
+            return None;
+        }
+        KIND_AGENT
+    } else {
+        KIND_LINE
+    };
+    let time = matches!(
+        group_by,
+        GroupBy::Day | GroupBy::Hour | GroupBy::HourOfDay | GroupBy::Weekday
+    );
+    // The buckets wholly inside [from, to]; what is left at either end is counted from calls.
+    let lo = from.map_or(UNDATED + 1, |f| {
+        let b = bucket_of(f);
+        if b == f { b } else { b + BUCKET_SECONDS }
+    });
+    let hi = to.map_or(i64::MAX, |t| bucket_of(t.saturating_add(1)));
+    if lo >= hi {
+        return None;
+    }
+    let mut edges = Vec::new();
+    if let Some(f) = from
+        && *f < lo
+    {
+        edges.push((*f, lo - 1));
+    }
+    if let Some(t) = to
+        && *t >= hi
+    {
+        edges.push((hi, *t));
+    }
+    // A summary row must fall in one local hour of the zone: whole-hour offsets only (checked
+    // on the range's ends here, and on every row read, see `hour_aligned`).
+    if time
+        && ((from.is_some() && !hour_aligned(tz, lo)) || (to.is_some() && !hour_aligned(tz, hi)))
+    {
+        return None;
+    }
+    Some(Plan {
+        kind,
+        keys,
+        lo,
+        hi,
+        edges,
+    })
+}
+
+/// Whether the hour from `bucket` lies in one local hour of `tz`.
+pub fn hour_aligned(tz: &jiff::tz::TimeZone, bucket: i64) -> bool {
+    let offset = |s: i64| {
+        jiff::Timestamp::from_second(s)
+            .map(|t| tz.to_offset(t).seconds())
+            .ok()
+    };
+    match (offset(bucket), offset(bucket + BUCKET_SECONDS - 1)) {
+        (Some(a), Some(b)) => a == b && a % 3_600 == 0,
+        _ => false,
+    }
+}
+
+/// The group dimensions of a row, as a call's facts.
+fn dims(key: &Key) -> CallFacts {
+    let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    if key.kind == KIND_AGENT {
+        CallFacts {
+            user_name: some(&key.k1),
+            ..CallFacts::default()
+        }
+    } else {
+        CallFacts {
+            hotline: some(&key.k1),
+            direction: some(&key.k2),
+            call_status: some(&key.k3),
+            ..CallFacts::default()
+        }
+    }
+}
+
+/// Whether a call counts in the row of `key`.
+pub fn call_in_row(call: &CallFacts, key: &Key) -> bool {
+    keys(call).contains(key)
+}
+
+/// Counts the summary's rows into `stats`. `exact` gives, for a dirty row, its longest wait and
+/// first and last start computed from its calls. Errors when a row is not what a summary can
+/// hold (a count below zero), or when a time grouping meets a row outside one local hour (then
+/// the caller counts from the calls).
+pub fn add_rows(
+    stats: &mut StatsBuilder,
+    rows: Vec<Row>,
+    exact: &HashMap<Key, Bounds>,
+) -> Result<(), NotSummarised> {
+    let time = matches!(
+        stats.group_by(),
+        GroupBy::Day | GroupBy::Hour | GroupBy::HourOfDay | GroupBy::Weekday
+    );
+    let mut checked = None;
+    for row in rows {
+        if row.key.bucket == UNDATED {
+            stats.add_undated(row.counts[0].max(0) as u64);
+            continue;
+        }
+        if row.counts[0] == 0 {
+            continue;
+        }
+        if time && checked != Some(row.key.bucket) {
+            if !hour_aligned(stats.time_zone(), row.key.bucket) {
+                return Err(NotSummarised);
+            }
+            checked = Some(row.key.bucket);
+        }
+        let (wait, first, last) = if row.dirty {
+            *exact.get(&row.key).ok_or(NotSummarised)?
+        } else {
+            (row.longest_wait, row.first_start, row.last_start)
+        };
+        let tally = Tally::from_counts(row.counts, wait).ok_or(NotSummarised)?;
+        let bucket = row.key.bucket;
+        stats.add_summary(
+            &dims(&row.key),
+            bucket,
+            first.unwrap_or(bucket),
+            last.unwrap_or(bucket),
+            &tally,
+        );
+    }
+    Ok(())
+}
+
+/// The summary cannot answer: count from the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotSummarised;
+
+impl From<NotSummarised> for StoreError {
+    fn from(_: NotSummarised) -> Self {
+        StoreError::Corrupt("the figures' summary does not match its calls".into())
+    }
+}
+
+/// For the dirty rows of one bucket: their exact longest wait and first and last start, from
+/// the bucket's calls.
+pub fn exact_bounds(
+    rows: &[&Key],
+    calls: &[CallFacts],
+    thresholds: &Thresholds,
+    out: &mut HashMap<Key, Bounds>,
+) {
+    for key in rows {
+        let mut bounds = (None, None, None);
+        for call in calls.iter().filter(|c| call_in_row(c, key)) {
+            let tally = Tally::of(call, thresholds);
+            bounds.0 = max(bounds.0, tally.longest_wait());
+            bounds.1 = min(bounds.1, call.start_time);
+            bounds.2 = max(bounds.2, call.start_time);
+        }
+        out.insert((*key).clone(), bounds);
+    }
+}
+
+/// The key's columns, then [`value_columns`].
+pub fn all_columns() -> String {
+    format!("kind, bucket, k1, k2, k3, {}", value_columns())
+}
+
+/// What follows the inserted rows of an upsert into `call_rollup`: add the counts, widen the
+/// bounds, and mark the row dirty when a bound may have left it.
+pub fn upsert_tail() -> String {
+    let mut sets: Vec<String> = Tally::COUNT_NAMES
+        .iter()
+        .map(|c| format!("{c} = call_rollup.{c} + excluded.{c}"))
+        .collect();
+    for (col, cmp) in [
+        ("longest_wait", ">"),
+        ("first_start", "<"),
+        ("last_start", ">"),
+    ] {
+        sets.push(format!(
+            "{col} = CASE WHEN excluded.{col} IS NULL THEN call_rollup.{col} \
+             WHEN call_rollup.{col} IS NULL OR excluded.{col} {cmp} call_rollup.{col} \
+             THEN excluded.{col} ELSE call_rollup.{col} END"
+        ));
+    }
+    sets.push(
+        "dirty = CASE WHEN call_rollup.dirty <> 0 OR excluded.dirty <> 0 \
+         OR excluded.rm_wait >= COALESCE(call_rollup.longest_wait, excluded.rm_wait) \
+         OR excluded.rm_first <= COALESCE(call_rollup.first_start, excluded.rm_first) \
+         OR excluded.rm_last >= COALESCE(call_rollup.last_start, excluded.rm_last) \
+         THEN 1 ELSE 0 END"
+            .into(),
+    );
+    for col in ["rm_wait", "rm_first", "rm_last"] {
+        sets.push(format!("{col} = excluded.{col}"));
+    }
+    format!(
+        "ON CONFLICT (kind, bucket, k1, k2, k3) DO UPDATE SET {}",
+        sets.join(", ")
+    )
+}
+
+/// A delta's values in [`all_columns`]' order.
+pub fn row_values(key: &Key, delta: &Delta) -> Vec<super::Column> {
+    use super::Column::{Integer, Text};
+    let mut values = vec![
+        Integer(Some(key.kind)),
+        Integer(Some(key.bucket)),
+        Text(Some(key.k1.clone())),
+        Text(Some(key.k2.clone())),
+        Text(Some(key.k3.clone())),
+    ];
+    values.extend(delta.counts.iter().map(|c| Integer(Some(*c))));
+    values.extend([
+        Integer(delta.added_wait),
+        Integer(delta.added_first),
+        Integer(delta.added_last),
+        Integer(Some(i64::from(delta.dirty_when_new()))),
+        Integer(delta.removed_wait),
+        Integer(delta.removed_first),
+        Integer(delta.removed_last),
+    ]);
+    values
+}
+
+/// The rows of a plan: [`read_row`] reads them.
+pub fn rows_query(plan: &Plan) -> super::Statement {
+    use super::Column::{Integer, Text};
+    let mut sql = format!(
+        "SELECT {} FROM call_rollup WHERE kind = ? AND bucket >= ? AND bucket < ?",
+        all_columns()
+    );
+    let mut args = vec![
+        Integer(Some(plan.kind)),
+        Integer(Some(plan.lo)),
+        Integer(Some(plan.hi)),
+    ];
+    for (column, value) in &plan.keys {
+        sql.push_str(&format!(" AND {column} = ?"));
+        args.push(Text(Some(value.clone())));
+    }
+    super::Statement { sql, args }
+}
+
+/// The calls of a plan's filters with no start time: one count.
+pub fn undated_query(plan: &Plan) -> super::Statement {
+    use super::Column::{Integer, Text};
+    let mut sql = format!(
+        "SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) FROM call_rollup WHERE kind = {KIND_LINE} AND bucket = ?"
+    );
+    let mut args = vec![Integer(Some(UNDATED))];
+    for (column, value) in &plan.keys {
+        sql.push_str(&format!(" AND {column} = ?"));
+        args.push(Text(Some(value.clone())));
+    }
+    super::Statement { sql, args }
+}
+
+/// A row of [`rows_query`].
+pub fn read_row(row: &impl super::RowColumns) -> Result<Row, StoreError> {
+    let mut counts = [0i64; 17];
+    for (i, c) in counts.iter_mut().enumerate() {
+        *c = row.required_integer(5 + i)?;
+    }
+    Ok(Row {
+        key: Key {
+            kind: row.required_integer(0)?,
+            bucket: row.required_integer(1)?,
+            k1: row.required_text(2)?,
+            k2: row.required_text(3)?,
+            k3: row.required_text(4)?,
+        },
+        counts,
+        longest_wait: row.integer(22)?,
+        first_start: row.integer(23)?,
+        last_start: row.integer(24)?,
+        dirty: row.required_integer(25)? != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hcm() -> jiff::tz::TimeZone {
+        jiff::tz::TimeZone::get("Asia/Ho_Chi_Minh").unwrap()
+    }
+
+    #[test]
+    fn settings_round_trip() {
+        let th = Thresholds {
+            short_abandon_seconds: 7,
+            service_level_seconds: 30,
+        };
+        assert_eq!(parse_settings(&settings_value(&th)), Some(th));
+        assert_eq!(parse_settings("v2 whatever"), None);
+    }
+
+    #[test]
+    fn a_plan_reads_the_whole_hours_and_counts_the_ends_from_calls() {
+        let filter = CallFilter {
+            from: Some(7_200 + 60),
+            to: Some(5 * 3_600 + 10),
+            ..CallFilter::default()
+        };
+        let plan = plan(&filter, GroupBy::Day, &hcm()).unwrap();
+        assert_eq!((plan.lo, plan.hi), (3 * 3_600, 5 * 3_600));
+        assert_eq!(
+            plan.edges,
+            vec![(7_260, 3 * 3_600 - 1), (5 * 3_600, 5 * 3_600 + 10)]
+        );
+        // A range within an hour is all calls.
+        let within = CallFilter {
+            from: Some(60),
+            to: Some(120),
+            ..CallFilter::default()
+        };
+        assert_eq!(super::plan(&within, GroupBy::None, &hcm()), None);
+        // Aligned ends need no calls.
+        let aligned = CallFilter {
+            from: Some(0),
+            to: Some(3_600 * 24 - 1),
+            ..CallFilter::default()
+        };
+        assert_eq!(
+            super::plan(&aligned, GroupBy::None, &hcm()).unwrap().edges,
+            vec![]
+        );
+    }
+
+    #[test]
+    fn filters_the_summary_does_not_hold_count_from_calls() {
+        let tz = hcm();
+        let with = |f: CallFilter, g| plan(&f, g, &tz).map(|p| (p.kind, p.keys));
+        assert_eq!(
+            with(
+                CallFilter {
+                    phone: Some("+84901".into()),
+                    ..CallFilter::default()
+                },
+                GroupBy::None
+            ),
+            None
+        );
+        assert_eq!(
+            with(
+                CallFilter {
+                    hotline: Some("1900".into()),
+                    ..CallFilter::default()
+                },
+                GroupBy::Agent
+            ),
+            None
+        );
+        assert_eq!(
+            with(
+                CallFilter {
+                    hotline: Some("1900".into()),
+                    status: Some("Missed".into()),
+                    ..CallFilter::default()
+                },
+                GroupBy::Hotline
+            ),
+            Some((
+                KIND_LINE,
+                vec![("k1", "1900".into()), ("k3", "missed".into())]
+            ))
+        );
+        assert_eq!(
+            with(CallFilter::default(), GroupBy::Agent),
+            Some((KIND_AGENT, vec![]))
+        );
+        // Nepal's hours start at a quarter past a UTC hour.
+        let kathmandu = jiff::tz::TimeZone::get("Asia/Kathmandu").unwrap();
+        let range = CallFilter {
+            from: Some(1_790_000_000),
+            to: Some(1_790_100_000),
+            ..CallFilter::default()
+        };
+        assert!(plan(&range, GroupBy::Day, &kathmandu).is_none());
+        assert!(plan(&range, GroupBy::Agent, &kathmandu).is_some());
+    }
+
+    fn call(start: Option<i64>, answer: Option<i64>, end: Option<i64>) -> CallFacts {
+        CallFacts {
+            ended: end.is_some(),
+            direction: Some("inbound".into()),
+            hotline: Some("1900".into()),
+            user_name: Some("an".into()),
+            start_time: start,
+            answer_time: answer,
+            end_time: end,
+            ..CallFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_change_that_keeps_the_bounds_leaves_the_row_clean() {
+        let th = Thresholds::default();
+        let mut deltas = Deltas::default();
+        let ringing = call(Some(100), None, None);
+        let ended = call(Some(100), Some(110), Some(200));
+        deltas.record(Some(&ringing), &ended, &th);
+        for (_, d) in deltas.into_sorted() {
+            assert_eq!(
+                (d.removed_first, d.removed_last, d.removed_wait),
+                (None, None, None)
+            );
+            assert_eq!(d.counts[0], 0, "the call was already counted");
+        }
+        // A late answer time shortens the ring of an ended call: the longest wait it held may
+        // no longer be one.
+        let mut deltas = Deltas::default();
+        let unanswered = call(Some(100), None, Some(200));
+        deltas.record(Some(&unanswered), &ended, &th);
+        let line = deltas
+            .into_sorted()
+            .into_iter()
+            .find(|(k, _)| k.kind == KIND_LINE && k.k3.is_empty())
+            .unwrap();
+        assert_eq!(line.1.removed_wait, Some(100));
+        assert_eq!(line.1.added_wait, Some(10));
+        assert!(line.1.dirty_when_new());
+    }
+
+    #[test]
+    fn an_undated_call_counts_once_by_line_and_moves_when_dated() {
+        let th = Thresholds::default();
+        let mut deltas = Deltas::default();
+        let undated = call(None, None, None);
+        deltas.record(None, &undated, &th);
+        let rows = deltas.into_sorted();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].0.kind, rows[0].0.bucket), (KIND_LINE, UNDATED));
+        let mut deltas = Deltas::default();
+        deltas.record(Some(&undated), &call(Some(7_300), None, None), &th);
+        let rows = deltas.into_sorted();
+        let undated_row = rows.iter().find(|(k, _)| k.bucket == UNDATED).unwrap();
+        assert_eq!(undated_row.1.counts[0], -1);
+        let dated: Vec<_> = rows.iter().filter(|(k, _)| k.bucket == 7_200).collect();
+        assert_eq!(dated.len(), 2, "by agent and by line");
+        assert!(dated.iter().all(|(_, d)| d.counts[0] == 1));
+    }
+}

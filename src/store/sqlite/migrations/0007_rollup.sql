@@ -1,0 +1,40 @@
+-- The figures' summary (see store::rollup): the counts and sums of /api/stats per hour of start
+-- time, by agent (kind 1) and by hotline × direction × status (kind 2; its rows at the smallest
+-- bucket count the calls with no start time). Every write keeps it in the same transaction as
+-- the calls; it is built from the stored calls at the first start after this migration, and
+-- rebuilt when the records are recomputed or the thresholds change (alohook_meta 'rollup').
+-- Absent key values are ''. The longest wait and the first and last start are bounds that a read
+-- recomputes from the row's calls while `dirty` is set; rm_* pass the bounds a write removed to
+-- the upsert's update and mean nothing after it.
+CREATE TABLE call_rollup (
+    kind               INTEGER NOT NULL,
+    bucket             INTEGER NOT NULL,
+    k1                 TEXT NOT NULL,
+    k2                 TEXT NOT NULL,
+    k3                 TEXT NOT NULL,
+    calls              INTEGER NOT NULL DEFAULT 0,
+    ended              INTEGER NOT NULL DEFAULT 0,
+    answered           INTEGER NOT NULL DEFAULT 0,
+    inbound            INTEGER NOT NULL DEFAULT 0,
+    inbound_answered   INTEGER NOT NULL DEFAULT 0,
+    abandoned          INTEGER NOT NULL DEFAULT 0,
+    short_abandoned    INTEGER NOT NULL DEFAULT 0,
+    service_level_met  INTEGER NOT NULL DEFAULT 0,
+    asa_sum            INTEGER NOT NULL DEFAULT 0,
+    asa_count          INTEGER NOT NULL DEFAULT 0,
+    talk_sum           INTEGER NOT NULL DEFAULT 0,
+    talk_count         INTEGER NOT NULL DEFAULT 0,
+    hold_sum           INTEGER NOT NULL DEFAULT 0,
+    hold_count         INTEGER NOT NULL DEFAULT 0,
+    talk_total         INTEGER NOT NULL DEFAULT 0,
+    outbound           INTEGER NOT NULL DEFAULT 0,
+    outbound_answered  INTEGER NOT NULL DEFAULT 0,
+    longest_wait       INTEGER,
+    first_start        INTEGER,
+    last_start         INTEGER,
+    dirty              INTEGER NOT NULL DEFAULT 0,
+    rm_wait            INTEGER,
+    rm_first           INTEGER,
+    rm_last            INTEGER,
+    PRIMARY KEY (kind, bucket, k1, k2, k3)
+) WITHOUT ROWID;
