@@ -65,6 +65,9 @@ pub struct Settings {
     pub short_abandon_seconds: Option<u64>,
     pub service_level_seconds: Option<u64>,
     pub final_statuses: Vec<String>,
+    /// The command takes the figures' settings (`serve`): only then does the store keep its
+    /// summary of the figures with this configuration's thresholds.
+    pub figures: bool,
 }
 
 /// The command-line groups of settings. Each command takes only the groups it uses, so its
@@ -284,6 +287,7 @@ pub mod args {
                 short_abandon_seconds: a.figures.short_abandon_seconds,
                 service_level_seconds: a.figures.service_level_seconds,
                 final_statuses: a.database.final_statuses,
+                figures: true,
             }
         }
     }
@@ -402,6 +406,8 @@ pub struct Config {
     pub retry_schedule: crate::forward::retry::Schedule,
     /// See `--short-abandon-seconds` and `--service-level-seconds`.
     pub thresholds: crate::report::stats::Thresholds,
+    /// The command was given the figures' settings (see [`Settings::figures`]).
+    pub figures: bool,
     pub final_statuses: FinalStatuses,
     /// Set by commands that only read: they refuse a database whose calls were merged under
     /// other settings instead of recomputing them.
@@ -574,6 +580,7 @@ impl Settings {
             max_connections,
             retry_schedule,
             thresholds,
+            figures: self.figures,
             final_statuses,
             read_only: false,
         })
@@ -681,7 +688,7 @@ impl Config {
             timezone: self.timezone.clone(),
             timezone_name: self.timezone_name.clone(),
             read_only: self.read_only,
-            thresholds: self.thresholds,
+            thresholds: self.figures.then_some(self.thresholds),
         }
     }
 

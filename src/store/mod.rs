@@ -39,9 +39,11 @@ pub struct MergeSettings {
     /// A command that only reads (`alohook export`): stored records merged under other
     /// settings are an error, not something to recompute.
     pub read_only: bool,
-    /// The figures' thresholds: the summary of `/api/stats` counts abandons and the service level
-    /// with them (see [`rollup`]).
-    pub thresholds: crate::report::stats::Thresholds,
+    /// The figures' thresholds, from a command that takes them (`serve`): the summary of
+    /// `/api/stats` counts abandons and the service level with them, and is rebuilt when they
+    /// change (see [`rollup`]). `None`: keep the summary's own (built with the defaults when
+    /// there is none).
+    pub thresholds: Option<crate::report::stats::Thresholds>,
 }
 
 impl MergeSettings {
@@ -71,7 +73,7 @@ impl Default for MergeSettings {
                 .expect("the bundled time zone database has the default zone"),
             timezone_name: crate::config::DEFAULT_TIMEZONE.to_string(),
             read_only: false,
-            thresholds: crate::report::stats::Thresholds::default(),
+            thresholds: None,
         }
     }
 }

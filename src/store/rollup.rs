@@ -68,15 +68,7 @@ pub fn parse_settings(value: &str) -> Option<Thresholds> {
 /// are dirty, and the bounds the last write removed (how an upsert passes them to its update).
 pub fn value_columns() -> String {
     let mut names: Vec<&str> = Tally::COUNT_NAMES.to_vec();
-    names.extend([
-        "longest_wait",
-        "first_start",
-        "last_start",
-        "dirty",
-        "rm_wait",
-        "rm_first",
-        "rm_last",
-    ]);
+    names.extend(["longest_wait", "dirty", "rm_wait"]);
     names.join(", ")
 }
 
@@ -158,15 +150,10 @@ fn contribution(call: &CallFacts, thresholds: &Thresholds) -> Tally {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delta {
     pub counts: [i64; 17],
-    /// The largest longest-wait and the earliest and latest start added.
+    /// The largest longest-wait added.
     pub added_wait: Option<i64>,
-    pub added_first: Option<i64>,
-    pub added_last: Option<i64>,
-    /// The largest wait and the earliest and latest start that left the row: a bound they
-    /// held is no longer known to be exact.
+    /// The largest wait that left the row: a maximum it held is no longer known to be exact.
     pub removed_wait: Option<i64>,
-    pub removed_first: Option<i64>,
-    pub removed_last: Option<i64>,
 }
 
 fn max(a: Option<i64>, b: Option<i64>) -> Option<i64> {
@@ -176,29 +163,16 @@ fn max(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
-fn min(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
-    }
-}
-
 impl Delta {
     /// Whether a row made only by this delta may hold a bound that left it.
     pub fn dirty_when_new(&self) -> bool {
         let at_or_above = |removed: Option<i64>, bound: Option<i64>| matches!((removed, bound), (Some(r), Some(b)) if r >= b);
         at_or_above(self.removed_wait, self.added_wait)
-            || at_or_above(self.removed_last, self.added_last)
-            || matches!((self.removed_first, self.added_first), (Some(r), Some(b)) if r <= b)
     }
 
     /// Nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.counts == [0; 17]
-            && self.added_wait.is_none()
-            && self.added_first.is_none()
-            && self.removed_wait.is_none()
-            && self.removed_first.is_none()
+        self.counts == [0; 17] && self.added_wait.is_none() && self.removed_wait.is_none()
     }
 }
 
@@ -214,21 +188,17 @@ impl Deltas {
         if before == Some(after) {
             return;
         }
-        let old = before.map(|b| (keys(b), contribution(b, th), b.start_time));
-        let new = (keys(after), contribution(after, th), after.start_time);
-        if let Some((old_keys, tally, start)) = &old {
+        let old = before.map(|b| (keys(b), contribution(b, th)));
+        let new = (keys(after), contribution(after, th));
+        if let Some((old_keys, tally)) = &old {
             let counts = tally.counts();
             for key in old_keys {
                 let delta = self.rows.entry(key.clone()).or_default();
                 for (d, c) in delta.counts.iter_mut().zip(counts) {
                     *d -= c;
                 }
-                // A bound stays where it was when the call stays in the row with the same value.
+                // The maximum stays where it was when the call stays in the row with its wait.
                 let stays = new.0.contains(key);
-                if start.is_some() && !(stays && *start == new.2) {
-                    delta.removed_first = min(delta.removed_first, *start);
-                    delta.removed_last = max(delta.removed_last, *start);
-                }
                 let wait = tally.longest_wait();
                 if wait.is_some() && !(stays && wait == new.1.longest_wait()) {
                     delta.removed_wait = max(delta.removed_wait, wait);
@@ -243,8 +213,6 @@ impl Deltas {
             }
             if key.bucket != UNDATED {
                 delta.added_wait = max(delta.added_wait, new.1.longest_wait());
-                delta.added_first = min(delta.added_first, new.2);
-                delta.added_last = max(delta.added_last, new.2);
             }
         }
     }
@@ -261,17 +229,12 @@ impl Deltas {
     }
 }
 
-/// A dirty row's longest wait and first and last start, computed from its calls.
-pub type Bounds = (Option<i64>, Option<i64>, Option<i64>);
-
 /// A summary row as read.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub key: Key,
     pub counts: [i64; 17],
     pub longest_wait: Option<i64>,
-    pub first_start: Option<i64>,
-    pub last_start: Option<i64>,
     pub dirty: bool,
 }
 
@@ -408,23 +371,82 @@ pub fn call_in_row(call: &CallFacts, key: &Key) -> bool {
     keys(call).contains(key)
 }
 
-/// Counts the summary's rows into `stats`. `exact` gives, for a dirty row, its longest wait and
-/// first and last start computed from its calls. Errors when a row is not what a summary can
-/// hold (a count below zero), or when a time grouping meets a row outside one local hour (then
-/// the caller counts from the calls).
+/// The buckets of the dirty rows, each with its rows' keys: their longest wait is computed
+/// from the bucket's calls ([`exact_waits`]).
+pub fn dirty_buckets(rows: &[Row]) -> std::collections::BTreeMap<i64, Vec<Key>> {
+    let mut dirty = std::collections::BTreeMap::<i64, Vec<Key>>::new();
+    for row in rows.iter().filter(|r| r.dirty && r.counts[0] != 0) {
+        dirty
+            .entry(row.key.bucket)
+            .or_default()
+            .push(row.key.clone());
+    }
+    dirty
+}
+
+/// The first and last bucket with calls: the first and last start of the range are in them
+/// (computed from their calls when the answer needs them, see [`Extremes`]).
+pub fn extreme_buckets(rows: &[Row]) -> Option<(i64, i64)> {
+    let dated = rows
+        .iter()
+        .filter(|r| r.key.bucket != UNDATED && r.counts[0] != 0)
+        .map(|r| r.key.bucket);
+    let first = dated.clone().min()?;
+    Some((first, dated.max()?))
+}
+
+/// The exact first and last start of the summarised calls: in `first_bucket` and
+/// `last_bucket`.
+#[derive(Debug, Clone, Copy)]
+pub struct Extremes {
+    pub first_bucket: i64,
+    pub first: i64,
+    pub last_bucket: i64,
+    pub last: i64,
+}
+
+/// For the dirty rows of one bucket: their exact longest wait, from the bucket's calls.
+pub fn exact_waits(
+    keys: &[Key],
+    calls: &[CallFacts],
+    thresholds: &Thresholds,
+    out: &mut HashMap<Key, Option<i64>>,
+) {
+    for key in keys {
+        let wait = calls
+            .iter()
+            .filter(|c| call_in_row(c, key))
+            .filter_map(|c| Tally::of(c, thresholds).longest_wait())
+            .max();
+        out.insert(key.clone(), wait);
+    }
+}
+
+/// Counts the summary's rows into `stats`. `waits` gives a dirty row's longest wait (from its
+/// calls), `extremes` the first and last start when the answer needs them (a range without
+/// `from` or `to`). `Ok(Err(NotSummarised))` when a time grouping meets a row outside one local
+/// hour (the caller counts from the calls); an error when a row is not what a summary can hold.
 pub fn add_rows(
     stats: &mut StatsBuilder,
     rows: Vec<Row>,
-    exact: &HashMap<Key, Bounds>,
-) -> Result<(), NotSummarised> {
+    waits: &HashMap<Key, Option<i64>>,
+    extremes: Option<Extremes>,
+) -> Result<Result<(), NotSummarised>, StoreError> {
     let time = matches!(
         stats.group_by(),
         GroupBy::Day | GroupBy::Hour | GroupBy::HourOfDay | GroupBy::Weekday
     );
+    let corrupt = |key: &Key| {
+        StoreError::Corrupt(format!(
+            "the figures' summary row {key:?} holds a count below zero; \
+             `alohook migrate` after removing its 'rollup' entry from alohook_meta rebuilds it"
+        ))
+    };
     let mut checked = None;
     for row in rows {
         if row.key.bucket == UNDATED {
-            stats.add_undated(row.counts[0].max(0) as u64);
+            let n = u64::try_from(row.counts[0]).map_err(|_| corrupt(&row.key))?;
+            stats.add_undated(n);
             continue;
         }
         if row.counts[0] == 0 {
@@ -432,55 +454,48 @@ pub fn add_rows(
         }
         if time && checked != Some(row.key.bucket) {
             if !hour_aligned(stats.time_zone(), row.key.bucket) {
-                return Err(NotSummarised);
+                return Ok(Err(NotSummarised));
             }
             checked = Some(row.key.bucket);
         }
-        let (wait, first, last) = if row.dirty {
-            *exact.get(&row.key).ok_or(NotSummarised)?
+        let wait = if row.dirty {
+            *waits.get(&row.key).ok_or_else(|| corrupt(&row.key))?
         } else {
-            (row.longest_wait, row.first_start, row.last_start)
+            row.longest_wait
         };
-        let tally = Tally::from_counts(row.counts, wait).ok_or(NotSummarised)?;
+        let tally = Tally::from_counts(row.counts, wait).ok_or_else(|| corrupt(&row.key))?;
         let bucket = row.key.bucket;
-        stats.add_summary(
-            &dims(&row.key),
-            bucket,
-            first.unwrap_or(bucket),
-            last.unwrap_or(bucket),
-            &tally,
-        );
+        // A bucket's start is within the range of starts unless it is the first bucket.
+        let (first, last) = match extremes {
+            Some(e) => (
+                if bucket == e.first_bucket {
+                    e.first
+                } else {
+                    bucket
+                },
+                if bucket == e.last_bucket {
+                    e.last
+                } else {
+                    bucket
+                },
+            ),
+            None => (bucket, bucket),
+        };
+        stats.add_summary(&dims(&row.key), bucket, first, last, &tally);
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// The summary cannot answer: count from the calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotSummarised;
 
-impl From<NotSummarised> for StoreError {
-    fn from(_: NotSummarised) -> Self {
-        StoreError::Corrupt("the figures' summary does not match its calls".into())
-    }
-}
-
-/// For the dirty rows of one bucket: their exact longest wait and first and last start, from
-/// the bucket's calls.
-pub fn exact_bounds(
-    rows: &[&Key],
-    calls: &[CallFacts],
-    thresholds: &Thresholds,
-    out: &mut HashMap<Key, Bounds>,
-) {
-    for key in rows {
-        let mut bounds = (None, None, None);
-        for call in calls.iter().filter(|c| call_in_row(c, key)) {
-            let tally = Tally::of(call, thresholds);
-            bounds.0 = max(bounds.0, tally.longest_wait());
-            bounds.1 = min(bounds.1, call.start_time);
-            bounds.2 = max(bounds.2, call.start_time);
-        }
-        out.insert((*key).clone(), bounds);
+/// A filter for the calls of one bucket.
+pub fn hour_filter(filter: &CallFilter, bucket: i64) -> CallFilter {
+    CallFilter {
+        from: Some(bucket),
+        to: Some(bucket + BUCKET_SECONDS - 1),
+        ..filter.clone()
     }
 }
 
@@ -496,28 +511,19 @@ pub fn upsert_tail() -> String {
         .iter()
         .map(|c| format!("{c} = call_rollup.{c} + excluded.{c}"))
         .collect();
-    for (col, cmp) in [
-        ("longest_wait", ">"),
-        ("first_start", "<"),
-        ("last_start", ">"),
-    ] {
-        sets.push(format!(
-            "{col} = CASE WHEN excluded.{col} IS NULL THEN call_rollup.{col} \
-             WHEN call_rollup.{col} IS NULL OR excluded.{col} {cmp} call_rollup.{col} \
-             THEN excluded.{col} ELSE call_rollup.{col} END"
-        ));
-    }
+    sets.push(
+        "longest_wait = CASE WHEN excluded.longest_wait IS NULL THEN call_rollup.longest_wait \
+         WHEN call_rollup.longest_wait IS NULL OR excluded.longest_wait > call_rollup.longest_wait \
+         THEN excluded.longest_wait ELSE call_rollup.longest_wait END"
+            .into(),
+    );
     sets.push(
         "dirty = CASE WHEN call_rollup.dirty <> 0 OR excluded.dirty <> 0 \
          OR excluded.rm_wait >= COALESCE(call_rollup.longest_wait, excluded.rm_wait) \
-         OR excluded.rm_first <= COALESCE(call_rollup.first_start, excluded.rm_first) \
-         OR excluded.rm_last >= COALESCE(call_rollup.last_start, excluded.rm_last) \
          THEN 1 ELSE 0 END"
             .into(),
     );
-    for col in ["rm_wait", "rm_first", "rm_last"] {
-        sets.push(format!("{col} = excluded.{col}"));
-    }
+    sets.push("rm_wait = excluded.rm_wait".into());
     format!(
         "ON CONFLICT (kind, bucket, k1, k2, k3) DO UPDATE SET {}",
         sets.join(", ")
@@ -537,12 +543,8 @@ pub fn row_values(key: &Key, delta: &Delta) -> Vec<super::Column> {
     values.extend(delta.counts.iter().map(|c| Integer(Some(*c))));
     values.extend([
         Integer(delta.added_wait),
-        Integer(delta.added_first),
-        Integer(delta.added_last),
         Integer(Some(i64::from(delta.dirty_when_new()))),
         Integer(delta.removed_wait),
-        Integer(delta.removed_first),
-        Integer(delta.removed_last),
     ]);
     values
 }
@@ -596,9 +598,7 @@ pub fn read_row(row: &impl super::RowColumns) -> Result<Row, StoreError> {
         },
         counts,
         longest_wait: row.integer(22)?,
-        first_start: row.integer(23)?,
-        last_start: row.integer(24)?,
-        dirty: row.required_integer(25)? != 0,
+        dirty: row.required_integer(23)? != 0,
     })
 }
 
@@ -726,10 +726,7 @@ mod tests {
         let ended = call(Some(100), Some(110), Some(200));
         deltas.record(Some(&ringing), &ended, &th);
         for (_, d) in deltas.into_sorted() {
-            assert_eq!(
-                (d.removed_first, d.removed_last, d.removed_wait),
-                (None, None, None)
-            );
+            assert_eq!(d.removed_wait, None);
             assert_eq!(d.counts[0], 0, "the call was already counted");
         }
         // A late answer time shortens the ring of an ended call: the longest wait it held may

@@ -993,7 +993,10 @@ async fn figures_both_ways(
         .await
         .unwrap();
     let show = |b: StatsBuilder| {
-        let (undated, range) = (b.undated(), b.range());
+        // The range as the answer shows it: the first and last start only where `from` or `to`
+        // is not given.
+        let (undated, (first, last)) = (b.undated(), b.range());
+        let range = (filter.from.or(first), filter.to.or(last));
         format!(
             "{:?} undated {undated} range {range:?}",
             b.finish(filter.from, filter.to)
@@ -1104,7 +1107,7 @@ on_every_backend! {
         // Other thresholds: the summary is rebuilt with them at open.
         drop(store);
         let other = Thresholds { short_abandon_seconds: 12, service_level_seconds: 7 };
-        let settings = MergeSettings { thresholds: other, ..MergeSettings::default() };
+        let settings = MergeSettings { thresholds: Some(other), ..MergeSettings::default() };
         let store = open_with(&db, settings).await.unwrap();
         for (filter, group_by) in figure_queries() {
             let (stored, by_hand) = figures_both_ways(store.as_ref(), &filter, group_by, other).await;
@@ -1128,18 +1131,33 @@ on_every_backend! {
             .collect();
         store.commit(batch).await.unwrap();
         let tz = TimeZone::get("Asia/Ho_Chi_Minh").unwrap();
-        let calls = async || {
+        let three_days = CallFilter {
+            from: Some(1_762_707_600), // 2025-11-10T00:00:00+07:00
+            to: Some(1_762_707_600 + 3 * 86_400 - 1),
+            ..CallFilter::default()
+        };
+        let queries = [
+            (CallFilter::default(), GroupBy::None),
+            (CallFilter::default(), GroupBy::Agent),
+            (three_days.clone(), GroupBy::Day),
+            (three_days, GroupBy::HourOfDay),
+        ];
+        let total = async |filter: &CallFilter, group_by| -> u64 {
             let b = store
-                .stats(&CallFilter::default(), StatsBuilder::new(GroupBy::None, Thresholds::default(), tz.clone()))
+                .stats(filter, StatsBuilder::new(group_by, Thresholds::default(), tz.clone()))
                 .await
                 .unwrap();
-            b.finish(None, None).unwrap()[0].calls
+            b.finish(filter.from, filter.to).unwrap().iter().map(|g| g.calls).sum()
         };
-        let before = calls().await;
-        execute(&db, "UPDATE call_rollup SET calls = calls + 1000 WHERE kind = 2 AND bucket = \
-                (SELECT min(bucket) FROM call_rollup WHERE kind = 2 AND bucket > -9000000000000000000)",
-            "UPDATE call_rollup SET calls = calls + 1000 WHERE kind = 2 AND bucket = \
-                (SELECT min(bucket) FROM call_rollup WHERE kind = 2 AND bucket > -9000000000000000000)").await;
-        assert!(calls().await >= before + 1000);
+        let mut before = Vec::new();
+        for (filter, group_by) in &queries {
+            before.push(total(filter, *group_by).await);
+        }
+        let bump = "UPDATE call_rollup SET calls = calls + 1000 WHERE bucket = \
+            (SELECT min(bucket) FROM call_rollup WHERE bucket > -9000000000000000000)";
+        execute(&db, bump, bump).await;
+        for ((filter, group_by), before) in queries.iter().zip(before) {
+            assert!(total(filter, *group_by).await >= before + 1000, "{filter:?} by {group_by:?}");
+        }
     }
 }

@@ -527,7 +527,13 @@ async fn recompute_if_stale(
     tx.batch_execute(crate::store::callbacks::MARK_CALLBACKS_BUILT)
         .await?;
     // And so does the figures' summary.
-    reports::rebuild_rollup(&tx, &settings.thresholds).await?;
+    let thresholds = match settings.thresholds {
+        Some(t) => t,
+        None => reports::rollup_thresholds(tx.client())
+            .await?
+            .unwrap_or_default(),
+    };
+    reports::rebuild_rollup(&tx, &thresholds).await?;
     let hash = settings.fingerprint_hash();
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES ($1, $2), ('merge_settings_sha256', $3) \

@@ -32,11 +32,23 @@ impl Reports for PgStore {
         let wanted = rollup::settings_value(&stats.thresholds());
         self.read(async |client| {
             // The summary answers when it can, and holds this instance's thresholds.
-            if let Some(plan) = plan
-                && rollup_settings(&***client).await?.as_deref() == Some(wanted.as_str())
-                && let Ok(summed) = summarised(&***client, filter, &plan, stats.clone()).await?
-            {
-                return Ok(summed);
+            if let Some(plan) = plan {
+                // One snapshot for the summary, the calls read beside it, and its settings: a
+                // call moving meanwhile is counted once. (A read abandoned inside it loses its
+                // connection, see Checkout.)
+                client
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?;
+                let summed =
+                    if rollup_settings(&***client).await?.as_deref() == Some(wanted.as_str()) {
+                        summarised(&***client, filter, &plan, stats.clone()).await?
+                    } else {
+                        Err(NotSummarised)
+                    };
+                client.batch_execute("COMMIT").await?;
+                if let Ok(summed) = summed {
+                    return Ok(summed);
+                }
             }
             scan_dated(&***client, filter, &mut stats).await?;
             let undated = undated_count_query(filter);
@@ -437,14 +449,24 @@ pub(super) async fn rollup_thresholds<C: GenericClient + Sync>(
         .and_then(rollup::parse_settings))
 }
 
-/// The figures from the summary (see the SQLite store's twin). `Ok(Err(NotSummarised))` when
-/// the summary cannot answer.
+/// The figures from the summary (see the SQLite store's twin), inside the caller's
+/// transaction. `Ok(Err(NotSummarised))` when the summary cannot answer.
 async fn summarised<C: GenericClient + Sync>(
     client: &C,
     filter: &CallFilter,
     plan: &Plan,
     mut stats: StatsBuilder,
 ) -> Result<Result<StatsBuilder, NotSummarised>, StoreError> {
+    let facts = async |f: &CallFilter| -> Result<Vec<_>, StoreError> {
+        let q = dated_facts_query(f);
+        let params: Vec<&(dyn ToSql + Sync)> = q.args.iter().map(sql_param).collect();
+        client
+            .query(&numbered(&q.sql), &params)
+            .await?
+            .iter()
+            .map(read_call_facts)
+            .collect()
+    };
     let query = rollup::rows_query(plan);
     let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
     let rows = client
@@ -453,28 +475,30 @@ async fn summarised<C: GenericClient + Sync>(
         .iter()
         .map(rollup::read_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut dirty: BTreeMap<i64, Vec<&rollup::Key>> = BTreeMap::new();
-    for row in rows.iter().filter(|r| r.dirty && r.counts[0] != 0) {
-        dirty.entry(row.key.bucket).or_default().push(&row.key);
+    let mut waits = HashMap::new();
+    for (bucket, keys) in rollup::dirty_buckets(&rows) {
+        let calls = facts(&rollup::hour_filter(&CallFilter::default(), bucket)).await?;
+        rollup::exact_waits(&keys, &calls, &stats.thresholds(), &mut waits);
     }
-    let mut exact = HashMap::new();
-    for (bucket, keys) in dirty {
-        let hour = CallFilter {
-            from: Some(bucket),
-            to: Some(bucket + rollup::BUCKET_SECONDS - 1),
-            ..CallFilter::default()
-        };
-        let q = dated_facts_query(&hour);
-        let params: Vec<&(dyn ToSql + Sync)> = q.args.iter().map(sql_param).collect();
-        let calls = client
-            .query(&numbered(&q.sql), &params)
-            .await?
-            .iter()
-            .map(read_call_facts)
-            .collect::<Result<Vec<_>, _>>()?;
-        rollup::exact_bounds(&keys, &calls, &stats.thresholds(), &mut exact);
+    let mut extremes = None;
+    if (filter.from.is_none() || filter.to.is_none())
+        && let Some((first_bucket, last_bucket)) = rollup::extreme_buckets(&rows)
+    {
+        let firsts = facts(&rollup::hour_filter(filter, first_bucket)).await?;
+        let lasts = facts(&rollup::hour_filter(filter, last_bucket)).await?;
+        if let (Some(first), Some(last)) = (
+            firsts.iter().filter_map(|c| c.start_time).min(),
+            lasts.iter().filter_map(|c| c.start_time).max(),
+        ) {
+            extremes = Some(rollup::Extremes {
+                first_bucket,
+                first,
+                last_bucket,
+                last,
+            });
+        }
     }
-    if let Err(e) = rollup::add_rows(&mut stats, rows, &exact) {
+    if let Err(e) = rollup::add_rows(&mut stats, rows, &waits, extremes)? {
         return Ok(Err(e));
     }
     for (from, to) in &plan.edges {
@@ -491,7 +515,7 @@ async fn summarised<C: GenericClient + Sync>(
         .query_one(&numbered(&undated.sql), &params)
         .await?
         .try_get(0)?;
-    stats.add_undated(n.max(0) as u64);
+    stats.add_undated(u64::try_from(n).unwrap_or(0));
     Ok(Ok(stats))
 }
 
@@ -549,16 +573,23 @@ pub(super) async fn build_rollup_if_stale(
     client: &mut deadpool_postgres::Client,
     settings: &crate::store::MergeSettings,
 ) -> Result<(), StoreError> {
-    let wanted = rollup::settings_value(&settings.thresholds);
-    if rollup_settings(&***client).await?.as_deref() == Some(wanted.as_str()) || settings.read_only
-    {
+    let stored = rollup_settings(&***client).await?;
+    let thresholds = match (settings.thresholds, &stored) {
+        (Some(t), _) => t,
+        // A command without the figures' settings keeps the summary as it is, and builds a
+        // missing one with the defaults.
+        (None, Some(_)) => return Ok(()),
+        (None, None) => crate::report::stats::Thresholds::default(),
+    };
+    let wanted = rollup::settings_value(&thresholds);
+    if stored.as_deref() == Some(wanted.as_str()) || settings.read_only {
         return Ok(());
     }
     let tx = client.transaction().await?;
     tx.batch_execute("LOCK TABLE calls IN EXCLUSIVE MODE")
         .await?;
     let started = std::time::Instant::now();
-    let rows = rebuild_rollup(&tx, &settings.thresholds).await?;
+    let rows = rebuild_rollup(&tx, &thresholds).await?;
     tx.commit().await?;
     client.batch_execute("ANALYZE call_rollup").await?;
     tracing::info!(

@@ -344,7 +344,7 @@ pub(super) async fn write_batch(
     if !written.is_empty() {
         let thresholds = super::reports::rollup_thresholds(&**tx)
             .await?
-            .unwrap_or(settings.thresholds);
+            .unwrap_or(settings.thresholds.unwrap_or_default());
         let mut rollup = crate::store::rollup::Deltas::default();
         let facts = |r: &CallRecord| crate::store::rollup::facts(r, finals);
         for call in &written {

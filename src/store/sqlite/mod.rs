@@ -56,9 +56,9 @@ struct Inner {
     writer: Arc<Mutex<Writer>>,
     readers: Mutex<Vec<Connection>>,
     settings: MergeSettings,
-    /// The figures' summary was built with this store's thresholds (see store::rollup); a
-    /// command that only reads may find it built with others, and counts from the calls.
-    rollup_ready: bool,
+    /// The thresholds the figures' summary holds (see store::rollup): writes keep it with
+    /// them, and figures with others are counted from the calls.
+    rollup: Option<crate::report::stats::Thresholds>,
     /// Dropping it stops the checkpointer.
     _checkpointer: std::sync::mpsc::Sender<()>,
     /// Held while the store is open: one alohook per database file (see `lock_database`).
@@ -191,7 +191,7 @@ impl SqliteStore {
         migrate(&mut writer)?;
         recompute_if_stale(&mut writer, &settings)?;
         reports::build_callbacks_if_missing(&mut writer)?;
-        let rollup_ready = reports::build_rollup_if_stale(&mut writer, &settings)?;
+        let rollup = reports::build_rollup_if_stale(&mut writer, &settings)?;
         let writer = Arc::new(Mutex::new(Writer {
             conn: writer,
             calls: CallCache::default(),
@@ -203,7 +203,7 @@ impl SqliteStore {
                 writer,
                 readers: Mutex::new(Vec::new()),
                 settings,
-                rollup_ready,
+                rollup,
                 _checkpointer: checkpointer,
                 _lock: lock,
             }),
@@ -500,7 +500,11 @@ fn recompute_if_stale(conn: &mut Connection, settings: &MergeSettings) -> Result
     reports::rebuild_callbacks(&tx)?;
     tx.execute(super::callbacks::MARK_CALLBACKS_BUILT, [])?;
     // And so does the figures' summary.
-    reports::rebuild_rollup(&tx, &settings.thresholds)?;
+    let thresholds = match settings.thresholds {
+        Some(t) => t,
+        None => reports::stored_rollup(&tx)?.unwrap_or_default(),
+    };
+    reports::rebuild_rollup(&tx, &thresholds)?;
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -599,7 +603,8 @@ impl Inner {
     fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError> {
         let mut writer = self.writer.lock().map_err(|_| StoreError::Closed)?;
         let Writer { conn, calls } = &mut *writer;
-        let result = commit_batch(conn, calls, batch, &self.settings);
+        let thresholds = self.rollup.unwrap_or_default();
+        let result = commit_batch(conn, calls, batch, &self.settings, &thresholds);
         if result.is_err() {
             // Rolled back: what the cache learnt in this transaction never happened.
             calls.clear();
@@ -613,6 +618,7 @@ fn commit_batch(
     calls: &mut CallCache,
     batch: Vec<Incoming>,
     settings: &MergeSettings,
+    thresholds: &crate::report::stats::Thresholds,
 ) -> Result<Committed, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if batch.is_empty() {
@@ -635,7 +641,7 @@ fn commit_batch(
                     received_at,
                     settings,
                     &mut phones,
-                    &mut rollup,
+                    (&mut rollup, thresholds),
                 )?;
                 if let Some(change) = change {
                     changes.push(insert_change(&tx, change, settings)?);
@@ -701,7 +707,10 @@ fn store_event(
     received_at: i64,
     settings: &MergeSettings,
     phones: &mut std::collections::BTreeMap<String, bool>,
-    rollup: &mut super::rollup::Deltas,
+    (rollup, thresholds): (
+        &mut super::rollup::Deltas,
+        &crate::report::stats::Thresholds,
+    ),
 ) -> Result<(Outcome, Option<NewChange>), StoreError> {
     let call_id = event.merged_call_id();
     let warnings = event.warnings_json();
@@ -750,7 +759,7 @@ fn store_event(
             rollup.record(
                 before.as_ref().map(facts).as_ref(),
                 &facts(&after),
-                &settings.thresholds,
+                thresholds,
             );
             call_change(event_id, received_at, before.as_ref(), &after, settings)
         }

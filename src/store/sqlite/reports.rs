@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::{SqliteStore, query_rows, sql_value};
 use crate::report::callbacks::{Item, ManualClose, NumberCall, worklist};
-use crate::report::stats::StatsBuilder;
+use crate::report::stats::{StatsBuilder, Thresholds};
 use crate::store::callbacks::{
     ALL_CLOSES, ALL_NUMBER_CALLS, CALLBACKS_BUILT_KEY, CallbackCursor, CallbackFilter,
     CallbackPage, DELETE_ITEM, INSERT_CLOSE, INSERT_HOTLINE, ITEM_BY_ID, MARK_CALLBACKS_BUILT,
@@ -29,9 +29,8 @@ impl Reports for SqliteStore {
         stats: StatsBuilder,
     ) -> Result<StatsBuilder, StoreError> {
         let filter = filter.clone();
-        let plan = self
-            .inner
-            .rollup_ready
+        // The summary answers when it holds the thresholds asked for.
+        let plan = (self.inner.rollup == Some(stats.thresholds()))
             .then(|| rollup::plan(&filter, stats.group_by(), stats.time_zone()))
             .flatten();
         self.reading(move |inner| {
@@ -260,66 +259,79 @@ pub(super) fn stats_in_chunks(
     Ok(stats)
 }
 
-/// The figures from the summary: its whole hours, the range's ends from the calls, the dirty
-/// rows' bounds from their calls. `Ok(Err(NotSummarised))` when the summary cannot answer.
+/// The figures from the summary: its whole hours, the range's ends from the calls, a dirty
+/// row's longest wait from its hour's calls; all in one read transaction, so that a call is
+/// counted once even while it moves. `Ok(Err(NotSummarised))` when the summary cannot answer.
 fn summarised(
     inner: &super::Inner,
     filter: &CallFilter,
     plan: &Plan,
     mut stats: StatsBuilder,
 ) -> Result<Result<StatsBuilder, NotSummarised>, StoreError> {
-    let query = rollup::rows_query(plan);
-    let rows = inner.with_reader(|conn| {
-        query_rows(
-            conn,
-            &query.sql,
-            params_from_iter(query.args.iter().cloned().map(sql_value)),
-            |r| rollup::read_row(r),
-        )
-    })?;
-    // The dirty rows, bucket by bucket: their bounds from the bucket's calls.
-    let mut dirty: BTreeMap<i64, Vec<&rollup::Key>> = BTreeMap::new();
-    for row in rows.iter().filter(|r| r.dirty && r.counts[0] != 0) {
-        dirty.entry(row.key.bucket).or_default().push(&row.key);
-    }
-    let mut exact = HashMap::new();
-    for (bucket, keys) in dirty {
-        let hour = CallFilter {
-            from: Some(bucket),
-            to: Some(bucket + rollup::BUCKET_SECONDS - 1),
-            ..CallFilter::default()
-        };
-        let q = dated_facts_query(&hour);
-        let calls = inner.with_reader(|conn| {
+    inner.with_reader(|conn| {
+        let tx = conn.unchecked_transaction()?;
+        let facts = |f: &CallFilter| -> Result<Vec<_>, StoreError> {
+            let q = dated_facts_query(f);
             query_rows(
-                conn,
+                &tx,
                 &q.sql,
-                params_from_iter(q.args.iter().cloned().map(sql_value)),
+                params_from_iter(q.args.into_iter().map(sql_value)),
                 |r| read_call_facts(r),
             )
-        })?;
-        rollup::exact_bounds(&keys, &calls, &stats.thresholds(), &mut exact);
-    }
-    if let Err(e) = rollup::add_rows(&mut stats, rows, &exact) {
-        return Ok(Err(e));
-    }
-    for (from, to) in &plan.edges {
-        let edge = CallFilter {
-            from: Some(*from),
-            to: Some(*to),
-            ..filter.clone()
         };
-        stats = stats_in_chunks(inner, &edge, stats, FACTS_CHUNK, false)?;
-    }
-    let undated = rollup::undated_query(plan);
-    let n: i64 = inner.with_reader(|conn| {
-        Ok(conn.prepare_cached(&undated.sql)?.query_row(
+        let query = rollup::rows_query(plan);
+        let rows = query_rows(
+            &tx,
+            &query.sql,
+            params_from_iter(query.args.into_iter().map(sql_value)),
+            |r| rollup::read_row(r),
+        )?;
+        let mut waits = HashMap::new();
+        for (bucket, keys) in rollup::dirty_buckets(&rows) {
+            let calls = facts(&rollup::hour_filter(&CallFilter::default(), bucket))?;
+            rollup::exact_waits(&keys, &calls, &stats.thresholds(), &mut waits);
+        }
+        let mut extremes = None;
+        if (filter.from.is_none() || filter.to.is_none())
+            && let Some((first_bucket, last_bucket)) = rollup::extreme_buckets(&rows)
+        {
+            let starts = |bucket| -> Result<Vec<i64>, StoreError> {
+                Ok(facts(&rollup::hour_filter(filter, bucket))?
+                    .iter()
+                    .filter_map(|c| c.start_time)
+                    .collect())
+            };
+            let (firsts, lasts) = (starts(first_bucket)?, starts(last_bucket)?);
+            if let (Some(first), Some(last)) = (firsts.iter().min(), lasts.iter().max()) {
+                extremes = Some(rollup::Extremes {
+                    first_bucket,
+                    first: *first,
+                    last_bucket,
+                    last: *last,
+                });
+            }
+        }
+        if let Err(e) = rollup::add_rows(&mut stats, rows, &waits, extremes)? {
+            return Ok(Err(e));
+        }
+        for (from, to) in &plan.edges {
+            let edge = CallFilter {
+                from: Some(*from),
+                to: Some(*to),
+                ..filter.clone()
+            };
+            for call in facts(&edge)? {
+                stats.add(&call);
+            }
+        }
+        let undated = rollup::undated_query(plan);
+        let n: i64 = tx.prepare_cached(&undated.sql)?.query_row(
             params_from_iter(undated.args.into_iter().map(sql_value)),
             |r| r.get(0),
-        )?)
-    })?;
-    stats.add_undated(n.max(0) as u64);
-    Ok(Ok(stats))
+        )?;
+        stats.add_undated(u64::try_from(n).unwrap_or(0));
+        Ok(Ok(stats))
+    })
 }
 
 /// Writes a batch's changes to the figures' summary, in its transaction.
@@ -348,14 +360,8 @@ fn upsert_sql() -> String {
     )
 }
 
-/// Builds the figures' summary from the stored calls when it was never built, or built with
-/// other thresholds. Answers whether it holds this store's thresholds (a command that only
-/// reads never builds it).
-pub(super) fn build_rollup_if_stale(
-    conn: &mut Connection,
-    settings: &crate::store::MergeSettings,
-) -> Result<bool, StoreError> {
-    let wanted = rollup::settings_value(&settings.thresholds);
+/// The thresholds the figures' summary holds, if it was built.
+pub(super) fn stored_rollup(conn: &Connection) -> Result<Option<Thresholds>, StoreError> {
     let stored: Option<String> = conn
         .query_row(
             "SELECT value FROM alohook_meta WHERE key = ?1",
@@ -363,15 +369,32 @@ pub(super) fn build_rollup_if_stale(
             |r| r.get(0),
         )
         .optional()?;
-    if stored.as_deref() == Some(wanted.as_str()) {
-        return Ok(true);
+    Ok(stored.as_deref().and_then(rollup::parse_settings))
+}
+
+/// Builds the figures' summary from the stored calls when it was never built, or built with
+/// thresholds other than the command's (a command without them keeps the summary's). Answers
+/// the thresholds the summary holds (`None`: a command that only reads found none).
+pub(super) fn build_rollup_if_stale(
+    conn: &mut Connection,
+    settings: &crate::store::MergeSettings,
+) -> Result<Option<Thresholds>, StoreError> {
+    let stored = stored_rollup(conn)?;
+    let thresholds = match (settings.thresholds, stored) {
+        (Some(t), _) => t,
+        (None, Some(held)) => return Ok(Some(held)),
+        (None, None) => Thresholds::default(),
+    };
+    if stored == Some(thresholds) {
+        return Ok(stored);
     }
     if settings.read_only {
-        return Ok(false);
+        return Ok(stored);
     }
+    let wanted = rollup::settings_value(&thresholds);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let started = std::time::Instant::now();
-    let rows = rebuild_rollup(&tx, &settings.thresholds)?;
+    let rows = rebuild_rollup(&tx, &thresholds)?;
     tx.commit()?;
     tracing::info!(
         rows,
@@ -379,7 +402,7 @@ pub(super) fn build_rollup_if_stale(
         thresholds = wanted,
         "figures' summary built from the stored calls"
     );
-    Ok(true)
+    Ok(Some(thresholds))
 }
 
 /// Builds the whole summary again from every call, with `thresholds`, in the caller's

@@ -3,9 +3,9 @@
 -- bucket count the calls with no start time). Every write keeps it in the same transaction as
 -- the calls; it is built from the stored calls at the first start after this migration, and
 -- rebuilt when the records are recomputed or the thresholds change (alohook_meta 'rollup').
--- Absent key values are ''. The longest wait and the first and last start are bounds that a read
--- recomputes from the row's calls while `dirty` is set; rm_* pass the bounds a write removed to
--- the upsert's update and mean nothing after it.
+-- Absent key values are ''. The longest wait is a bound that a read recomputes from the row's
+-- hour of calls while `dirty` is set; rm_wait passes the wait a write removed to the upsert's
+-- update and means nothing after it.
 CREATE TABLE call_rollup (
     kind               INTEGER NOT NULL,
     bucket             INTEGER NOT NULL,
@@ -30,11 +30,7 @@ CREATE TABLE call_rollup (
     outbound           INTEGER NOT NULL DEFAULT 0,
     outbound_answered  INTEGER NOT NULL DEFAULT 0,
     longest_wait       INTEGER,
-    first_start        INTEGER,
-    last_start         INTEGER,
     dirty              INTEGER NOT NULL DEFAULT 0,
     rm_wait            INTEGER,
-    rm_first           INTEGER,
-    rm_last            INTEGER,
     PRIMARY KEY (kind, bucket, k1, k2, k3)
 ) WITHOUT ROWID;
