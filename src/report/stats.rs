@@ -450,19 +450,17 @@ impl StatsBuilder {
 
     /// Counts in a summary of calls rather than a call: `dims` gives the group's dimensions
     /// (agent, hotline, direction, status; its times are not read), `bucket` a start time the
-    /// summary's calls share the group of, `first` and `last` their earliest and latest start.
-    pub fn add_summary(
-        &mut self,
-        dims: &CallFacts,
-        bucket: i64,
-        first: i64,
-        last: i64,
-        tally: &Tally,
-    ) {
-        self.first = Some(self.first.map_or(first, |f| f.min(first)));
-        self.last = Some(self.last.map_or(last, |l| l.max(last)));
+    /// summary's calls share the group of. The range of starts is given apart
+    /// ([`StatsBuilder::include_range`]).
+    pub fn add_summary(&mut self, dims: &CallFacts, bucket: i64, tally: &Tally) {
         let key = self.key(dims, bucket);
         self.groups.entry(key).or_default().merge(tally);
+    }
+
+    /// Widens the range of starts counted to `first`..`last`.
+    pub fn include_range(&mut self, first: i64, last: i64) {
+        self.first = Some(self.first.map_or(first, |f| f.min(first)));
+        self.last = Some(self.last.map_or(last, |l| l.max(last)));
     }
 
     pub fn group_by(&self) -> GroupBy {

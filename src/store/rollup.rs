@@ -229,15 +229,6 @@ impl Deltas {
     }
 }
 
-/// A summary row as read.
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub key: Key,
-    pub counts: [i64; 17],
-    pub longest_wait: Option<i64>,
-    pub dirty: bool,
-}
-
 /// How a `/api/stats` query reads the summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -371,38 +362,167 @@ pub fn call_in_row(call: &CallFacts, key: &Key) -> bool {
     keys(call).contains(key)
 }
 
-/// The buckets of the dirty rows, each with its rows' keys: their longest wait is computed
-/// from the bucket's calls ([`exact_waits`]).
-pub fn dirty_buckets(rows: &[Row]) -> std::collections::BTreeMap<i64, Vec<Key>> {
-    let mut dirty = std::collections::BTreeMap::<i64, Vec<Key>>::new();
-    for row in rows.iter().filter(|r| r.dirty && r.counts[0] != 0) {
-        dirty
-            .entry(row.key.bucket)
-            .or_default()
-            .push(row.key.clone());
+/// The summary's rows of a plan, added up per group in the database: one row per group
+/// ([`read_group`]), so that a quarter by agent is a few hundred rows to read, not one per hour
+/// and agent. The longest wait is the maximum over clean rows; the dirty rows' own come from
+/// their calls ([`dirty_query`]).
+pub fn groups_query(plan: &Plan, group_by: GroupBy) -> super::Statement {
+    use super::Column::{Integer, Text};
+    let group = group_columns(group_by);
+    let sums: Vec<String> = Tally::COUNT_NAMES
+        .iter()
+        .map(|c| format!("CAST(SUM({c}) AS BIGINT)"))
+        .collect();
+    let mut select: Vec<String> = group.iter().map(|c| c.to_string()).collect();
+    select.extend(sums);
+    select.extend([
+        "MAX(CASE WHEN dirty = 0 AND calls <> 0 THEN longest_wait END)".to_string(),
+        "MIN(CASE WHEN calls <> 0 THEN bucket END)".to_string(),
+        "MAX(CASE WHEN calls <> 0 THEN bucket END)".to_string(),
+    ]);
+    let mut sql = format!(
+        "SELECT {} FROM call_rollup WHERE kind = ? AND bucket >= ? AND bucket < ?",
+        select.join(", ")
+    );
+    let mut args = vec![
+        Integer(Some(plan.kind)),
+        Integer(Some(plan.lo)),
+        Integer(Some(plan.hi)),
+    ];
+    for (column, value) in &plan.keys {
+        sql.push_str(&format!(" AND {column} = ?"));
+        args.push(Text(Some(value.clone())));
     }
-    dirty
+    if !group.is_empty() {
+        sql.push_str(&format!(" GROUP BY {}", group.join(", ")));
+    }
+    sql.push_str(" HAVING SUM(calls) <> 0");
+    super::Statement { sql, args }
+}
+
+/// The summary's columns a grouping adds up by.
+fn group_columns(group_by: GroupBy) -> Vec<&'static str> {
+    match group_by {
+        GroupBy::None => vec![],
+        GroupBy::Agent | GroupBy::Hotline => vec!["k1"],
+        GroupBy::Direction => vec!["k2"],
+        GroupBy::Status => vec!["k3"],
+        GroupBy::Day | GroupBy::Hour | GroupBy::HourOfDay | GroupBy::Weekday => vec!["bucket"],
+    }
+}
+
+/// One group of [`groups_query`].
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The group's dimensions, as a call's facts.
+    pub dims: CallFacts,
+    /// Its bucket, for a time grouping.
+    pub bucket: Option<i64>,
+    pub counts: [i64; 17],
+    /// The longest wait of its clean rows.
+    pub wait: Option<i64>,
+    /// The first and last bucket with calls.
+    pub first_bucket: Option<i64>,
+    pub last_bucket: Option<i64>,
+}
+
+/// A row of [`groups_query`] for `group_by`.
+pub fn read_group(row: &impl super::RowColumns, group_by: GroupBy) -> Result<Group, StoreError> {
+    let width = group_columns(group_by).len();
+    let text = |i: usize| -> Result<Option<String>, StoreError> {
+        Ok(row.text(i)?.filter(|v| !v.is_empty()))
+    };
+    let (dims, bucket) = match group_by {
+        GroupBy::None => (CallFacts::default(), None),
+        GroupBy::Agent => (
+            CallFacts {
+                user_name: text(0)?,
+                ..CallFacts::default()
+            },
+            None,
+        ),
+        GroupBy::Hotline => (
+            CallFacts {
+                hotline: text(0)?,
+                ..CallFacts::default()
+            },
+            None,
+        ),
+        GroupBy::Direction => (
+            CallFacts {
+                direction: text(0)?,
+                ..CallFacts::default()
+            },
+            None,
+        ),
+        GroupBy::Status => (
+            CallFacts {
+                call_status: text(0)?,
+                ..CallFacts::default()
+            },
+            None,
+        ),
+        _ => (CallFacts::default(), Some(row.required_integer(0)?)),
+    };
+    let mut counts = [0i64; 17];
+    for (i, c) in counts.iter_mut().enumerate() {
+        *c = row.required_integer(width + i)?;
+    }
+    Ok(Group {
+        dims,
+        bucket,
+        counts,
+        wait: row.integer(width + 17)?,
+        first_bucket: row.integer(width + 18)?,
+        last_bucket: row.integer(width + 19)?,
+    })
+}
+
+/// The keys of a plan's dirty rows with calls (few: a call whose ring or hour changed after it
+/// ended); [`read_key`] reads them.
+pub fn dirty_query(plan: &Plan) -> super::Statement {
+    use super::Column::{Integer, Text};
+    let mut sql = "SELECT kind, bucket, k1, k2, k3 FROM call_rollup WHERE dirty <> 0 \
+        AND kind = ? AND bucket >= ? AND bucket < ? AND calls <> 0"
+        .to_string();
+    let mut args = vec![
+        Integer(Some(plan.kind)),
+        Integer(Some(plan.lo)),
+        Integer(Some(plan.hi)),
+    ];
+    for (column, value) in &plan.keys {
+        sql.push_str(&format!(" AND {column} = ?"));
+        args.push(Text(Some(value.clone())));
+    }
+    super::Statement { sql, args }
+}
+
+/// A row of [`dirty_query`].
+pub fn read_key(row: &impl super::RowColumns) -> Result<Key, StoreError> {
+    Ok(Key {
+        kind: row.required_integer(0)?,
+        bucket: row.required_integer(1)?,
+        k1: row.required_text(2)?,
+        k2: row.required_text(3)?,
+        k3: row.required_text(4)?,
+    })
+}
+
+/// The dirty rows' keys, bucket by bucket.
+pub fn by_bucket(keys: Vec<Key>) -> std::collections::BTreeMap<i64, Vec<Key>> {
+    let mut buckets = std::collections::BTreeMap::<i64, Vec<Key>>::new();
+    for key in keys {
+        buckets.entry(key.bucket).or_default().push(key);
+    }
+    buckets
 }
 
 /// The first and last bucket with calls: the first and last start of the range are in them
-/// (computed from their calls when the answer needs them, see [`Extremes`]).
-pub fn extreme_buckets(rows: &[Row]) -> Option<(i64, i64)> {
-    let dated = rows
-        .iter()
-        .filter(|r| r.key.bucket != UNDATED && r.counts[0] != 0)
-        .map(|r| r.key.bucket);
-    let first = dated.clone().min()?;
-    Some((first, dated.max()?))
-}
-
-/// The exact first and last start of the summarised calls: in `first_bucket` and
-/// `last_bucket`.
-#[derive(Debug, Clone, Copy)]
-pub struct Extremes {
-    pub first_bucket: i64,
-    pub first: i64,
-    pub last_bucket: i64,
-    pub last: i64,
+/// (computed from their calls when the answer needs them).
+pub fn extreme_buckets(groups: &[Group]) -> Option<(i64, i64)> {
+    let first = groups.iter().filter_map(|g| g.first_bucket).min()?;
+    let last = groups.iter().filter_map(|g| g.last_bucket).max()?;
+    Some((first, last))
 }
 
 /// For the dirty rows of one bucket: their exact longest wait, from the bucket's calls.
@@ -410,7 +530,7 @@ pub fn exact_waits(
     keys: &[Key],
     calls: &[CallFacts],
     thresholds: &Thresholds,
-    out: &mut HashMap<Key, Option<i64>>,
+    out: &mut Vec<(Key, Option<i64>)>,
 ) {
     for key in keys {
         let wait = calls
@@ -418,70 +538,37 @@ pub fn exact_waits(
             .filter(|c| call_in_row(c, key))
             .filter_map(|c| Tally::of(c, thresholds).longest_wait())
             .max();
-        out.insert(key.clone(), wait);
+        out.push((key.clone(), wait));
     }
 }
 
-/// Counts the summary's rows into `stats`. `waits` gives a dirty row's longest wait (from its
-/// calls), `extremes` the first and last start when the answer needs them (a range without
-/// `from` or `to`). `Ok(Err(NotSummarised))` when a time grouping meets a row outside one local
-/// hour (the caller counts from the calls); an error when a row is not what a summary can hold.
-pub fn add_rows(
+/// Counts the summary's groups into `stats`, with the dirty rows' longest waits (from their
+/// calls). `Ok(Err(NotSummarised))` when a time grouping meets a bucket outside one local hour
+/// (the caller counts from the calls); an error when a group is not what a summary can hold.
+pub fn add_groups(
     stats: &mut StatsBuilder,
-    rows: Vec<Row>,
-    waits: &HashMap<Key, Option<i64>>,
-    extremes: Option<Extremes>,
+    groups: Vec<Group>,
+    waits: Vec<(Key, Option<i64>)>,
 ) -> Result<Result<(), NotSummarised>, StoreError> {
-    let time = matches!(
-        stats.group_by(),
-        GroupBy::Day | GroupBy::Hour | GroupBy::HourOfDay | GroupBy::Weekday
-    );
-    let corrupt = |key: &Key| {
-        StoreError::Corrupt(format!(
-            "the figures' summary row {key:?} holds a count below zero; \
-             `alohook migrate` after removing its 'rollup' entry from alohook_meta rebuilds it"
-        ))
-    };
-    let mut checked = None;
-    for row in rows {
-        if row.key.bucket == UNDATED {
-            let n = u64::try_from(row.counts[0]).map_err(|_| corrupt(&row.key))?;
-            stats.add_undated(n);
-            continue;
+    for group in groups {
+        if let Some(bucket) = group.bucket
+            && !hour_aligned(stats.time_zone(), bucket)
+        {
+            return Ok(Err(NotSummarised));
         }
-        if row.counts[0] == 0 {
-            continue;
-        }
-        if time && checked != Some(row.key.bucket) {
-            if !hour_aligned(stats.time_zone(), row.key.bucket) {
-                return Ok(Err(NotSummarised));
-            }
-            checked = Some(row.key.bucket);
-        }
-        let wait = if row.dirty {
-            *waits.get(&row.key).ok_or_else(|| corrupt(&row.key))?
-        } else {
-            row.longest_wait
-        };
-        let tally = Tally::from_counts(row.counts, wait).ok_or_else(|| corrupt(&row.key))?;
-        let bucket = row.key.bucket;
-        // A bucket's start is within the range of starts unless it is the first bucket.
-        let (first, last) = match extremes {
-            Some(e) => (
-                if bucket == e.first_bucket {
-                    e.first
-                } else {
-                    bucket
-                },
-                if bucket == e.last_bucket {
-                    e.last
-                } else {
-                    bucket
-                },
-            ),
-            None => (bucket, bucket),
-        };
-        stats.add_summary(&dims(&row.key), bucket, first, last, &tally);
+        let tally = Tally::from_counts(group.counts, group.wait).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "the figures' summary holds a count below zero ({:?}); removing the 'rollup' \
+                 entry of alohook_meta makes the next start rebuild it",
+                group.counts
+            ))
+        })?;
+        // A grouping that is not by time reads no time from the bucket.
+        stats.add_summary(&group.dims, group.bucket.unwrap_or(0), &tally);
+    }
+    for (key, wait) in waits {
+        let tally = Tally::from_counts([0; 17], wait).unwrap_or_default();
+        stats.add_summary(&dims(&key), key.bucket, &tally);
     }
     Ok(Ok(()))
 }
@@ -549,25 +636,6 @@ pub fn row_values(key: &Key, delta: &Delta) -> Vec<super::Column> {
     values
 }
 
-/// The rows of a plan: [`read_row`] reads them.
-pub fn rows_query(plan: &Plan) -> super::Statement {
-    use super::Column::{Integer, Text};
-    let mut sql = format!(
-        "SELECT {} FROM call_rollup WHERE kind = ? AND bucket >= ? AND bucket < ?",
-        all_columns()
-    );
-    let mut args = vec![
-        Integer(Some(plan.kind)),
-        Integer(Some(plan.lo)),
-        Integer(Some(plan.hi)),
-    ];
-    for (column, value) in &plan.keys {
-        sql.push_str(&format!(" AND {column} = ?"));
-        args.push(Text(Some(value.clone())));
-    }
-    super::Statement { sql, args }
-}
-
 /// The calls of a plan's filters with no start time: one count.
 pub fn undated_query(plan: &Plan) -> super::Statement {
     use super::Column::{Integer, Text};
@@ -580,26 +648,6 @@ pub fn undated_query(plan: &Plan) -> super::Statement {
         args.push(Text(Some(value.clone())));
     }
     super::Statement { sql, args }
-}
-
-/// A row of [`rows_query`].
-pub fn read_row(row: &impl super::RowColumns) -> Result<Row, StoreError> {
-    let mut counts = [0i64; 17];
-    for (i, c) in counts.iter_mut().enumerate() {
-        *c = row.required_integer(5 + i)?;
-    }
-    Ok(Row {
-        key: Key {
-            kind: row.required_integer(0)?,
-            bucket: row.required_integer(1)?,
-            k1: row.required_text(2)?,
-            k2: row.required_text(3)?,
-            k3: row.required_text(4)?,
-        },
-        counts,
-        longest_wait: row.integer(22)?,
-        dirty: row.required_integer(23)? != 0,
-    })
 }
 
 #[cfg(test)]

@@ -467,22 +467,30 @@ async fn summarised<C: GenericClient + Sync>(
             .map(read_call_facts)
             .collect()
     };
-    let query = rollup::rows_query(plan);
+    let group_by = stats.group_by();
+    let query = rollup::groups_query(plan, group_by);
     let params: Vec<&(dyn ToSql + Sync)> = query.args.iter().map(sql_param).collect();
-    let rows = client
+    let groups = client
         .query(&numbered(&query.sql), &params)
         .await?
         .iter()
-        .map(rollup::read_row)
+        .map(|r| rollup::read_group(r, group_by))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut waits = HashMap::new();
-    for (bucket, keys) in rollup::dirty_buckets(&rows) {
+    let dirty = rollup::dirty_query(plan);
+    let params: Vec<&(dyn ToSql + Sync)> = dirty.args.iter().map(sql_param).collect();
+    let dirty = client
+        .query(&numbered(&dirty.sql), &params)
+        .await?
+        .iter()
+        .map(rollup::read_key)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut waits = Vec::new();
+    for (bucket, keys) in rollup::by_bucket(dirty) {
         let calls = facts(&rollup::hour_filter(&CallFilter::default(), bucket)).await?;
         rollup::exact_waits(&keys, &calls, &stats.thresholds(), &mut waits);
     }
-    let mut extremes = None;
     if (filter.from.is_none() || filter.to.is_none())
-        && let Some((first_bucket, last_bucket)) = rollup::extreme_buckets(&rows)
+        && let Some((first_bucket, last_bucket)) = rollup::extreme_buckets(&groups)
     {
         let firsts = facts(&rollup::hour_filter(filter, first_bucket)).await?;
         let lasts = facts(&rollup::hour_filter(filter, last_bucket)).await?;
@@ -490,15 +498,10 @@ async fn summarised<C: GenericClient + Sync>(
             firsts.iter().filter_map(|c| c.start_time).min(),
             lasts.iter().filter_map(|c| c.start_time).max(),
         ) {
-            extremes = Some(rollup::Extremes {
-                first_bucket,
-                first,
-                last_bucket,
-                last,
-            });
+            stats.include_range(first, last);
         }
     }
-    if let Err(e) = rollup::add_rows(&mut stats, rows, &waits, extremes)? {
+    if let Err(e) = rollup::add_groups(&mut stats, groups, waits)? {
         return Ok(Err(e));
     }
     for (from, to) in &plan.edges {

@@ -279,21 +279,28 @@ fn summarised(
                 |r| read_call_facts(r),
             )
         };
-        let query = rollup::rows_query(plan);
-        let rows = query_rows(
+        let group_by = stats.group_by();
+        let query = rollup::groups_query(plan, group_by);
+        let groups = query_rows(
             &tx,
             &query.sql,
             params_from_iter(query.args.into_iter().map(sql_value)),
-            |r| rollup::read_row(r),
+            |r| rollup::read_group(r, group_by),
         )?;
-        let mut waits = HashMap::new();
-        for (bucket, keys) in rollup::dirty_buckets(&rows) {
+        let dirty = rollup::dirty_query(plan);
+        let dirty = query_rows(
+            &tx,
+            &dirty.sql,
+            params_from_iter(dirty.args.into_iter().map(sql_value)),
+            |r| rollup::read_key(r),
+        )?;
+        let mut waits = Vec::new();
+        for (bucket, keys) in rollup::by_bucket(dirty) {
             let calls = facts(&rollup::hour_filter(&CallFilter::default(), bucket))?;
             rollup::exact_waits(&keys, &calls, &stats.thresholds(), &mut waits);
         }
-        let mut extremes = None;
         if (filter.from.is_none() || filter.to.is_none())
-            && let Some((first_bucket, last_bucket)) = rollup::extreme_buckets(&rows)
+            && let Some((first_bucket, last_bucket)) = rollup::extreme_buckets(&groups)
         {
             let starts = |bucket| -> Result<Vec<i64>, StoreError> {
                 Ok(facts(&rollup::hour_filter(filter, bucket))?
@@ -303,15 +310,10 @@ fn summarised(
             };
             let (firsts, lasts) = (starts(first_bucket)?, starts(last_bucket)?);
             if let (Some(first), Some(last)) = (firsts.iter().min(), lasts.iter().max()) {
-                extremes = Some(rollup::Extremes {
-                    first_bucket,
-                    first: *first,
-                    last_bucket,
-                    last: *last,
-                });
+                stats.include_range(*first, *last);
             }
         }
-        if let Err(e) = rollup::add_rows(&mut stats, rows, &waits, extremes)? {
+        if let Err(e) = rollup::add_groups(&mut stats, groups, waits)? {
             return Ok(Err(e));
         }
         for (from, to) in &plan.edges {
