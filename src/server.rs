@@ -115,6 +115,7 @@ pub async fn run_with_store(
         max_body: config.max_body,
         metrics,
         api_reads: Arc::new(tokio::sync::Semaphore::new(api::API_READS_AT_ONCE)),
+        reads_computing: Arc::new(tokio::sync::Semaphore::new(api::reads_computing_at_once())),
         feed,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
         max_streams: config.max_streams,

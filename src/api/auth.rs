@@ -139,16 +139,20 @@ pub async fn require_api_token(
 
 /// Middleware in front of the `/api` reads (not the live stream, which has `--max-streams`): a
 /// place among the reads that may run at once, held until the answer has been sent, so that
-/// answers waiting on slow clients count too.
+/// answers waiting on slow clients count too; and one among the reads computing at once, held
+/// while the answer is computed.
 pub async fn limit_reads(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Ok(Ok(place)) =
-        tokio::time::timeout(API_QUEUE_WAIT, state.api_reads.clone().acquire_owned()).await
-    else {
+    let places = async {
+        let place = state.api_reads.clone().acquire_owned().await?;
+        let computing = state.reads_computing.clone().acquire_owned().await?;
+        Ok::<_, tokio::sync::AcquireError>((place, computing))
+    };
+    let Ok(Ok((place, computing))) = tokio::time::timeout(API_QUEUE_WAIT, places).await else {
         return ApiError::Unavailable.into_response();
     };
-    next.run(request)
-        .await
-        .map(|body| Body::new(OnEnd::new(body, place)))
+    let response = next.run(request).await;
+    drop(computing);
+    response.map(|body| Body::new(OnEnd::new(body, place)))
 }
 
 /// How long an API request waits for a place before it is answered 503.

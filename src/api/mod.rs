@@ -42,6 +42,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// With each answer capped at a few MiB, this is what bounds the memory reads can hold.
 pub const API_READS_AT_ONCE: usize = 8;
 
+/// `/api` reads computing at once: half the cores, at least one. A read computing holds a core
+/// (its rendering here, its query in the database); more wait their turn, so that a handful of
+/// readers in a loop (a dashboard, scripts) leave the other cores to Alohub's events, whose
+/// acknowledgement is the one latency that must not suffer. A place is held while the answer is
+/// computed, not while it is sent.
+pub fn reads_computing_at_once() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    (cores / 2).max(1)
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -54,6 +64,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Places for `/api` requests being answered (see [`API_READS_AT_ONCE`]).
     pub api_reads: Arc<tokio::sync::Semaphore>,
+    /// Places for `/api` reads being computed (see [`reads_computing_at_once`]).
+    pub reads_computing: Arc<tokio::sync::Semaphore>,
     /// The change feed.
     pub feed: Feed,
     /// Places for live streams (`--max-streams`).
