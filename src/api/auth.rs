@@ -139,16 +139,23 @@ pub async fn require_api_token(
 
 /// Middleware in front of the `/api` reads (not the live stream, which has `--max-streams`): a
 /// place among the reads that may run at once, held until the answer has been sent, so that
-/// answers waiting on slow clients count too; and one among the reads computing at once, held
-/// while the answer is computed.
+/// answers waiting on slow clients count too. A read (`GET`) also takes one among the reads
+/// computing at once, held while its answer is computed; it waits for it within the request's
+/// time limit (408 after). Writes and pings, which mostly wait on the writer or the network,
+/// do not.
 pub async fn limit_reads(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let places = async {
-        let place = state.api_reads.clone().acquire_owned().await?;
-        let computing = state.reads_computing.clone().acquire_owned().await?;
-        Ok::<_, tokio::sync::AcquireError>((place, computing))
-    };
-    let Ok(Ok((place, computing))) = tokio::time::timeout(API_QUEUE_WAIT, places).await else {
+    let Ok(Ok(place)) =
+        tokio::time::timeout(API_QUEUE_WAIT, state.api_reads.clone().acquire_owned()).await
+    else {
         return ApiError::Unavailable.into_response();
+    };
+    let computing = if request.method() == axum::http::Method::GET {
+        match state.reads_computing.clone().acquire_owned().await {
+            Ok(permit) => Some(permit),
+            Err(_) => return ApiError::Unavailable.into_response(),
+        }
+    } else {
+        None
     };
     let response = next.run(request).await;
     drop(computing);

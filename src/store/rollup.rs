@@ -313,7 +313,8 @@ pub fn plan(filter: &CallFilter, group_by: GroupBy, tz: &jiff::tz::TimeZone) -> 
     // A summary row must fall in one local hour of the zone: whole-hour offsets only (checked
     // on the range's ends here, and on every row read, see `hour_aligned`).
     if time
-        && ((from.is_some() && !hour_aligned(tz, lo)) || (to.is_some() && !hour_aligned(tz, hi)))
+        && ((from.is_some() && !hour_aligned(tz, lo))
+            || (to.is_some() && !hour_aligned(tz, hi - BUCKET_SECONDS)))
     {
         return None;
     }
@@ -506,6 +507,24 @@ pub fn read_key(row: &impl super::RowColumns) -> Result<Key, StoreError> {
         k2: row.required_text(3)?,
         k3: row.required_text(4)?,
     })
+}
+
+/// What a write does to a row that became dirty: its longest wait, computed from its hour's
+/// calls in the same transaction, and clean again (longest wait, then the key).
+pub const CLEAN_ROW: &str = "UPDATE call_rollup SET longest_wait = ?, dirty = 0 \
+    WHERE kind = ? AND bucket = ? AND k1 = ? AND k2 = ? AND k3 = ?";
+
+/// The arguments of [`CLEAN_ROW`].
+pub fn clean_args(key: &Key, wait: Option<i64>) -> Vec<super::Column> {
+    use super::Column::{Integer, Text};
+    vec![
+        Integer(wait),
+        Integer(Some(key.kind)),
+        Integer(Some(key.bucket)),
+        Text(Some(key.k1.clone())),
+        Text(Some(key.k2.clone())),
+        Text(Some(key.k3.clone())),
+    ]
 }
 
 /// The dirty rows' keys, bucket by bucket.

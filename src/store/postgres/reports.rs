@@ -524,7 +524,14 @@ async fn summarised<C: GenericClient + Sync>(
 
 /// Writes a batch's changes to the figures' summary, in its transaction: one statement, the
 /// rows in key order (two batches lock shared rows in the same order).
-pub(super) async fn apply_rollup<P: Prepared>(db: &P, deltas: Deltas) -> Result<(), StoreError> {
+/// A row the batch left dirty gets its exact longest wait from its hour's calls at once (see
+/// the SQLite store's twin): read after the row was locked by the upsert, so a batch that
+/// changes the same row later applies its change on top.
+pub(super) async fn apply_rollup<P: Prepared>(
+    db: &P,
+    deltas: Deltas,
+    thresholds: &crate::report::stats::Thresholds,
+) -> Result<(), StoreError> {
     let rows = deltas.into_sorted();
     if rows.is_empty() {
         return Ok(());
@@ -550,7 +557,8 @@ pub(super) async fn apply_rollup<P: Prepared>(db: &P, deltas: Deltas) -> Result<
         })
         .collect();
     let sql = format!(
-        "INSERT INTO call_rollup ({columns}) SELECT * FROM UNNEST({}) {}",
+        "INSERT INTO call_rollup ({columns}) SELECT * FROM UNNEST({}) {} \
+         RETURNING kind, bucket, k1, k2, k3, dirty",
         arrays.join(", "),
         rollup::upsert_tail()
     );
@@ -564,7 +572,31 @@ pub(super) async fn apply_rollup<P: Prepared>(db: &P, deltas: Deltas) -> Result<
         })
         .collect();
     let statement = db.statement(&sql).await?;
-    db.client().execute(&statement, &params).await?;
+    let mut dirty = Vec::new();
+    for row in db.client().query(&statement, &params).await? {
+        if row.try_get::<_, i64>(5)? != 0 {
+            dirty.push(rollup::read_key(&row)?);
+        }
+    }
+    for (bucket, keys) in rollup::by_bucket(dirty) {
+        let hour = dated_facts_query(&rollup::hour_filter(&CallFilter::default(), bucket));
+        let params: Vec<&(dyn ToSql + Sync)> = hour.args.iter().map(sql_param).collect();
+        let calls = db
+            .client()
+            .query(&numbered(&hour.sql), &params)
+            .await?
+            .iter()
+            .map(read_call_facts)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut waits = Vec::new();
+        rollup::exact_waits(&keys, &calls, thresholds, &mut waits);
+        let clean = numbered(rollup::CLEAN_ROW);
+        for (key, wait) in waits {
+            let args = rollup::clean_args(&key, wait);
+            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(sql_param).collect();
+            db.client().execute(&clean, &params).await?;
+        }
+    }
     Ok(())
 }
 
@@ -626,7 +658,7 @@ pub(super) async fn rebuild_rollup<P: Prepared>(
         let slice = Deltas {
             rows: all.into_iter().collect(),
         };
-        apply_rollup(db, slice).await?;
+        apply_rollup(db, slice, thresholds).await?;
         all = rest;
     }
     c.execute(

@@ -354,7 +354,7 @@ pub(super) async fn write_batch(
                 &thresholds,
             );
         }
-        super::reports::apply_rollup(tx, rollup).await?;
+        super::reports::apply_rollup(tx, rollup, &thresholds).await?;
     }
     // In the order the events were stored, which is the order each call's events were merged.
     new_changes.sort_unstable_by_key(|c| c.event_id);

@@ -578,7 +578,10 @@ impl Inner {
         if flag.is_some() {
             conn.progress_handler(0, None::<fn() -> bool>);
         }
-        if let Ok(mut idle) = self.readers.lock()
+        // A connection left inside a transaction (a rollback the interrupt cut short) would
+        // serve an old snapshot and hold the WAL back: it is closed rather than kept.
+        if conn.is_autocommit()
+            && let Ok(mut idle) = self.readers.lock()
             && idle.len() < MAX_IDLE_READERS
         {
             idle.push(conn);
@@ -668,7 +671,7 @@ fn commit_batch(
         outcomes.push(outcome);
     }
     reports::refresh_callbacks(&tx, &phones)?;
-    reports::apply_rollup(&tx, rollup)?;
+    reports::apply_rollup(&tx, rollup, thresholds)?;
     tx.commit()?;
     Ok(Committed { outcomes, changes })
 }

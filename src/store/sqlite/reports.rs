@@ -337,17 +337,47 @@ fn summarised(
 }
 
 /// Writes a batch's changes to the figures' summary, in its transaction.
-pub(super) fn apply_rollup(conn: &Connection, deltas: Deltas) -> Result<(), StoreError> {
+/// A row the batch left dirty (a call that held its longest wait left it or changed) gets its
+/// exact longest wait from its hour's calls at once, so that reads find every row clean.
+pub(super) fn apply_rollup(
+    conn: &Connection,
+    deltas: Deltas,
+    thresholds: &Thresholds,
+) -> Result<(), StoreError> {
     let rows = deltas.into_sorted();
     if rows.is_empty() {
         return Ok(());
     }
-    let sql = upsert_sql();
-    let mut stmt = conn.prepare_cached(&sql)?;
-    for (key, delta) in rows {
-        stmt.execute(params_from_iter(
-            rollup::row_values(&key, &delta).into_iter().map(sql_value),
-        ))?;
+    let sql = format!("{} RETURNING dirty", upsert_sql());
+    let mut dirty = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        for (key, delta) in rows {
+            let now_dirty: i64 = stmt.query_row(
+                params_from_iter(rollup::row_values(&key, &delta).into_iter().map(sql_value)),
+                |r| r.get(0),
+            )?;
+            if now_dirty != 0 {
+                dirty.push(key);
+            }
+        }
+    }
+    for (bucket, keys) in rollup::by_bucket(dirty) {
+        let hour = dated_facts_query(&rollup::hour_filter(&CallFilter::default(), bucket));
+        let calls = query_rows(
+            conn,
+            &hour.sql,
+            params_from_iter(hour.args.into_iter().map(sql_value)),
+            |r| read_call_facts(r),
+        )?;
+        let mut waits = Vec::new();
+        rollup::exact_waits(&keys, &calls, thresholds, &mut waits);
+        let mut clean = conn.prepare_cached(rollup::CLEAN_ROW)?;
+        for (key, wait) in waits {
+            clean.execute(params_from_iter(
+                rollup::clean_args(&key, wait).into_iter().map(sql_value),
+            ))?;
+        }
     }
     Ok(())
 }
@@ -421,7 +451,7 @@ pub(super) fn rebuild_rollup(
         deltas.record(None, &read_call_facts(row)?, thresholds);
     }
     let written = deltas.rows.len();
-    apply_rollup(conn, deltas)?;
+    apply_rollup(conn, deltas, thresholds)?;
     conn.execute(
         "INSERT INTO alohook_meta (key, value) VALUES (?1, ?2)          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         [ROLLUP_KEY, &rollup::settings_value(thresholds)],
