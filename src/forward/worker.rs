@@ -505,14 +505,8 @@ impl DestinationWorker {
         // Sent from the lower-priority sending threads; the outcome comes back here.
         in_flight.spawn_on(
             async move {
-                let sent = sender
-                    .send(
-                        &destination,
-                        &job.kind,
-                        &change_id(&destination, job.seq),
-                        body,
-                    )
-                    .await;
+                let id = change_id(&destination, job.seq);
+                let sent = guarded(sender.send(&destination, &job.kind, &id, body)).await;
                 (job, sent)
             },
             &self.sending,
@@ -654,5 +648,43 @@ impl FailureLog {
         );
         self.failed_since = 0;
         self.dead_since = 0;
+    }
+}
+
+/// The outcome of a send, or, if the send panicked (a bug), a failed attempt saying so: the job
+/// always comes back to the worker, which retries it on the schedule, rather than its change
+/// staying "under way" for ever and holding the destination's cursor (and, with per-call
+/// ordering, the call) back.
+async fn guarded(send: impl std::future::Future<Output = Sent>) -> Sent {
+    use futures_util::FutureExt;
+    let started = std::time::Instant::now();
+    match std::panic::AssertUnwindSafe(send).catch_unwind().await {
+        Ok(sent) => sent,
+        Err(_) => {
+            tracing::error!("a delivery attempt panicked; it is retried as a failed attempt");
+            Sent {
+                at: now_micros(),
+                status: None,
+                error: Some("internal error: the delivery attempt panicked".into()),
+                duration_ms: started.elapsed().as_millis() as i64,
+                response: None,
+                retry_after: None,
+                acked: false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A send that panics comes back as a failed attempt, so its job is retried rather than
+    /// lost under way.
+    #[tokio::test]
+    async fn a_panicking_send_is_a_failed_attempt() {
+        let sent = guarded(async { panic!("a bug in a send") }).await;
+        assert!(matches!(sent.verdict(), Verdict::Failed));
+        assert!(sent.error.unwrap().contains("panicked"));
     }
 }
