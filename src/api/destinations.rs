@@ -107,6 +107,25 @@ async fn find(state: &AppState, id: &str) -> Result<StoredDestination, ApiError>
     state.store.destination(id).await?.ok_or(ApiError::NotFound)
 }
 
+/// Applies `change` to the destination `id` as it is stored, and saves it; when it changed
+/// meanwhile (another request, or a receiver's 410 disabling it), reads it again and applies
+/// `change` to that, so that two changes at once never undo each other.
+async fn modify<T>(
+    state: &AppState,
+    id: &str,
+    change: impl Fn(&mut StoredDestination) -> Result<T, ApiError>,
+) -> Result<(StoredDestination, T), ApiError> {
+    for _ in 0..10 {
+        let mut destination = find(state, id).await?;
+        let out = change(&mut destination)?;
+        if state.store.update_destination(&destination).await? {
+            return Ok((destination, out));
+        }
+    }
+    tracing::warn!(destination = %id, "a destination kept changing under an update; refused");
+    Err(ApiError::Unavailable)
+}
+
 /// Creates a destination from `spec`: a new id and secret, and its place in the feed.
 pub async fn create(
     store: &dyn Store,
@@ -193,22 +212,24 @@ pub async fn patch(
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Json<DestinationView>, ApiError> {
-    let mut destination = find(&state, &destination_id(path)?).await?;
-    let enabled = destination.spec.patch(&json_body(&body)?).map_err(field)?;
-    match enabled {
-        Some(true) => {
-            destination.enabled = true;
-            destination.disabled_reason = None;
+    let id = destination_id(path)?;
+    let patch = json_body(&body)?;
+    let (destination, ()) = modify(&state, &id, |destination| {
+        let enabled = destination.spec.patch(&patch).map_err(field)?;
+        match enabled {
+            Some(true) => {
+                destination.enabled = true;
+                destination.disabled_reason = None;
+            }
+            Some(false) if destination.enabled => {
+                destination.enabled = false;
+                destination.disabled_reason = Some("disabled through the API".to_string());
+            }
+            _ => {}
         }
-        Some(false) if destination.enabled => {
-            destination.enabled = false;
-            destination.disabled_reason = Some("disabled through the API".to_string());
-        }
-        _ => {}
-    }
-    if !state.store.update_destination(&destination).await? {
-        return Err(ApiError::NotFound);
-    }
+        Ok(())
+    })
+    .await?;
     tracing::info!(destination = %destination.id, enabled = destination.enabled, "destination changed");
     Ok(Json(view(state.store.as_ref(), destination).await?))
 }
@@ -236,16 +257,17 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut destination = find(&state, &destination_id(path)?).await?;
     let secret = new_secret().map_err(|e| {
         tracing::error!(error = %e, "no randomness for a secret");
         ApiError::Unavailable
     })?;
-    destination.previous_secret = Some(std::mem::replace(&mut destination.secret, secret));
-    destination.previous_secret_until = Some(now_micros() + ROTATION_OVERLAP_MICROS);
-    if !state.store.update_destination(&destination).await? {
-        return Err(ApiError::NotFound);
-    }
+    let (destination, ()) = modify(&state, &destination_id(path)?, |destination| {
+        destination.previous_secret =
+            Some(std::mem::replace(&mut destination.secret, secret.clone()));
+        destination.previous_secret_until = Some(now_micros() + ROTATION_OVERLAP_MICROS);
+        Ok(())
+    })
+    .await?;
     tracing::info!(destination = %destination.id, "secret rotated; the previous one signs for 24 h more");
     Ok(Json(json!({ "secret": destination.secret })))
 }

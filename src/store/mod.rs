@@ -450,7 +450,10 @@ pub trait Destinations: Send + Sync + 'static {
     async fn destination(&self, id: &str) -> Result<Option<StoredDestination>, StoreError>;
 
     /// Saves what an operator or a receiver changes: the spec, whether it is enabled and why
-    /// not, the secrets. `false` when there is no such destination.
+    /// not, the secrets; only if the stored destination is still the one read
+    /// (`destination.updated_at` unchanged). `false` when there is no such destination, or it
+    /// changed since it was read (read it again and redo the change: two changes at once, a
+    /// PATCH and a secret rotation say, must not undo each other).
     async fn update_destination(&self, destination: &StoredDestination)
     -> Result<bool, StoreError>;
 
@@ -469,7 +472,7 @@ pub const INSERT_DESTINATION: &str = "INSERT INTO destinations (id, spec, enable
 
 pub const UPDATE_DESTINATION: &str = "UPDATE destinations SET spec = ?, enabled = ?, \
     disabled_reason = ?, secret = ?, previous_secret = ?, previous_secret_until = ?, \
-    updated_at = ? WHERE id = ?";
+    updated_at = ? WHERE id = ? AND updated_at = ?";
 
 /// Removing a destination: its attempts, its deliveries, itself (each takes its id).
 pub const DELETE_DESTINATION: [&str; 3] = [

@@ -1189,3 +1189,31 @@ async fn summary_rows(db: &Db) -> (i64, i64) {
         }
     }
 }
+
+on_every_backend! {
+    /// A destination saved from a copy read before another change (a secret rotation, say) is
+    /// refused: the store keeps the other change, and the caller reads again and redoes its own.
+    async fn a_stale_destination_does_not_undo_a_newer_change(db) {
+        use alohook::forward::destination::DestinationSpec;
+        let store = open(&db).await;
+        let spec = DestinationSpec::from_json(&json!({"url": "http://127.0.0.1:9/hook"})).unwrap();
+        store.create_destination("dst_1", &spec, "whsec_first", 0).await.unwrap();
+        let patching = store.destination("dst_1").await.unwrap().unwrap();
+        let mut rotating = store.destination("dst_1").await.unwrap().unwrap();
+        rotating.previous_secret = Some(std::mem::replace(&mut rotating.secret, "whsec_second".into()));
+        assert!(store.update_destination(&rotating).await.unwrap());
+        let mut stale = patching;
+        stale.spec.description = Some("CRM".into());
+        assert!(!store.update_destination(&stale).await.unwrap(), "a stale copy is refused");
+        let now = store.destination("dst_1").await.unwrap().unwrap();
+        assert_eq!(now.secret, "whsec_second");
+        // Read again, changed again: saved, with the rotation kept.
+        let mut fresh = now.clone();
+        fresh.spec.description = Some("CRM".into());
+        assert!(store.update_destination(&fresh).await.unwrap());
+        let now = store.destination("dst_1").await.unwrap().unwrap();
+        assert_eq!((now.secret.as_str(), now.spec.description.as_deref()), ("whsec_second", Some("CRM")));
+        let gone = alohook::store::StoredDestination { id: "dst_gone".into(), ..now };
+        assert!(!store.update_destination(&gone).await.unwrap(), "no such destination");
+    }
+}

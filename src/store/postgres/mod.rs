@@ -848,6 +848,8 @@ impl Destinations for PgStore {
         let d = destination;
         let now = crate::model::time::now_micros();
         let (spec, enabled) = (spec_json(&d.spec), d.enabled as i64);
+        // Later than the version read, even on a clock that stepped back.
+        let now = now.max(d.updated_at + 1);
         self.read(async |client| {
             let updated = client
                 .execute(
@@ -861,6 +863,7 @@ impl Destinations for PgStore {
                         &d.previous_secret_until,
                         &now,
                         &d.id,
+                        &d.updated_at,
                     ],
                 )
                 .await?;

@@ -1072,8 +1072,10 @@ impl Destinations for SqliteStore {
                     d.secret,
                     d.previous_secret,
                     d.previous_secret_until,
-                    now,
-                    d.id
+                    // Later than the version read, even on a clock that stepped back.
+                    now.max(d.updated_at + 1),
+                    d.id,
+                    d.updated_at
                 ])?;
                 Ok(updated == 1)
             })
