@@ -368,7 +368,6 @@ pub fn call_in_row(call: &CallFacts, key: &Key) -> bool {
 /// and agent. The longest wait is the maximum over clean rows; the dirty rows' own come from
 /// their calls ([`dirty_query`]).
 pub fn groups_query(plan: &Plan, group_by: GroupBy) -> super::Statement {
-    use super::Column::{Integer, Text};
     let group = group_columns(group_by);
     let sums: Vec<String> = Tally::COUNT_NAMES
         .iter()
@@ -381,24 +380,45 @@ pub fn groups_query(plan: &Plan, group_by: GroupBy) -> super::Statement {
         "MIN(CASE WHEN calls <> 0 THEN bucket END)".to_string(),
         "MAX(CASE WHEN calls <> 0 THEN bucket END)".to_string(),
     ]);
-    let mut sql = format!(
-        "SELECT {} FROM call_rollup WHERE kind = ? AND bucket >= ? AND bucket < ?",
-        select.join(", ")
-    );
-    let mut args = vec![
-        Integer(Some(plan.kind)),
-        Integer(Some(plan.lo)),
-        Integer(Some(plan.hi)),
-    ];
-    for (column, value) in &plan.keys {
-        sql.push_str(&format!(" AND {column} = ?"));
-        args.push(Text(Some(value.clone())));
-    }
+    let mut args = Vec::new();
+    let rows = plan_rows(plan, &mut args);
+    let mut sql = format!("SELECT {} FROM call_rollup WHERE {rows}", select.join(", "));
     if !group.is_empty() {
         sql.push_str(&format!(" GROUP BY {}", group.join(", ")));
     }
     sql.push_str(" HAVING SUM(calls) <> 0");
     super::Statement { sql, args }
+}
+
+impl Plan {
+    /// The filters that count the range's ragged ends from the calls: `filter` over each edge.
+    pub fn edge_filters<'a>(
+        &'a self,
+        filter: &'a CallFilter,
+    ) -> impl Iterator<Item = CallFilter> + 'a {
+        self.edges.iter().map(move |&(from, to)| CallFilter {
+            from: Some(from),
+            to: Some(to),
+            ..filter.clone()
+        })
+    }
+}
+
+/// The conditions selecting `plan`'s summary rows (its kind, buckets and keys), their arguments
+/// added to `args`.
+fn plan_rows(plan: &Plan, args: &mut Vec<super::Column>) -> String {
+    use super::Column::{Integer, Text};
+    let mut sql = "kind = ? AND bucket >= ? AND bucket < ?".to_string();
+    args.extend([
+        Integer(Some(plan.kind)),
+        Integer(Some(plan.lo)),
+        Integer(Some(plan.hi)),
+    ]);
+    for (column, value) in &plan.keys {
+        sql.push_str(&format!(" AND {column} = ?"));
+        args.push(Text(Some(value.clone())));
+    }
+    sql
 }
 
 /// The summary's columns a grouping adds up by.
@@ -433,38 +453,16 @@ pub fn read_group(row: &impl super::RowColumns, group_by: GroupBy) -> Result<Gro
     let text = |i: usize| -> Result<Option<String>, StoreError> {
         Ok(row.text(i)?.filter(|v| !v.is_empty()))
     };
-    let (dims, bucket) = match group_by {
-        GroupBy::None => (CallFacts::default(), None),
-        GroupBy::Agent => (
-            CallFacts {
-                user_name: text(0)?,
-                ..CallFacts::default()
-            },
-            None,
-        ),
-        GroupBy::Hotline => (
-            CallFacts {
-                hotline: text(0)?,
-                ..CallFacts::default()
-            },
-            None,
-        ),
-        GroupBy::Direction => (
-            CallFacts {
-                direction: text(0)?,
-                ..CallFacts::default()
-            },
-            None,
-        ),
-        GroupBy::Status => (
-            CallFacts {
-                call_status: text(0)?,
-                ..CallFacts::default()
-            },
-            None,
-        ),
-        _ => (CallFacts::default(), Some(row.required_integer(0)?)),
-    };
+    let mut dims = CallFacts::default();
+    let mut bucket = None;
+    match group_by {
+        GroupBy::None => {}
+        GroupBy::Agent => dims.user_name = text(0)?,
+        GroupBy::Hotline => dims.hotline = text(0)?,
+        GroupBy::Direction => dims.direction = text(0)?,
+        GroupBy::Status => dims.call_status = text(0)?,
+        _ => bucket = Some(row.required_integer(0)?),
+    }
     let mut counts = [0i64; 17];
     for (i, c) in counts.iter_mut().enumerate() {
         *c = row.required_integer(width + i)?;
@@ -482,20 +480,15 @@ pub fn read_group(row: &impl super::RowColumns, group_by: GroupBy) -> Result<Gro
 /// The keys of a plan's dirty rows with calls (few: a call whose ring or hour changed after it
 /// ended); [`read_key`] reads them.
 pub fn dirty_query(plan: &Plan) -> super::Statement {
-    use super::Column::{Integer, Text};
-    let mut sql = "SELECT kind, bucket, k1, k2, k3 FROM call_rollup WHERE dirty <> 0 \
-        AND kind = ? AND bucket >= ? AND bucket < ? AND calls <> 0"
-        .to_string();
-    let mut args = vec![
-        Integer(Some(plan.kind)),
-        Integer(Some(plan.lo)),
-        Integer(Some(plan.hi)),
-    ];
-    for (column, value) in &plan.keys {
-        sql.push_str(&format!(" AND {column} = ?"));
-        args.push(Text(Some(value.clone())));
+    let mut args = Vec::new();
+    let rows = plan_rows(plan, &mut args);
+    super::Statement {
+        sql: format!(
+            "SELECT kind, bucket, k1, k2, k3 FROM call_rollup WHERE dirty <> 0 AND calls <> 0 \
+             AND {rows}"
+        ),
+        args,
     }
-    super::Statement { sql, args }
 }
 
 /// A row of [`dirty_query`].
@@ -657,16 +650,20 @@ pub fn row_values(key: &Key, delta: &Delta) -> Vec<super::Column> {
 
 /// The calls of a plan's filters with no start time: one count.
 pub fn undated_query(plan: &Plan) -> super::Statement {
-    use super::Column::{Integer, Text};
-    let mut sql = format!(
-        "SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) FROM call_rollup WHERE kind = {KIND_LINE} AND bucket = ?"
-    );
-    let mut args = vec![Integer(Some(UNDATED))];
-    for (column, value) in &plan.keys {
-        sql.push_str(&format!(" AND {column} = ?"));
-        args.push(Text(Some(value.clone())));
+    let undated = Plan {
+        kind: KIND_LINE,
+        lo: UNDATED,
+        hi: UNDATED + 1,
+        ..plan.clone()
+    };
+    let mut args = Vec::new();
+    let rows = plan_rows(&undated, &mut args);
+    super::Statement {
+        sql: format!(
+            "SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) FROM call_rollup WHERE {rows}"
+        ),
+        args,
     }
-    super::Statement { sql, args }
 }
 
 #[cfg(test)]

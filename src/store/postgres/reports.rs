@@ -504,12 +504,7 @@ async fn summarised<C: GenericClient + Sync>(
     if let Err(e) = rollup::add_groups(&mut stats, groups, waits)? {
         return Ok(Err(e));
     }
-    for (from, to) in &plan.edges {
-        let edge = CallFilter {
-            from: Some(*from),
-            to: Some(*to),
-            ..filter.clone()
-        };
+    for edge in plan.edge_filters(filter) {
         scan_dated(client, &edge, &mut stats).await?;
     }
     let undated = rollup::undated_query(plan);

@@ -316,12 +316,7 @@ fn summarised(
         if let Err(e) = rollup::add_groups(&mut stats, groups, waits)? {
             return Ok(Err(e));
         }
-        for (from, to) in &plan.edges {
-            let edge = CallFilter {
-                from: Some(*from),
-                to: Some(*to),
-                ..filter.clone()
-            };
+        for edge in plan.edge_filters(filter) {
             for call in facts(&edge)? {
                 stats.add(&call);
             }
