@@ -29,6 +29,11 @@ pub const KNOWN_ENV: &[&str] = &[
     "ALOHOOK_DATABASE_URL",
     "ALOHOOK_WEBHOOK_KEYS",
     "ALOHOOK_API_TOKEN",
+    "ALOHOOK_VIEWER_TOKEN",
+    "ALOHOOK_VIEWER_CAN_CLOSE",
+    "ALOHOOK_SESSION_IDLE_MINUTES",
+    "ALOHOOK_CALLBACK_AMBER_MINUTES",
+    "ALOHOOK_CALLBACK_RED_MINUTES",
     "ALOHOOK_API_URL",
     "ALOHOOK_TIMEZONE",
     "ALOHOOK_MAX_BODY",
@@ -65,6 +70,7 @@ pub struct Settings {
     pub short_abandon_seconds: Option<u64>,
     pub service_level_seconds: Option<u64>,
     pub final_statuses: Vec<String>,
+    pub dashboard: args::Dashboard,
     /// The command takes the figures' settings (`serve`): only then does the store keep its
     /// summary of the figures with this configuration's thresholds.
     pub figures: bool,
@@ -146,6 +152,33 @@ pub mod args {
     }
 
     #[derive(clap::Args, Clone, Default)]
+    pub struct Dashboard {
+        /// Token of the dashboard's read-only role: it signs in (and calls the API with it as a
+        /// Bearer token) to see everything and change nothing. Without it, only the API token
+        /// signs in
+        #[arg(
+            long,
+            env = "ALOHOOK_VIEWER_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        pub viewer_token: Option<String>,
+        /// The read-only role may close callback items (with a note)
+        #[arg(long, env = "ALOHOOK_VIEWER_CAN_CLOSE")]
+        pub viewer_can_close: bool,
+        /// A dashboard session ends after this many minutes without a request [default: 480]
+        #[arg(long, env = "ALOHOOK_SESSION_IDLE_MINUTES", value_name = "MINUTES",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        pub session_idle_minutes: Option<u64>,
+        /// The callback list shows an open item amber from this age [default: 15]
+        #[arg(long, env = "ALOHOOK_CALLBACK_AMBER_MINUTES", value_name = "MINUTES")]
+        pub callback_amber_minutes: Option<u64>,
+        /// ...and red from this age [default: 60]
+        #[arg(long, env = "ALOHOOK_CALLBACK_RED_MINUTES", value_name = "MINUTES")]
+        pub callback_red_minutes: Option<u64>,
+    }
+
+    #[derive(clap::Args, Clone, Default)]
     pub struct Limits {
         /// Largest accepted webhook body: bytes, or with a unit (64KiB, 1MiB) [default: 64KiB]
         #[arg(long, env = "ALOHOOK_MAX_BODY", value_name = "SIZE", value_parser = parse_size)]
@@ -214,6 +247,8 @@ pub mod args {
         pub forwarding: Forwarding,
         #[command(flatten)]
         pub figures: Figures,
+        #[command(flatten)]
+        pub dashboard: Dashboard,
     }
 
     /// `alohook migrate`.
@@ -287,6 +322,7 @@ pub mod args {
                 short_abandon_seconds: a.figures.short_abandon_seconds,
                 service_level_seconds: a.figures.service_level_seconds,
                 final_statuses: a.database.final_statuses,
+                dashboard: a.dashboard,
                 figures: true,
             }
         }
@@ -381,6 +417,34 @@ struct FileSettings {
     short_abandon_seconds: Option<u64>,
     service_level_seconds: Option<u64>,
     final_statuses: Option<Vec<String>>,
+    viewer_token: Option<String>,
+    viewer_can_close: Option<bool>,
+    session_idle_minutes: Option<u64>,
+    callback_amber_minutes: Option<u64>,
+    callback_red_minutes: Option<u64>,
+}
+
+/// The dashboard's settings (see `alohook serve --help`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DashboardConfig {
+    pub viewer_token: Option<String>,
+    pub viewer_can_close: bool,
+    pub session_idle: Duration,
+    /// Ages from which an open callback item shows amber, then red.
+    pub callback_amber: Duration,
+    pub callback_red: Duration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            viewer_token: None,
+            viewer_can_close: false,
+            session_idle: Duration::from_secs(480 * 60),
+            callback_amber: Duration::from_secs(15 * 60),
+            callback_red: Duration::from_secs(60 * 60),
+        }
+    }
 }
 
 /// Resolved settings.
@@ -409,6 +473,7 @@ pub struct Config {
     /// The command was given the figures' settings (see [`Settings::figures`]).
     pub figures: bool,
     pub final_statuses: FinalStatuses,
+    pub dashboard: DashboardConfig,
     /// Set by commands that only read: they refuse a database whose calls were merged under
     /// other settings instead of recomputing them.
     pub read_only: bool,
@@ -434,6 +499,12 @@ impl std::fmt::Debug for Config {
             .field("retry_schedule", &self.retry_schedule)
             .field("thresholds", &self.thresholds)
             .field("final_statuses", &self.final_statuses.as_slice())
+            .field(
+                "viewer_token",
+                &self.dashboard.viewer_token.as_ref().map(|_| "redacted"),
+            )
+            .field("viewer_can_close", &self.dashboard.viewer_can_close)
+            .field("session_idle", &self.dashboard.session_idle)
             .finish()
     }
 }
@@ -463,6 +534,8 @@ pub enum ConfigError {
     MaxStreams,
     #[error("max_connections must be at least 1")]
     MaxConnections,
+    #[error("session_idle_minutes must be at least 1")]
+    SessionIdle,
     #[error("service_level_seconds must be at least 1")]
     ServiceLevel,
     #[error("retry_schedule: {0}")]
@@ -540,6 +613,29 @@ impl Settings {
                 None => crate::report::stats::DEFAULT_SERVICE_LEVEL_SECONDS,
             },
         };
+        let d = self.dashboard;
+        let minutes = |m: u64| Duration::from_secs(m.saturating_mul(60));
+        let dashboard = DashboardConfig {
+            viewer_token: d
+                .viewer_token
+                .or(file.viewer_token)
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+            viewer_can_close: d.viewer_can_close || file.viewer_can_close.unwrap_or(false),
+            session_idle: match d.session_idle_minutes.or(file.session_idle_minutes) {
+                Some(0) => return Err(ConfigError::SessionIdle),
+                Some(m) => minutes(m),
+                None => DashboardConfig::default().session_idle,
+            },
+            callback_amber: d
+                .callback_amber_minutes
+                .or(file.callback_amber_minutes)
+                .map_or(DashboardConfig::default().callback_amber, minutes),
+            callback_red: d
+                .callback_red_minutes
+                .or(file.callback_red_minutes)
+                .map_or(DashboardConfig::default().callback_red, minutes),
+        };
         let webhook_keys: Vec<String> = if self.webhook_keys.is_empty() {
             file.webhook_keys.unwrap_or_default()
         } else {
@@ -582,6 +678,7 @@ impl Settings {
             thresholds,
             figures: self.figures,
             final_statuses,
+            dashboard,
             read_only: false,
         })
     }
@@ -852,6 +949,16 @@ service_level_seconds = 20
 # Statuses that end a call even without an end time. Changing the list recomputes the stored
 # calls at the next start.
 final_statuses = ["missed", "busy", "failed", "no_answer", "noanswer", "no-answer", "cancelled", "canceled", "rejected", "ended", "completed"]
+
+# The dashboard (http://<host>:8080/). The API token signs in as admin; viewer_token, when set,
+# signs in read-only (it also reads the API as a Bearer token). viewer_can_close lets the viewer
+# close callback items. A session ends after session_idle_minutes without a request. Open
+# callback items show amber from callback_amber_minutes and red from callback_red_minutes.
+# viewer_token = "…"
+viewer_can_close = false
+session_idle_minutes = 480
+callback_amber_minutes = 15
+callback_red_minutes = 60
 "#;
 
 #[cfg(test)]

@@ -13,3 +13,4 @@ pub mod report;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod web;

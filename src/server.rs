@@ -21,6 +21,8 @@ pub enum ServerError {
     NoWebhookKey,
     #[error("no API token is configured")]
     NoApiToken,
+    #[error("the viewer token is the API token: give the read-only role a token of its own")]
+    ViewerTokenIsApiToken,
     #[error("unsupported database URL {0:?}: use sqlite://<path> or postgres://…")]
     UnsupportedDatabase(String),
     /// The store's error is part of the message (the field is not a `source`, or a report of
@@ -85,6 +87,9 @@ pub async fn run_with_store(
         return Err(ServerError::NoWebhookKey);
     }
     let api_token = config.api_token.clone().ok_or(ServerError::NoApiToken)?;
+    if config.dashboard.viewer_token.as_deref() == Some(api_token.as_str()) {
+        return Err(ServerError::ViewerTokenIsApiToken);
+    }
     let metrics = Arc::new(Metrics::new());
     let feed = Feed::start(store.clone())
         .await
@@ -107,7 +112,13 @@ pub async fn run_with_store(
         ingest,
         store,
         webhook_keys: Arc::new(KeySet::new(&config.webhook_keys)),
-        api_tokens: Arc::new(KeySet::new([api_token])),
+        access: Arc::new(crate::web::session::Access::new(
+            &[api_token.to_string()],
+            config.dashboard.viewer_token.as_slice(),
+            config.dashboard.viewer_can_close,
+            config.dashboard.session_idle,
+        )),
+        dashboard: Arc::new(config.dashboard.clone()),
         tz: config.timezone.clone(),
         tz_name: config.timezone_name.as_str().into(),
         thresholds: config.thresholds,

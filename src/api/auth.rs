@@ -11,6 +11,7 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use super::conn::{OnEnd, Peer};
 use super::error::ApiError;
+use crate::web::session::{CSRF_HEADER, Role, changes_state};
 
 /// A set of secrets any of which is valid (several webhook keys allow rotation with no downtime).
 /// Only SHA-256 digests are kept, so comparisons take the same time whatever the lengths.
@@ -105,36 +106,87 @@ pub fn api_authorized(tokens: &KeySet, headers: &HeaderMap) -> bool {
         .is_some_and(|t| tokens.contains(t))
 }
 
-/// Middleware in front of every `/api/…` path: the token.
+/// Middleware in front of every `/api/…` path: who asks, and whether they may.
+///
+/// `Authorization: Bearer` with the API token (admin) or the viewer token (read-only), or,
+/// without that header, the dashboard's session cookie. A request that changes something is
+/// refused 403 to the viewer (except closing a callback item with `--viewer-can-close`), and to a
+/// session without its CSRF token in `X-CSRF-Token`. A session in use is kept alive.
 pub async fn require_api_token(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    if !api_authorized(&state.api_tokens, request.headers()) {
-        let peer = request.extensions().get::<ConnectInfo<Peer>>();
-        tracing::warn!(
-            source = %super::webhook::source(peer, request.headers()),
-            // The full path: inside the nested /api router the URI has lost its prefix.
-            path = request
-                .extensions()
-                .get::<axum::extract::OriginalUri>()
-                .map_or_else(|| request.uri().path(), |u| u.0.path()),
-            authorization = if request.headers().contains_key(header::AUTHORIZATION) {
-                "not the API token"
-            } else {
-                "missing"
-            },
-            "API request refused (401)"
-        );
-        let mut response = ApiError::Unauthorized.into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"alohook\""),
-        );
-        return response;
+    let now = crate::model::time::now_micros() / 1_000_000;
+    // The full path: inside the nested /api router the URI has lost its prefix.
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| request.uri().path(), |u| u.0.path())
+        .to_string();
+    let headers = request.headers();
+    let (role, session) = match headers.get(header::AUTHORIZATION) {
+        Some(value) => {
+            match strip_bearer(value.as_bytes()).and_then(|t| state.access.role_of_token(t)) {
+                Some(role) => (role, None),
+                None => return unauthorized(&request, &path, "not a token of this server"),
+            }
+        }
+        None => match state.access.session(headers, now) {
+            Some(session) => (session.role, Some(session)),
+            None => return unauthorized(&request, &path, "missing"),
+        },
+    };
+    if role == Role::Viewer && path.starts_with("/api/destinations/") && path.ends_with("/secret") {
+        return ApiError::Forbidden("the viewer role is not given signing secrets".to_string())
+            .into_response();
     }
-    next.run(request).await
+    if changes_state(request.method()) {
+        if let Some(session) = &session {
+            let presented = headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !session.csrf_matches(presented) {
+                return ApiError::Forbidden(format!(
+                    "a change made with the dashboard's session needs its CSRF token in {CSRF_HEADER}"
+                ))
+                .into_response();
+            }
+        }
+        let viewer_may = state.access.viewer_can_close
+            && path.starts_with("/api/callbacks/")
+            && path.ends_with("/close");
+        if role == Role::Viewer && !viewer_may {
+            return ApiError::Forbidden("the viewer role reads and changes nothing".to_string())
+                .into_response();
+        }
+    }
+    let refreshed = session
+        .and_then(|s| s.touched(now))
+        .map(|s| s.set_cookie(request.headers()));
+    request.extensions_mut().insert(role);
+    let mut response = next.run(request).await;
+    if let Some(cookie) = refreshed {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+fn unauthorized(request: &Request, path: &str, why: &'static str) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<Peer>>();
+    tracing::warn!(
+        source = %super::webhook::source(peer, request.headers()),
+        path,
+        authorization = why,
+        "API request refused (401)"
+    );
+    let mut response = ApiError::Unauthorized.into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"alohook\""),
+    );
+    response
 }
 
 /// Middleware in front of the `/api` reads (not the live stream, which has `--max-streams`): a

@@ -10,6 +10,8 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub enum ApiError {
     Unauthorized,
+    /// Authenticated, but not allowed to do this (the viewer role, a missing CSRF token).
+    Forbidden(String),
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -41,6 +43,7 @@ impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApiError::Unauthorized => write!(f, "unauthorized"),
+            ApiError::Forbidden(detail) => write!(f, "forbidden: {detail}"),
             ApiError::NotFound => write!(f, "not found"),
             ApiError::MethodNotAllowed => write!(f, "method not allowed"),
             ApiError::PayloadTooLarge => write!(f, "payload too large"),
@@ -92,6 +95,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorBody::code("unauthorized")),
+            ApiError::Forbidden(detail) => (
+                StatusCode::FORBIDDEN,
+                ErrorBody::detail("forbidden", detail),
+            ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, ErrorBody::code("not_found")),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -58,7 +58,10 @@ pub struct AppState {
     pub ingest: Ingest,
     pub store: Arc<dyn Store>,
     pub webhook_keys: Arc<KeySet>,
-    pub api_tokens: Arc<KeySet>,
+    /// Who may use the API and the dashboard.
+    pub access: Arc<crate::web::session::Access>,
+    /// The dashboard's settings.
+    pub dashboard: Arc<crate::config::DashboardConfig>,
     pub tz: TimeZone,
     pub max_body: usize,
     pub metrics: Arc<Metrics>,
@@ -133,6 +136,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api.merge(api_long().into_openapi());
     let mut document = openapi::ApiDoc::openapi();
     document.merge(outside().into_openapi());
+    document.merge(crate::web::routes(None).into_openapi());
     openapi::finish(document.nest("/api", api))
 }
 
@@ -153,11 +157,14 @@ pub fn app(state: AppState) -> Router {
             auth::require_api_token,
         ));
     let (outside, _) = outside().split_for_parts();
+    let (dashboard, _) = crate::web::routes(Some(state.clone())).split_for_parts();
     outside
         .nest("/api", api)
+        .merge(dashboard)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(time_limit))
+        .layer(axum::middleware::from_fn(crate::web::security_headers))
         .layer(axum::middleware::from_fn(conn::mark_request_read))
         .with_state(state)
 }

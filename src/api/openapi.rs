@@ -127,6 +127,12 @@ pub fn finish(mut openapi: OpenApi) -> OpenApi {
                 add("401", error("No valid key or token in `Authorization`"));
             }
             if api {
+                add(
+                    "403",
+                    error(
+                        "The viewer role, or a dashboard session without its CSRF token, may not change this",
+                    ),
+                );
                 add("408", error("Not answered within 30 s"));
                 add(
                     "503",

@@ -6,6 +6,8 @@ mod support;
 mod callbacks;
 /// The real binary: first-run credentials, the listening line, SIGTERM.
 mod cli;
+/// The dashboard over HTTP: sessions, roles, CSRF, security headers, escaping, languages.
+mod dashboard;
 /// Identity of events: key order, whitespace, number vs string, restarts, concurrent resends.
 mod dedupe;
 /// Exports: CSV and JSON Lines over HTTP and from the command line.
