@@ -132,10 +132,14 @@ pub async fn require_api_token(
                 None => return unauthorized(&request, &path, "not a token of this server"),
             }
         }
-        None => match state.access.session(headers, now) {
-            Some(session) => (session.role, Some(session)),
-            None => return unauthorized(&request, &path, "missing"),
-        },
+        None => {
+            match crate::web::session::signed_in(&state.access, state.store.as_ref(), headers, now)
+                .await
+            {
+                Some(session) => (session.role, Some(session)),
+                None => return unauthorized(&request, &path, "missing"),
+            }
+        }
     };
     if role == Role::Viewer && path.starts_with("/api/destinations/") && path.ends_with("/secret") {
         return ApiError::Forbidden("the viewer role is not given signing secrets".to_string())

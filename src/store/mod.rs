@@ -432,6 +432,26 @@ pub struct DeliveryCounts {
     pub last_error: Option<String>,
 }
 
+/// Dashboard sessions signed out before they expired (see [`crate::web::session`]): a session
+/// is a signed cookie, so signing out is remembered here, where every instance sees it.
+#[async_trait]
+pub trait Sessions: Send + Sync + 'static {
+    /// Remembers that session `id` was signed out at `at` (Unix seconds), and forgets those
+    /// signed out before `forget_before` (their cookies have expired by then anyway).
+    async fn end_session(&self, id: &str, at: i64, forget_before: i64) -> Result<(), StoreError>;
+
+    /// Whether session `id` was signed out.
+    async fn session_ended(&self, id: &str) -> Result<bool, StoreError>;
+}
+
+/// Remembers a signed-out session (any order of sign-outs: the first one counts).
+pub const END_SESSION: &str =
+    "INSERT INTO ended_sessions (id, ended_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING";
+/// Forgets the sessions signed out before a time.
+pub const FORGET_SESSIONS: &str = "DELETE FROM ended_sessions WHERE ended_at < ?";
+/// Whether a session was signed out.
+pub const SESSION_ENDED: &str = "SELECT 1 FROM ended_sessions WHERE id = ?";
+
 /// Forwarding destinations, kept in the store so that every instance shares them.
 #[async_trait]
 pub trait Destinations: Send + Sync + 'static {
@@ -594,7 +614,7 @@ pub fn count_changes_query(
 
 /// The domain operations alohook needs from a database.
 #[async_trait]
-pub trait Store: ChangeLog + Destinations + Deliveries + reports::Reports {
+pub trait Store: ChangeLog + Destinations + Deliveries + reports::Reports + Sessions {
     /// Commits a batch in one durable transaction: stores new events, counts resends, merges
     /// call events into their calls, quarantines bad bodies, and writes one change for every
     /// event stored now. Either all of it commits or none. An empty batch writes a heartbeat row

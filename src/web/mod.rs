@@ -113,7 +113,9 @@ async fn require_session(
     next: Next,
 ) -> Response {
     let now = now();
-    let Some(session) = state.access.session(request.headers(), now) else {
+    let Some(session) =
+        session::signed_in(&state.access, state.store.as_ref(), request.headers(), now).await
+    else {
         return Redirect::to("/login").into_response();
     };
     let refreshed = session
@@ -133,8 +135,8 @@ async fn require_session(
 }
 
 /// Whether a form's `_csrf` is the session's token, or, without a session, the sign-in form's.
-fn form_csrf_ok(state: &AppState, headers: &HeaderMap, presented: &str) -> bool {
-    match state.access.session(headers, now()) {
+async fn form_csrf_ok(state: &AppState, headers: &HeaderMap, presented: &str) -> bool {
+    match session::signed_in(&state.access, state.store.as_ref(), headers, now()).await {
         Some(session) => session.csrf_matches(presented),
         None => session::cookie(headers, FORM_COOKIE).is_some_and(|expected| {
             use subtle::ConstantTimeEq;
@@ -262,7 +264,10 @@ fn login_markup(lang: Lang, form_token: &str, problem: Option<&'static str>) -> 
     responses((status = 200, description = "The sign-in page", content_type = "text/html", body = String),
         (status = 303, description = "Signed in already: to the Live page")))]
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if state.access.session(&headers, now()).is_some() {
+    if session::signed_in(&state.access, state.store.as_ref(), &headers, now())
+        .await
+        .is_some()
+    {
         return Redirect::to("/").into_response();
     }
     login_form(&headers, StatusCode::OK, None)
@@ -311,7 +316,7 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !form_csrf_ok(&state, &headers, &form._csrf) {
+    if !form_csrf_ok(&state, &headers, &form._csrf).await {
         return login_form(&headers, StatusCode::FORBIDDEN, Some("sign_in.expired"));
     }
     let token = form.token.trim().as_bytes();
@@ -349,12 +354,31 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !form_csrf_ok(&state, &headers, &form._csrf) {
+    if !form_csrf_ok(&state, &headers, &form._csrf).await {
         return (
             StatusCode::FORBIDDEN,
             "the form's CSRF token is missing or wrong",
         )
             .into_response();
+    }
+    // Remembered until the cookie would have expired anyway, so that the cookie, if it was
+    // copied, opens nothing any more.
+    if let Some(session) = state.access.session(&headers, now()) {
+        let idle = i64::try_from(state.access.idle.as_secs()).unwrap_or(i64::MAX / 2);
+        let forget_before = now() - idle - 120;
+        if let Err(error) = state
+            .store
+            .end_session(&session.id(), now(), forget_before)
+            .await
+        {
+            tracing::error!(%error, "cannot remember a sign-out");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot sign out now: the database does not answer; try again",
+            )
+                .into_response();
+        }
+        tracing::info!(role = session.role.as_str(), "dashboard sign-out");
     }
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().append(
@@ -385,7 +409,7 @@ async fn language(
     headers: HeaderMap,
     Form(form): Form<LanguageForm>,
 ) -> Response {
-    if !form_csrf_ok(&state, &headers, &form._csrf) {
+    if !form_csrf_ok(&state, &headers, &form._csrf).await {
         return (
             StatusCode::FORBIDDEN,
             "the form's CSRF token is missing or wrong",

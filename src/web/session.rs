@@ -182,7 +182,8 @@ impl Access {
         })
     }
 
-    /// The session of a request's cookie, if it has a valid one.
+    /// The session of a request's cookie, if it has a valid one (see [`signed_in`] for one
+    /// that was not signed out).
     pub fn session(&self, headers: &HeaderMap, now: i64) -> Option<Session> {
         cookie(headers, COOKIE).and_then(|value| self.open(&value, now))
     }
@@ -213,6 +214,15 @@ impl Session {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
         mac.update(text.as_bytes());
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// The session's id, as the store remembers a sign-out (a digest of its nonce).
+    pub fn id(&self) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.nonce.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The cookie's value.
@@ -311,6 +321,25 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Whether a method changes something (needs a CSRF token with a session, and the admin role).
 pub fn changes_state(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The session of a request's cookie when it is valid and was not signed out (a store that
+/// cannot say counts as signed out).
+pub async fn signed_in(
+    access: &Access,
+    store: &dyn crate::store::Store,
+    headers: &HeaderMap,
+    now: i64,
+) -> Option<Session> {
+    let session = access.session(headers, now)?;
+    match store.session_ended(&session.id()).await {
+        Ok(false) => Some(session),
+        Ok(true) => None,
+        Err(error) => {
+            tracing::warn!(%error, "cannot check a dashboard session; treated as signed out");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -198,6 +198,12 @@ on_every_backend! {
         assert!(v.cookie("alohook_session").is_none(), "sign-out removes the cookie");
         let (status, _, _) = v.get("/").await;
         assert_eq!(status, StatusCode::SEE_OTHER);
+        // The cookie, kept by someone, opens nothing after the sign-out: not a page, not the API.
+        v.cookies.insert("alohook_session".to_string(), session);
+        let (status, _, _) = v.get("/").await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "a signed-out session opens no page");
+        let (status, _) = v.api(reqwest::Method::GET, "/api/calls", None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "a signed-out session opens no API");
         server.stop().await;
     }
 

@@ -536,6 +536,17 @@ impl alohook::store::reports::Reports for FlakyStore {
 }
 
 #[async_trait]
+impl alohook::store::Sessions for FlakyStore {
+    async fn end_session(&self, id: &str, at: i64, forget_before: i64) -> Result<(), StoreError> {
+        self.inner.end_session(id, at, forget_before).await
+    }
+
+    async fn session_ended(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.session_ended(id).await
+    }
+}
+
+#[async_trait]
 impl Store for FlakyStore {
     async fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError> {
         tokio::time::sleep(self.delay).await;

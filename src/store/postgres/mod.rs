@@ -84,6 +84,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_callbacks.sql"),
     include_str!("migrations/0006_listing_indexes.sql"),
     include_str!("migrations/0007_rollup.sql"),
+    include_str!("migrations/0008_sessions.sql"),
 ];
 /// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance (the
 /// notification goes out at commit, and only if the transaction commits; see write.rs).
@@ -787,6 +788,32 @@ fn heard(
         Some(Ok(_)) => Ok(()),
         Some(Err(e)) => Err(e.into()),
         None => Err(StoreError::Database("the connection closed".into())),
+    }
+}
+
+#[async_trait]
+impl super::Sessions for PgStore {
+    async fn end_session(&self, id: &str, at: i64, forget_before: i64) -> Result<(), StoreError> {
+        let mut connection = Checkout::new(self.reads.get().await?, &self.tls);
+        within(READ_TIMEOUT, async {
+            let client = connection.client();
+            client
+                .execute(&numbered(super::END_SESSION), &[&id, &at])
+                .await?;
+            client
+                .execute(&numbered(super::FORGET_SESSIONS), &[&forget_before])
+                .await?;
+            Ok(())
+        })
+        .await?;
+        connection.finished();
+        Ok(())
+    }
+
+    async fn session_ended(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = numbered(super::SESSION_ENDED);
+        self.read(async |client| Ok(client.query_opt(&sql, &[&id]).await?.is_some()))
+            .await
     }
 }
 

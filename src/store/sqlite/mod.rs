@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_callbacks.sql"),
     include_str!("migrations/0006_listing_indexes.sql"),
     include_str!("migrations/0007_rollup.sql"),
+    include_str!("migrations/0008_sessions.sql"),
 ];
 /// Below this much free space on the database's file system, the store says it is not ready:
 /// a batch of large events, the WAL's growth and a checkpoint need room.
@@ -995,6 +996,32 @@ impl ChangeLog for SqliteStore {
                     )?
                     .query_row([], |r| r.get(0))?)
             })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl super::Sessions for SqliteStore {
+    async fn end_session(&self, id: &str, at: i64, forget_before: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.blocking(move |inner| {
+            inner.write(|tx| {
+                tx.prepare_cached(super::END_SESSION)?
+                    .execute(params![id, at])?;
+                tx.prepare_cached(super::FORGET_SESSIONS)?
+                    .execute([forget_before])?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn session_ended(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.reading(move |inner| {
+            inner
+                .with_reader(|conn| Ok(conn.prepare_cached(super::SESSION_ENDED)?.exists([&id])?))
         })
         .await
     }
