@@ -2,6 +2,8 @@
 
 mod support;
 
+/// The dashboard in a real headless Chromium: sign-in, Live updates, search, escaping, language.
+mod browser;
 /// The missed-call callback worklist: by hand, in any arrival order, rebuilt with the records.
 mod callbacks;
 /// The real binary: first-run credentials, the listening line, SIGTERM.

@@ -1,0 +1,476 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`, which
+//! `.ci/run` installs), against the real server with simulated traffic. Each test saves a
+//! screenshot of the pages it visits in `target/screenshots/`; with
+//! `ALOHOOK_SCREENSHOTS=docs/screenshots` it refreshes the README's.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::dashboard::{VIEWER, dashboard_settings};
+use crate::support::*;
+
+/// A chromedriver of its own, and a Chromium session through it.
+struct Browser {
+    client: Client,
+    driver: std::process::Child,
+}
+
+impl Browser {
+    /// `None` (with a notice) where Chromium is not installed; CI sets ALOHOOK_TEST_STRICT,
+    /// which turns that into a failure.
+    async fn start(lang: &str) -> Option<Browser> {
+        let driver_path = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(driver_path) = driver_path else {
+            let why = "no chromedriver: install Debian's chromium and chromium-driver packages";
+            assert!(std::env::var_os("ALOHOOK_TEST_STRICT").is_none(), "{why}");
+            eprintln!("NOTICE: skipped: {why}");
+            return None;
+        };
+        let port = free_port();
+        let driver = std::process::Command::new(driver_path)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".to_string(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-dev-shm-usage", "--window-size=1280,900", format!("--lang={lang}")],
+                "prefs": {"intl.accept_languages": lang}}),
+        );
+        let started = Instant::now();
+        loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            let connected = ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await;
+            match connected {
+                Ok(client) => return Some(Browser { client, driver }),
+                Err(e) if started.elapsed() > Duration::from_secs(30) => {
+                    panic!("cannot start Chromium through chromedriver: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+
+    /// The text of the first element matching `css`.
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits up to `limit` for `check` to hold on the page's source.
+    async fn wait_until(&self, limit: Duration, what: &str, check: impl Fn(&str) -> bool) {
+        let started = Instant::now();
+        loop {
+            let source = self.client.source().await.unwrap();
+            if check(&source) {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "not within {limit:?}: {what}\n{source}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn sign_in(&self, server: &TestServer, token: &str) {
+        self.client.goto(&server.url("/login")).await.unwrap();
+        let field = self
+            .client
+            .wait()
+            .for_element(Locator::Id("token"))
+            .await
+            .unwrap();
+        field.send_keys(token).await.unwrap();
+        self.client
+            .find(Locator::Id("sign-in"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        self.client
+            .wait()
+            .for_element(Locator::Id("live"))
+            .await
+            .unwrap();
+    }
+
+    /// Saves a screenshot of the page as `name.png`.
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots")];
+        if let Some(dir) = std::env::var_os("ALOHOOK_SCREENSHOTS") {
+            dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir));
+        }
+        for dir in dirs {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{name}.png")), &png).unwrap();
+        }
+    }
+}
+
+/// Today in the server's zone, as Alohub writes a time: `2024-01-13 09:00:00`.
+fn today_at(hms: &str) -> String {
+    let tz = jiff::tz::TimeZone::get("Asia/Ho_Chi_Minh").unwrap();
+    format!("{} {hms}", jiff::Timestamp::now().to_zoned(tz).date())
+}
+
+/// A day's simulated traffic: answered and missed calls on two hotlines, several agents.
+async fn traffic(server: &TestServer) {
+    let agents = ["lan.nguyen", "minh.tran", "hoa.le"];
+    for i in 0..12 {
+        let (status, answer, end) = if i % 4 == 3 {
+            (
+                "missed",
+                "".to_string(),
+                today_at(&format!("0{}:00:40", i % 9)),
+            )
+        } else {
+            (
+                "answered",
+                today_at(&format!("0{}:00:12", i % 9)),
+                today_at(&format!("0{}:04:30", i % 9)),
+            )
+        };
+        let e = call_event(
+            &format!("T{i:02}"),
+            status,
+            if i % 5 == 4 { "outbound" } else { "inbound" },
+            &format!("09{:08}", 12_345_000 + i),
+            &format!("10{}", i % 3),
+            if i % 2 == 0 { "19001234" } else { "19005678" },
+            agents[i % 3],
+            [&today_at(&format!("0{}:00:00", i % 9)), &answer, &end],
+            "0",
+        );
+        assert_eq!(server.post(e.to_string()).await.0, StatusCode::OK);
+    }
+}
+
+fn live_event(id: &str, status: &str, times: [&str; 3]) -> Value {
+    call_event(
+        id,
+        status,
+        "inbound",
+        "0912345678",
+        "101",
+        "19001234",
+        "lan.nguyen",
+        times,
+        "",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_and_out_in_a_browser() {
+    let db = Db::sqlite();
+    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    let c = &browser.client;
+    c.goto(&server.url("/")).await.unwrap();
+    c.wait().for_element(Locator::Id("token")).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().ends_with("/login"));
+    browser.screenshot("sign-in").await;
+    // A wrong token: still the sign-in page, saying so.
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys("wrong")
+        .await
+        .unwrap();
+    c.find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Css("p.error")).await.unwrap();
+    // The token never goes into a URL.
+    assert!(!c.current_url().await.unwrap().as_str().contains("wrong"));
+    browser.sign_in(&server, TOKEN).await;
+    assert_eq!(browser.text(".role").await, "Administrator");
+    let cookies = c.get_all_cookies().await.unwrap();
+    let session = cookies
+        .iter()
+        .find(|k| k.name() == "alohook_session")
+        .expect("a session cookie");
+    assert_eq!(session.http_only(), Some(true));
+    c.find(Locator::Id("sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Id("token")).await.unwrap();
+    c.goto(&server.url("/calls")).await.unwrap();
+    c.wait().for_element(Locator::Id("token")).await.unwrap();
+    assert!(
+        c.current_url().await.unwrap().path().ends_with("/login"),
+        "signed out"
+    );
+    browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_appears_on_live_within_two_seconds_and_moves_to_ended() {
+    let db = Db::sqlite();
+    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+    traffic(&server).await;
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    browser.sign_in(&server, TOKEN).await;
+    let calls_before = browser.text("#kpi-calls .value").await;
+    // Ringing: on the page, without a reload, within 2 s.
+    let posted = Instant::now();
+    let ringing = live_event("LIVE1", "ringing", [&today_at("10:00:00"), "", ""]);
+    assert_eq!(server.post(ringing.to_string()).await.0, StatusCode::OK);
+    browser
+        .wait_until(Duration::from_secs(2), "the ringing call on Live", |s| {
+            s.contains(r#"data-call="LIVE1" data-phase="ringing""#)
+        })
+        .await;
+    eprintln!("ringing call shown {:?} after its event", posted.elapsed());
+    let row = browser
+        .client
+        .find(Locator::Css(r#"#active tr[data-call="LIVE1"] td.phase"#))
+        .await
+        .unwrap();
+    assert_eq!(row.text().await.unwrap(), "Ringing");
+    // Answered: in progress.
+    let answered = live_event(
+        "LIVE1",
+        "answered",
+        [&today_at("10:00:00"), &today_at("10:00:07"), ""],
+    );
+    assert_eq!(server.post(answered.to_string()).await.0, StatusCode::OK);
+    browser
+        .wait_until(Duration::from_secs(2), "the call in progress", |s| {
+            s.contains(r#"data-call="LIVE1" data-phase="in_progress""#)
+        })
+        .await;
+    browser.screenshot("live").await;
+    // Ended: out of the calls now, first of the last ended, and counted today.
+    let ended = live_event(
+        "LIVE1",
+        "answered",
+        [
+            &today_at("10:00:00"),
+            &today_at("10:00:07"),
+            &today_at("10:03:00"),
+        ],
+    );
+    assert_eq!(server.post(ended.to_string()).await.0, StatusCode::OK);
+    browser
+        .wait_until(Duration::from_secs(2), "the call ended", |s| {
+            let active = s
+                .split("id=\"active\"")
+                .nth(1)
+                .unwrap_or("")
+                .split("</table>")
+                .next()
+                .unwrap_or("");
+            let recent = s.split("id=\"recent\"").nth(1).unwrap_or("");
+            !active.contains("LIVE1") && recent.contains(r#"data-call="LIVE1""#)
+        })
+        .await;
+    let expected = (calls_before.parse::<i64>().unwrap() + 1).to_string();
+    browser
+        .wait_until(Duration::from_secs(5), "today's calls counted again", |s| {
+            s.contains(&format!(r#"<span class="value">{expected}</span>"#))
+        })
+        .await;
+    browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_in_another_form_finds_the_call_and_its_page_shows_the_events() {
+    let db = Db::sqlite();
+    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+    traffic(&server).await;
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    browser.sign_in(&server, TOKEN).await;
+    let c = &browser.client;
+    c.goto(&server.url("/calls")).await.unwrap();
+    browser.screenshot("calls").await;
+    // T05 is 0912345005: searched as +84 912 345 005.
+    c.find(Locator::Id("phone"))
+        .await
+        .unwrap()
+        .send_keys("+84 912 345 005")
+        .await
+        .unwrap();
+    c.find(Locator::Id("search-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .for_element(Locator::Css("#results"))
+        .await
+        .unwrap();
+    let links = c.find_all(Locator::Css("#results tbody tr")).await.unwrap();
+    assert_eq!(links.len(), 1, "one call of that number");
+    assert!(
+        !c.current_url().await.unwrap().as_str().contains("912"),
+        "no phone number in the URL"
+    );
+    c.find(Locator::Css("#results tbody a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait().for_element(Locator::Id("events")).await.unwrap();
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/calls/T05")
+    );
+    let events = c.find_all(Locator::Css("#events li.event")).await.unwrap();
+    assert_eq!(events.len(), 1);
+    // The payload as received, opened.
+    c.find(Locator::Css("#events summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let payload = browser.text("#events pre.payload").await;
+    assert!(payload.contains("\"call_id\": \"T05\""), "{payload}");
+    browser.screenshot("call").await;
+    browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_in_a_name_is_shown_as_text() {
+    let db = Db::sqlite();
+    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+    let xss = "<img src=x onerror=alert(1)>";
+    let e = call_event(
+        "XSS1",
+        "answered",
+        "inbound",
+        "0912345678",
+        "101",
+        "19001234",
+        xss,
+        [
+            &today_at("08:00:00"),
+            &today_at("08:00:05"),
+            &today_at("08:01:00"),
+        ],
+        "",
+    );
+    assert_eq!(server.post(e.to_string()).await.0, StatusCode::OK);
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    browser.sign_in(&server, TOKEN).await;
+    let c = &browser.client;
+    for path in ["/", "/calls", "/calls/XSS1"] {
+        c.goto(&server.url(path)).await.unwrap();
+        c.wait().for_element(Locator::Id("main")).await.unwrap();
+        let images = c.find_all(Locator::Css("main img")).await.unwrap();
+        assert!(images.is_empty(), "{path}: the name made an element");
+        let main = browser.text("main").await;
+        assert!(
+            main.contains(xss),
+            "{path}: the name is shown as text: {main}"
+        );
+        assert!(c.get_alert_text().await.is_err(), "{path}: an alert opened");
+    }
+    // The policy that would stop an injected script anyway.
+    let r = reqwest::get(server.url("/login")).await.unwrap();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_language_switch_changes_the_labels() {
+    let db = Db::sqlite();
+    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+    traffic(&server).await;
+    // A Vietnamese browser gets Vietnamese.
+    let Some(browser) = Browser::start("vi-VN").await else {
+        return;
+    };
+    browser.client.goto(&server.url("/login")).await.unwrap();
+    browser
+        .client
+        .wait()
+        .for_element(Locator::Id("sign-in"))
+        .await
+        .unwrap();
+    assert_eq!(browser.text("#sign-in").await, "Đăng nhập");
+    browser.sign_in(&server, VIEWER).await;
+    assert_eq!(browser.text("nav a[aria-current=page]").await, "Trực tiếp");
+    assert_eq!(browser.text(".role").await, "Người xem (chỉ xem)");
+    browser.screenshot("live-vi").await;
+    // Switched to English, and it stays so.
+    browser
+        .client
+        .find(Locator::Id("language"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_until(Duration::from_secs(5), "English labels", |s| {
+            s.contains(">Live<")
+        })
+        .await;
+    browser.client.goto(&server.url("/calls")).await.unwrap();
+    browser
+        .client
+        .wait()
+        .for_element(Locator::Id("search"))
+        .await
+        .unwrap();
+    assert_eq!(browser.text("nav a[aria-current=page]").await, "Calls");
+    browser.close().await;
+    server.stop().await;
+}
