@@ -5,8 +5,10 @@
 //! The script only enhances: it follows the live stream on the Live page. Every response carries
 //! a Content-Security-Policy that allows no inline script and no framing.
 
+mod forwarding;
 pub mod i18n;
 mod pages;
+mod reports;
 pub mod session;
 
 use axum::extract::{Form, Request, State};
@@ -41,6 +43,11 @@ pub fn routes(state: Option<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(pages::live))
         .routes(routes!(pages::calls, pages::calls_search))
         .routes(routes!(pages::call))
+        .routes(routes!(pages::callbacks))
+        .routes(routes!(pages::close_callback))
+        .routes(routes!(reports::reports))
+        .routes(routes!(forwarding::forwarding, forwarding::create))
+        .routes(routes!(forwarding::act))
         .routes(routes!(logout));
     if let Some(state) = state {
         signed_in = signed_in
@@ -222,6 +229,17 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Text as one segment of a path or a query value: everything but letters, digits and `-._~`
+/// percent-encoded.
+pub fn urlencode(text: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, SEGMENT).to_string()
 }
 
 /// The bytes of the embedded assets (the issue bounds them).

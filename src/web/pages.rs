@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{Ctx, layout};
+use super::{Ctx, layout, urlencode};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::model::view::CallView;
@@ -16,7 +16,7 @@ use crate::model::view::CallView;
 type Params = Vec<(String, String)>;
 
 /// A page for an API error: a 4xx says what was wrong, the rest "try again".
-fn error_page(ctx: &Ctx, error: ApiError) -> Response {
+pub(super) fn error_page(ctx: &Ctx, error: ApiError) -> Response {
     let text = match &error {
         ApiError::NotFound => ctx.t("call.not_found").to_string(),
         ApiError::InvalidParameter { .. } => error.to_string(),
@@ -204,10 +204,6 @@ fn calls_table(ctx: &Ctx, calls: &[CallView], id: &str) -> Markup {
             }
         }
     }
-}
-
-fn urlencode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// The Calls page's search form: what `/api/calls` filters by. It is sent by POST, so that no
@@ -472,4 +468,176 @@ fn pretty(raw: &str) -> String {
     serde_json::from_str::<serde_json::Value>(raw)
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|_| raw.to_string())
+}
+
+/// Callbacks: the open worklist, oldest first, each item's age coloured against the targets
+/// (`--callback-amber-minutes`, `--callback-red-minutes`), with `tel:` links and a close form;
+/// then the items closed last, with who or what closed them.
+#[utoipa::path(get, path = "/callbacks", tag = "dashboard",
+    responses((status = 200, description = "Callbacks: the open worklist and the items closed last", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to the sign-in page")))]
+pub async fn callbacks(State(state): State<AppState>, Extension(ctx): Extension<Ctx>) -> Response {
+    match callbacks_content(&state, &ctx).await {
+        Ok(content) => {
+            layout(&ctx, ctx.t("nav.callbacks"), "nav.callbacks", content).into_response()
+        }
+        Err(e) => error_page(&ctx, e),
+    }
+}
+
+fn may_close(state: &AppState, ctx: &Ctx) -> bool {
+    ctx.admin() || state.dashboard.viewer_can_close
+}
+
+async fn callbacks_content(state: &AppState, ctx: &Ctx) -> Result<Markup, ApiError> {
+    let list = |params: &[(&str, &str)]| {
+        let params: Params = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::api::callbacks::list(State(state.clone()), Ok(Query(params)))
+    };
+    let open = list(&[("state", "open"), ("sort", "oldest"), ("limit", "200")])
+        .await?
+        .0;
+    let closed = list(&[("state", "closed"), ("sort", "newest"), ("limit", "50")])
+        .await?
+        .0;
+    let amber = state.dashboard.callback_amber.as_secs() as i64;
+    let red = state.dashboard.callback_red.as_secs() as i64;
+    let closing = may_close(state, ctx);
+    Ok(html! {
+        h1 { (ctx.t("nav.callbacks")) }
+        p.legend {
+            (ctx.t("cb.targets")) " "
+            span.age.amber { (ctx.t("cb.amber")) " ≥ " (ctx.lang.duration(amber)) }
+            " · "
+            span.age.red { (ctx.t("cb.red")) " ≥ " (ctx.lang.duration(red)) }
+        }
+        @if open.items.is_empty() {
+            p.empty #open-empty { (ctx.t("cb.none")) }
+        } @else {
+            table.calls #open-items {
+                thead { tr {
+                    th { (ctx.t("col.caller")) } th { (ctx.t("cb.missed")) } th { (ctx.t("cb.first")) }
+                    th { (ctx.t("col.hotline")) } th { (ctx.t("cb.attempts")) } th { (ctx.t("cb.age")) }
+                    @if closing { th { (ctx.t("cb.close")) } }
+                } }
+                tbody {
+                    @for item in &open.items {
+                        @let age = item.age_seconds.unwrap_or(0);
+                        @let class = if age >= red { "age red" } else if age >= amber { "age amber" } else { "age" };
+                        tr data-item=(item.id) {
+                            td {
+                                @if item.reachable {
+                                    a href={"tel:" (item.phone)} { (item.phone_as_sent) }
+                                } @else {
+                                    (item.phone_as_sent)
+                                }
+                            }
+                            td { (item.missed_count) }
+                            td { (ctx.lang.time(&item.first_missed_at)) }
+                            td { (item.hotlines.join(", ")) }
+                            td { (item.attempts) }
+                            td { span class=(class) { (ctx.lang.duration(age)) } }
+                            @if closing {
+                                td {
+                                    form.close method="post" action={"/callbacks/" (urlencode(&item.id)) "/close"} {
+                                        input type="hidden" name="_csrf" value=(ctx.csrf());
+                                        input name="note" maxlength="1000" placeholder=(ctx.t("cb.note")) aria-label=(ctx.t("cb.note"));
+                                        button type="submit" { (ctx.t("cb.close")) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if open.next_cursor.is_some() { p.empty { (ctx.t("cb.more")) } }
+        }
+        h2 { (ctx.t("cb.closed")) }
+        table.calls #closed-items {
+            thead { tr {
+                th { (ctx.t("col.caller")) } th { (ctx.t("cb.closed_at")) } th { (ctx.t("cb.closed_by")) } th { (ctx.t("cb.note")) }
+            } }
+            tbody {
+                @for item in &closed.items {
+                    tr data-item=(item.id) {
+                        td { (item.phone_as_sent) }
+                        td { (item.closed_at.as_deref().map(|t| ctx.lang.time(t)).unwrap_or_default()) }
+                        td {
+                            @match (item.closed_reason.as_deref(), &item.closed_by_call_id) {
+                                (Some("manual"), _) => { (ctx.t("cb.by_hand")) }
+                                (reason, Some(call)) => {
+                                    (reason.map(|r| ctx.lang.t(reason_key(r))).unwrap_or("")) " "
+                                    a href={"/calls/" (urlencode(call))} { (call) }
+                                }
+                                (reason, None) => { (reason.map(|r| ctx.lang.t(reason_key(r))).unwrap_or("")) }
+                            }
+                        }
+                        td { (item.note.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The label of a `closed_reason`.
+fn reason_key(reason: &str) -> &'static str {
+    match reason {
+        "answered_inbound" => "cb.reason.inbound",
+        "answered_outbound" => "cb.reason.outbound",
+        "manual" => "cb.by_hand",
+        _ => "cb.reason.call",
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CloseForm {
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    _csrf: String,
+}
+
+/// Closes a callback item by hand, with a note (the admin; the viewer with `--viewer-can-close`).
+#[utoipa::path(post, path = "/callbacks/{id}/close", tag = "dashboard",
+    params(("id" = String, Path, description = "The item's id (`cb_…`)")),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "`note` and `_csrf`"),
+    responses((status = 303, description = "Closed: back to the list"),
+        (status = 403, description = "The viewer role, or the form's CSRF token is missing or wrong", body = String),
+        (status = 404, description = "No such item", content_type = "text/html", body = String)))]
+pub async fn close_callback(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    Path(id): Path<String>,
+    Form(form): Form<CloseForm>,
+) -> Response {
+    if !ctx.session.csrf_matches(&form._csrf) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is missing or wrong",
+        )
+            .into_response();
+    }
+    if !may_close(&state, &ctx) {
+        return (StatusCode::FORBIDDEN, ctx.t("error.viewer")).into_response();
+    }
+    let note = form.note.trim();
+    let body = if note.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "note": note })
+    };
+    let closed = crate::api::callbacks::close(
+        State(state.clone()),
+        Ok(Path(id)),
+        bytes::Bytes::from(body.to_string()),
+    )
+    .await;
+    match closed {
+        Ok(_) => axum::response::Redirect::to("/callbacks").into_response(),
+        Err(e) => error_page(&ctx, e),
+    }
 }

@@ -422,6 +422,126 @@ on_every_backend! {
     }
 }
 
+on_every_backend! {
+    async fn the_callback_list_closes_by_hand_with_a_note(db) {
+        let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+        let missed = call_event("CB1", "missed", "inbound", "0901234567", "", "19001234", "",
+            ["2024-01-13 09:00:00", "", "2024-01-13 09:00:30"], "");
+        assert_eq!(server.post(missed.to_string()).await.0, StatusCode::OK);
+        let masked = call_event("CB2", "missed", "inbound", "09012xxx", "", "19001234", "",
+            ["2024-01-13 09:10:00", "", "2024-01-13 09:10:30"], "");
+        assert_eq!(server.post(masked.to_string()).await.0, StatusCode::OK);
+        // The viewer sees the list, without a close form, and cannot close.
+        let mut viewer = Visitor::new(&server);
+        assert_eq!(viewer.sign_in(VIEWER).await, StatusCode::SEE_OTHER);
+        let (status, _, page) = viewer.get("/callbacks").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("href=\"tel:+84901234567\""), "a tel: link: {page}");
+        assert!(!page.contains("tel:09012xxx"), "no link for a masked number");
+        assert!(page.contains("age red"), "a miss of 2024 is long past the red target");
+        assert!(!page.contains("/close\""), "no close form for the viewer");
+        let (_, items) = get_as(&server, "/api/callbacks?state=open&phone=0901234567", TOKEN).await;
+        let item = items["items"][0]["id"].as_str().unwrap().to_string();
+        let (status, _, _) = viewer.post_form(&format!("/callbacks/{item}/close"),
+            &[("note", "x"), ("_csrf", &csrf_of(&page))]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // The admin closes it with a note.
+        let mut admin = Visitor::new(&server);
+        assert_eq!(admin.sign_in(TOKEN).await, StatusCode::SEE_OTHER);
+        let (_, _, page) = admin.get("/callbacks").await;
+        assert!(page.contains(&format!("action=\"/callbacks/{item}/close\"")), "{page}");
+        let (status, headers, _) = admin.post_form(&format!("/callbacks/{item}/close"),
+            &[("note", "called back from a mobile <b>"), ("_csrf", &csrf_of(&page))]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers["location"], "/callbacks");
+        let (_, closed) = get_as(&server, &format!("/api/callbacks?state=closed&phone=0901234567"), TOKEN).await;
+        assert_eq!(closed["items"][0]["closed_reason"], "manual");
+        assert_eq!(closed["items"][0]["note"], "called back from a mobile <b>");
+        let (_, _, page) = admin.get("/callbacks").await;
+        let open_part = page.split("id=\"closed-items\"").next().unwrap();
+        assert!(!open_part.contains(&item), "closed: out of the open list");
+        let closed_part = page.split("id=\"closed-items\"").nth(1).unwrap();
+        assert!(closed_part.contains("By hand") && closed_part.contains("called back from a mobile &lt;b&gt;"));
+        server.stop().await;
+    }
+
+    async fn the_forwarding_page_creates_disables_and_shows_health(db) {
+        let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+        let mut admin = Visitor::new(&server);
+        assert_eq!(admin.sign_in(TOKEN).await, StatusCode::SEE_OTHER);
+        let (status, _, page) = admin.get("/forwarding").await;
+        assert_eq!(status, StatusCode::OK);
+        let csrf = csrf_of(&page);
+        // A wrong URL: said on the page.
+        let (status, _, page) = admin.post_form("/forwarding", &[("url", "ftp://x"), ("_csrf", &csrf)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("class=\"error\"") && page.contains("url"), "{page}");
+        let (status, _, page) = admin.post_form("/forwarding", &[("url", "http://127.0.0.1:9/hook"),
+            ("description", "CRM <script>"), ("status", "missed"), ("_csrf", &csrf)]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("id=\"secret\">whsec_"), "the secret shown once: {page}");
+        assert!(page.contains("CRM &lt;script&gt;"));
+        let (_, list) = get_as(&server, "/api/destinations", TOKEN).await;
+        let d = &list["items"][0];
+        let id = d["id"].as_str().unwrap().to_string();
+        assert_eq!(d["filter"]["status"], "missed");
+        let (status, _, _) = admin.post_form(&format!("/forwarding/{id}/disable"), &[("_csrf", &csrf)]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let (_, d) = get_as(&server, &format!("/api/destinations/{id}"), TOKEN).await;
+        assert_eq!(d["enabled"], false);
+        let (status, _, _) = admin.post_form(&format!("/forwarding/{id}/edit"),
+            &[("url", "http://127.0.0.1:9/other"), ("description", "CRM"), ("_csrf", &csrf)]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let (_, d) = get_as(&server, &format!("/api/destinations/{id}"), TOKEN).await;
+        assert_eq!(d["url"], "http://127.0.0.1:9/other");
+        let (_, _, page) = admin.get("/forwarding").await;
+        assert!(page.contains("Disabled") && page.contains(&id));
+        // The viewer sees it all and changes nothing.
+        let mut viewer = Visitor::new(&server);
+        assert_eq!(viewer.sign_in(VIEWER).await, StatusCode::SEE_OTHER);
+        let (_, _, page) = viewer.get("/forwarding").await;
+        assert!(page.contains(&id) && !page.contains("id=\"new-destination\""));
+        let vcsrf = csrf_of(&page);
+        for path in [format!("/forwarding/{id}/enable"), "/forwarding".to_string()] {
+            let (status, _, _) = viewer.post_form(&path, &[("url", "http://127.0.0.1:9/x"), ("_csrf", &vcsrf)]).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        }
+        let (_, d) = get_as(&server, &format!("/api/destinations/{id}"), TOKEN).await;
+        assert_eq!(d["enabled"], false);
+        server.stop().await;
+    }
+
+    async fn the_reports_page_shows_the_figures_of_the_range(db) {
+        let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+        for (i, status) in ["answered", "answered", "missed", "answered"].iter().enumerate() {
+            let answer = if *status == "answered" { "2024-01-13 09:00:10" } else { "" };
+            let e = call_event(&format!("R{i}"), status, "inbound", &format!("090123456{i}"), "101",
+                "19001234", "lan", ["2024-01-13 09:00:00", answer, "2024-01-13 09:02:00"], "");
+            assert_eq!(server.post(e.to_string()).await.0, StatusCode::OK);
+        }
+        let mut v = Visitor::new(&server);
+        assert_eq!(v.sign_in(TOKEN).await, StatusCode::SEE_OTHER);
+        let (status, _, page) = v.get("/reports?from=2024-01-10&to=2024-01-16").await;
+        assert_eq!(status, StatusCode::OK);
+        let tile = |name: &str| {
+            let marker = format!("data-figure=\"{name}\">");
+            let rest = page.split(&marker).nth(1).unwrap_or_else(|| panic!("{name}"));
+            rest.split("<span class=\"value\">").nth(1).unwrap().split('<').next().unwrap().to_string()
+        };
+        assert_eq!(tile("calls"), "4");
+        assert_eq!(tile("answered"), "3");
+        assert_eq!(tile("unanswered"), "1");
+        assert_eq!(tile("answer_rate"), "75.0%");
+        assert!(page.contains("id=\"chart\"") && page.contains("id=\"heatmap\""));
+        assert!(page.contains("id=\"agents\"") && page.contains(">lan<"));
+        assert!(page.contains("/api/export/calls?format=csv"), "a CSV download");
+        // A wrong date: said, not a crash.
+        let (status, _, page) = v.get("/reports?from=soon").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+        server.stop().await;
+    }
+}
+
 async fn post_json(
     server: &TestServer,
     path: &str,
