@@ -454,7 +454,7 @@ on_every_backend! {
             &[("note", "called back from a mobile <b>"), ("_csrf", &csrf_of(&page))]).await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         assert_eq!(headers["location"], "/callbacks");
-        let (_, closed) = get_as(&server, &format!("/api/callbacks?state=closed&phone=0901234567"), TOKEN).await;
+        let (_, closed) = get_as(&server, "/api/callbacks?state=closed&phone=0901234567", TOKEN).await;
         assert_eq!(closed["items"][0]["closed_reason"], "manual");
         assert_eq!(closed["items"][0]["note"], "called back from a mobile <b>");
         let (_, _, page) = admin.get("/callbacks").await;
