@@ -286,7 +286,7 @@ pub const TEXTS: &[(&str, &str, &str)] = &[
     ),
     ("rp.abandon_rate", "Abandon rate", "Tỷ lệ bỏ máy"),
     ("rp.service_level", "Service level", "Mức phục vụ"),
-    ("rp.asa", "Avg. answer (s)", "Chờ trả lời TB (giây)"),
+    ("rp.asa", "Avg. speed of answer", "Chờ trả lời TB"),
     ("rp.aht", "Avg. handling", "Thời gian xử lý TB"),
     ("rp.undated", "Without a start time", "Không có giờ bắt đầu"),
     (

@@ -96,7 +96,7 @@ async fn content(
     let g = total.groups.first();
     let l = ctx.lang;
     let int = |f: fn(&Group) -> u64| l.int(g.map_or(0, f) as i64);
-    let secs = |v: Option<f64>| v.map_or_else(|| "–".to_string(), |s| l.dec(s));
+    let secs = |v: Option<f64>| v.map_or_else(|| "–".to_string(), |s| l.duration(s.round() as i64));
     let csv = format!(
         "/api/export/calls?format=csv&bom=true&from={}&to={}",
         urlencode(from),

@@ -474,3 +474,154 @@ async fn the_language_switch_changes_the_labels() {
     browser.close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_call_is_on_callbacks_until_the_number_is_called_back() {
+    let db = Db::sqlite();
+    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+    traffic(&server).await;
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    browser.sign_in(&server, TOKEN).await;
+    let c = &browser.client;
+    let missed = call_event(
+        "MISS1",
+        "missed",
+        "inbound",
+        "0977111222",
+        "",
+        "19001234",
+        "",
+        [&today_at("09:30:00"), "", &today_at("09:30:40")],
+        "",
+    );
+    assert_eq!(server.post(missed.to_string()).await.0, StatusCode::OK);
+    c.goto(&server.url("/callbacks")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Id("open-items"))
+        .await
+        .unwrap();
+    let row = c
+        .find(Locator::XPath(
+            "//table[@id='open-items']//a[@href='tel:+84977111222']",
+        ))
+        .await;
+    assert!(
+        row.is_ok(),
+        "the missed caller is on the list with a tel: link"
+    );
+    browser.screenshot("callbacks").await;
+    // An agent calls the number back and they talk: the item closes.
+    let back = call_event(
+        "BACK1",
+        "answered",
+        "outbound",
+        "0977111222",
+        "101",
+        "19001234",
+        "lan.nguyen",
+        [
+            &today_at("09:40:00"),
+            &today_at("09:40:05"),
+            &today_at("09:42:00"),
+        ],
+        "",
+    );
+    assert_eq!(server.post(back.to_string()).await.0, StatusCode::OK);
+    c.refresh().await.unwrap();
+    c.wait()
+        .for_element(Locator::Id("closed-items"))
+        .await
+        .unwrap();
+    let open = c
+        .find_all(Locator::XPath(
+            "//table[@id='open-items']//a[@href='tel:+84977111222']",
+        ))
+        .await
+        .unwrap();
+    assert!(open.is_empty(), "called back: off the open list");
+    let closed = browser.text("#closed-items").await;
+    assert!(closed.contains("Called back: BACK1"), "{closed}");
+    browser.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reports_numbers_are_those_of_the_stats_api() {
+    let db = Db::sqlite();
+    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+    traffic(&server).await;
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    browser.sign_in(&server, TOKEN).await;
+    let c = &browser.client;
+    c.goto(&server.url("/reports")).await.unwrap();
+    c.wait().for_element(Locator::Id("tiles")).await.unwrap();
+    let from = c
+        .find(Locator::Id("from"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let to = c
+        .find(Locator::Id("to"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, stats) = server.get(&format!("/api/stats?from={from}&to={to}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let g = &stats["groups"][0];
+    let rate = |v: &Value| format!("{:.1}%", v.as_f64().unwrap() * 100.0);
+    for (name, expected) in [
+        ("calls", g["calls"].to_string()),
+        ("answered", g["answered"].to_string()),
+        ("unanswered", g["unanswered"].to_string()),
+        ("answer_rate", rate(&g["answer_rate"])),
+        ("service_level", rate(&g["service_level"])),
+    ] {
+        let shown = browser
+            .text(&format!("[data-figure='{name}'] .value"))
+            .await;
+        assert_eq!(shown, expected, "{name}");
+    }
+    // Per agent: the same rows as group_by=agent.
+    let (_, agents) = server
+        .get(&format!("/api/stats?from={from}&to={to}&group_by=agent"))
+        .await;
+    let rows = c.find_all(Locator::Css("#agents tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), agents["groups"].as_array().unwrap().len());
+    for (row, group) in rows.iter().zip(agents["groups"].as_array().unwrap()) {
+        let text = row.text().await.unwrap();
+        assert!(text.starts_with(group["key"].as_str().unwrap()), "{text}");
+        assert!(
+            text.contains(&format!(" {} ", group["calls"])),
+            "{text} vs {group}"
+        );
+    }
+    browser.screenshot("reports").await;
+    // Forwarding, for the README's pictures.
+    let created = serde_json::json!({"url": "http://127.0.0.1:9/hook", "description": "CRM"});
+    let r = reqwest::Client::new()
+        .post(server.url("/api/destinations"))
+        .bearer_auth(TOKEN)
+        .json(&created)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    c.goto(&server.url("/forwarding")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Id("destinations"))
+        .await
+        .unwrap();
+    browser.screenshot("forwarding").await;
+    browser.close().await;
+    server.stop().await;
+}
