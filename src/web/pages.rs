@@ -96,44 +96,42 @@ async fn calls_of(state: &AppState, params: &[(&str, &str)]) -> Result<Vec<CallV
 
 async fn live_content(state: &AppState, ctx: &Ctx) -> Result<Markup, ApiError> {
     let (today, yesterday) = today(state);
-    // Since yesterday: a call that rang days ago and never ended is not "now".
-    let mut active = calls_of(
-        state,
-        &[
-            ("phase", "in_progress"),
-            ("from", &yesterday),
-            ("limit", "200"),
-        ],
-    )
-    .await?;
-    active.extend(
-        calls_of(
-            state,
-            &[("phase", "ringing"), ("from", &yesterday), ("limit", "200")],
-        )
-        .await?,
-    );
-    active.sort_by(|a, b| b.start_time.cmp(&a.start_time));
-    let ended = calls_of(state, &[("phase", "ended"), ("limit", "20")]).await?;
-    let stats = crate::api::stats::stats(
-        State(state.clone()),
-        Ok(Query(vec![
-            ("from".to_string(), today.clone()),
-            ("to".to_string(), today.clone()),
-        ])),
-    )
-    .await?
-    .0;
-    let open = crate::api::callbacks::list(
-        State(state.clone()),
-        Ok(Query(vec![
-            ("state".to_string(), "open".to_string()),
-            ("limit".to_string(), "1000".to_string()),
-        ])),
-    )
-    .await?
-    .0;
+    // Since yesterday: a call that rang days ago and never ended is not "now". All at once.
+    let since = [("from", yesterday.as_str()), ("limit", "200")];
+    let in_progress = [&[("phase", "in_progress")][..], &since[..]].concat();
+    let ringing = [&[("phase", "ringing")][..], &since[..]].concat();
+    let day = vec![
+        ("from".to_string(), today.clone()),
+        ("to".to_string(), today.clone()),
+    ];
+    let open_items = vec![
+        ("state".to_string(), "open".to_string()),
+        ("limit".to_string(), "1000".to_string()),
+    ];
+    // The stream starts after the last change before anything is read: a change that lands
+    // meanwhile may be shown twice (the script updates a row in place), never missed.
     let seq = state.store.last_seq().await?;
+    let (mut active, ringing, ended, stats, open) = tokio::try_join!(
+        calls_of(state, &in_progress),
+        calls_of(state, &ringing),
+        calls_of(state, &[("phase", "ended"), ("limit", "20")]),
+        async {
+            Ok(
+                crate::api::stats::stats(State(state.clone()), Ok(Query(day)))
+                    .await?
+                    .0,
+            )
+        },
+        async {
+            Ok(
+                crate::api::callbacks::list(State(state.clone()), Ok(Query(open_items)))
+                    .await?
+                    .0,
+            )
+        },
+    )?;
+    active.extend(ringing);
+    active.sort_by(|a, b| b.start_time.cmp(&a.start_time));
     let group = stats.groups.first();
     let count = |f: fn(&crate::report::stats::Group) -> u64| group.map_or(0, f) as i64;
     let open_count = format!(

@@ -83,16 +83,22 @@ async fn content(
     to: &str,
     by: &str,
 ) -> Result<Markup, ApiError> {
-    let total = stats(state, from, to, "none").await?;
-    let series = stats(state, from, to, by).await?;
-    let hours = if by == "hour" {
-        None
-    } else {
-        Some(stats(state, from, to, "hour").await?)
+    // The five figures at once: each is one read of the summary.
+    // (The heat map reads the hourly series, which the chart has already when it is by hour.)
+    let heat = async {
+        match by {
+            "hour" => Ok(None),
+            _ => stats(state, from, to, "hour").await.map(Some),
+        }
     };
-    let hours = hours.as_ref().unwrap_or(&series);
-    let agents = stats(state, from, to, "agent").await?;
-    let hotlines = stats(state, from, to, "hotline").await?;
+    let (total, series, heat, agents, hotlines) = tokio::try_join!(
+        stats(state, from, to, "none"),
+        stats(state, from, to, by),
+        heat,
+        stats(state, from, to, "agent"),
+        stats(state, from, to, "hotline"),
+    )?;
+    let hours = heat.as_ref().unwrap_or(&series);
     let g = total.groups.first();
     let l = ctx.lang;
     let int = |f: fn(&Group) -> u64| l.int(g.map_or(0, f) as i64);
