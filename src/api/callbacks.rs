@@ -95,6 +95,7 @@ pub async fn list(
         (status = 404, description = "No such item", body = ErrorBody)))]
 pub async fn close(
     State(state): State<AppState>,
+    role: Option<axum::Extension<crate::web::session::Role>>,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Json<ItemView>, ApiError> {
@@ -128,7 +129,7 @@ pub async fn close(
     let now = now_seconds();
     let item = state
         .store
-        .close_callback(&id, note, now)
+        .close_callback(&id, note, role.map(|r| r.0.as_str().to_string()), now)
         .await?
         .ok_or(ApiError::NotFound)?;
     tracing::info!(callback = %item.id, "callback item closed by hand");

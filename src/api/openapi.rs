@@ -512,6 +512,7 @@ mod tests {
             ("/api/changes", feed::feed_params(&["limit"])),
             ("/api/stream", feed::feed_params(&[])),
             ("/api/deliveries", deliveries::PARAMS.to_vec()),
+            ("/reports", crate::web::reports::PARAMS.to_vec()),
         ];
         let mut checked = 0;
         for (path, item) in &doc.paths.paths {

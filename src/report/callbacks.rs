@@ -31,6 +31,8 @@ pub struct ManualClose {
     pub item_id: String,
     pub at: i64,
     pub note: Option<String>,
+    /// Who closed it: the role signed in (`admin`, `viewer`).
+    pub by: Option<String>,
 }
 
 /// One item of the worklist, times in Unix seconds (the API shows them in the configured zone).
@@ -55,6 +57,9 @@ pub struct Item {
     pub closed_by_call_id: Option<String>,
     pub closed_reason: Option<String>,
     pub note: Option<String>,
+    /// Who closed it by hand: the role signed in (`admin`, `viewer`); none for a close by a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
 }
 
 /// An item as the API shows it: times in the configured zone.
@@ -77,6 +82,8 @@ pub struct ItemView {
     pub closed_by_call_id: Option<String>,
     pub closed_reason: Option<String>,
     pub note: Option<String>,
+    /// Who closed it by hand: `admin` or `viewer` (the role signed in); null otherwise.
+    pub closed_by: Option<String>,
 }
 
 impl ItemView {
@@ -103,6 +110,7 @@ impl ItemView {
             closed_by_call_id: item.closed_by_call_id,
             closed_reason: item.closed_reason,
             note: item.note,
+            closed_by: item.closed_by,
         }
     }
 }
@@ -215,12 +223,14 @@ pub fn worklist(phone: &str, calls: &[NumberCall], closes: &[ManualClose]) -> Ve
         closed_by_call_id: None,
         closed_reason: None,
         note: None,
+        closed_by: None,
     };
     let close_by_hand = |item: &mut Item, close: &ManualClose| {
         item.open = false;
         item.closed_at = Some(close.at);
         item.closed_reason = Some("manual".into());
         item.note = close.note.clone();
+        item.closed_by = close.by.clone();
     };
 
     if is_masked(phone) {
@@ -412,6 +422,7 @@ mod tests {
             item_id: first.clone(),
             at: 200,
             note: Some("đã gọi".into()),
+            by: Some("admin".into()),
         };
         let items = worklist(PHONE, &calls, std::slice::from_ref(&close));
         assert_eq!(items.len(), 2);
@@ -434,6 +445,7 @@ mod tests {
             item_id: id.clone(),
             at: 500,
             note: Some("gọi rồi".into()),
+            by: None,
         };
         let calls = [miss("m1", 100), call("a", "outbound", 200, true)];
         let items = worklist(PHONE, &calls, std::slice::from_ref(&close));
@@ -463,6 +475,7 @@ mod tests {
             item_id: item_id(masked, "m2"),
             at: 400,
             note: None,
+            by: None,
         };
         let items = worklist(masked, &calls, &[close]);
         assert_eq!(items.len(), 2);
@@ -516,7 +529,7 @@ mod tests {
                     answer_time: (kind >= 2).then_some(start * 10 + 3),
                 })
                 .collect();
-            let closes = [ManualClose { item_id: "x".into(), at: 95, note: None }];
+            let closes = [ManualClose { item_id: "x".into(), at: 95, note: None, by: None }];
             let mut shuffled = calls.clone();
             fastrand::Rng::with_seed(seed).shuffle(&mut shuffled);
             proptest::prop_assert_eq!(

@@ -33,10 +33,10 @@ pub const ALL_NUMBER_CALLS: &str = concat!(
     " WHERE caller_norm IS NOT NULL AND caller_norm <> '' ORDER BY caller_norm"
 );
 /// Every close by hand.
-pub const ALL_CLOSES: &str = "SELECT item_id, at, note, phone FROM callback_closes ORDER BY at, id";
+pub const ALL_CLOSES: &str =
+    "SELECT item_id, at, note, phone, closed_by FROM callback_closes ORDER BY at, id";
 /// A number's closes by hand: the number.
-pub const NUMBER_CLOSES: &str =
-    "SELECT item_id, at, note, phone FROM callback_closes WHERE phone = ? ORDER BY at, id";
+pub const NUMBER_CLOSES: &str = "SELECT item_id, at, note, phone, closed_by FROM callback_closes WHERE phone = ? ORDER BY at, id";
 /// A number's stored items: the number.
 pub const NUMBER_ITEMS: &str = "SELECT id, body, phone FROM callbacks WHERE phone = ?";
 
@@ -52,9 +52,9 @@ pub const UPSERT_ITEM: &str = "INSERT INTO callbacks (id, phone, open, first_mis
 /// One hotline of an item: hotline, item id.
 pub const INSERT_HOTLINE: &str = "INSERT INTO callback_hotlines (hotline, item_id) VALUES (?, ?) \
     ON CONFLICT (hotline, item_id) DO NOTHING";
-/// A close by hand: phone, item id, at, note.
+/// A close by hand: phone, item id, at, note, by.
 pub const INSERT_CLOSE: &str =
-    "INSERT INTO callback_closes (phone, item_id, at, note) VALUES (?, ?, ?, ?)";
+    "INSERT INTO callback_closes (phone, item_id, at, note, closed_by) VALUES (?, ?, ?, ?, ?)";
 /// An item by id.
 pub const ITEM_BY_ID: &str = "SELECT body FROM callbacks WHERE id = ?";
 
@@ -132,6 +132,7 @@ pub fn read_close(row: &impl RowColumns) -> Result<(String, ManualClose), StoreE
             item_id: row.required_text(0)?,
             at: row.required_integer(1)?,
             note: row.text(2)?,
+            by: row.text(4)?,
         },
     ))
 }

@@ -33,12 +33,13 @@ pub trait Reports: Send + Sync {
         cursor: Option<CallbackCursor>,
     ) -> Result<CallbackPage, StoreError>;
 
-    /// Closes an open item by hand at `at` (Unix seconds) and answers it as it is now; a
+    /// Closes an open item by hand at `at` (Unix seconds), `by` a role, and answers it as it is now; a
     /// closed item is answered as it is. `None` when no item has that id.
     async fn close_callback(
         &self,
         id: &str,
         note: Option<String>,
+        by: Option<String>,
         at: i64,
     ) -> Result<Option<Item>, StoreError>;
 }

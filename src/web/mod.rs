@@ -8,7 +8,7 @@
 mod forwarding;
 pub mod i18n;
 mod pages;
-mod reports;
+pub mod reports;
 pub mod session;
 
 use axum::extract::{Form, Request, State};

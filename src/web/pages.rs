@@ -565,7 +565,10 @@ async fn callbacks_content(state: &AppState, ctx: &Ctx) -> Result<Markup, ApiErr
                         td { (item.closed_at.as_deref().map(|t| ctx.lang.time(t)).unwrap_or_default()) }
                         td {
                             @match (item.closed_reason.as_deref(), &item.closed_by_call_id) {
-                                (Some("manual"), _) => { (ctx.t("cb.by_hand")) }
+                                (Some("manual"), _) => {
+                                    (ctx.t("cb.by_hand"))
+                                    @if let Some(by) = &item.closed_by { " (" (ctx.t(if by == "admin" { "role.admin" } else { "role.viewer" })) ")" }
+                                }
                                 (reason, Some(call)) => {
                                     (reason.map(|r| ctx.lang.t(reason_key(r))).unwrap_or("")) " "
                                     a href={"/calls/" (urlencode(call))} { (call) }
@@ -630,6 +633,7 @@ pub async fn close_callback(
     };
     let closed = crate::api::callbacks::close(
         State(state.clone()),
+        Some(Extension(ctx.session.role)),
         Ok(Path(id)),
         bytes::Bytes::from(body.to_string()),
     )

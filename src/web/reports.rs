@@ -7,7 +7,6 @@ use axum::Extension;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
-use serde::Deserialize;
 
 use super::{Ctx, layout, urlencode};
 use crate::api::AppState;
@@ -15,13 +14,8 @@ use crate::api::error::ApiError;
 use crate::api::stats::StatsView;
 use crate::report::stats::Group;
 
-/// The report's range and time step (dates, not call data: they may be in the URL).
-#[derive(Debug, Default, Deserialize)]
-pub struct Range {
-    from: Option<String>,
-    to: Option<String>,
-    by: Option<String>,
-}
+/// The query parameters of the page (dates, not call data: they may be in the URL).
+pub const PARAMS: &[&str] = &["from", "to", "by"];
 
 async fn stats(
     state: &AppState,
@@ -51,24 +45,41 @@ async fn stats(
 pub async fn reports(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-    range: Result<Query<Range>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let range = range.map(|Query(r)| r).unwrap_or_default();
+    let Ok(Query(query)) = query else {
+        return super::pages::error_page(&ctx, ApiError::parameter("query", "not a query string"));
+    };
+    let mut range: std::collections::HashMap<&str, String> = Default::default();
+    for (name, value) in &query {
+        let Some(known) = PARAMS.iter().find(|p| **p == name) else {
+            return super::pages::error_page(
+                &ctx,
+                ApiError::parameter(
+                    name,
+                    format!("unknown parameter; known: {}", PARAMS.join(", ")),
+                ),
+            );
+        };
+        if !value.is_empty() {
+            range.insert(known, value.clone());
+        }
+    }
     let today = jiff::Timestamp::now().to_zoned(state.tz.clone()).date();
-    let to = range
-        .to
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| today.to_string());
-    let from = range.from.filter(|f| !f.is_empty()).unwrap_or_else(|| {
+    let to = range.remove("to").unwrap_or_else(|| today.to_string());
+    let from = range.remove("from").unwrap_or_else(|| {
         to.parse::<jiff::civil::Date>()
             .ok()
             .and_then(|d| d.checked_sub(jiff::Span::new().days(6)).ok())
             .unwrap_or(today)
             .to_string()
     });
-    let by = match range.by.as_deref() {
+    let by = match range.remove("by").as_deref() {
+        None | Some("day") => "day",
         Some("hour") => "hour",
-        _ => "day",
+        Some(_) => {
+            return super::pages::error_page(&ctx, ApiError::parameter("by", "day or hour"));
+        }
     };
     match content(&state, &ctx, &from, &to, by).await {
         Ok(content) => layout(&ctx, ctx.t("nav.reports"), "nav.reports", content).into_response(),

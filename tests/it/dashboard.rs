@@ -303,6 +303,10 @@ on_every_backend! {
             serde_json::json!({"note": "called back from a mobile"})).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["state"], "closed");
+        assert_eq!(body["closed_by"], "viewer");
+        // A close through the API with the API token says so too; a close by a call says none.
+        let (_, open) = get_as(&server, "/api/callbacks?state=open", TOKEN).await;
+        assert!(open["items"].as_array().unwrap().is_empty());
         server.stop().await;
     }
 
@@ -457,11 +461,12 @@ on_every_backend! {
         let (_, closed) = get_as(&server, "/api/callbacks?state=closed&phone=0901234567", TOKEN).await;
         assert_eq!(closed["items"][0]["closed_reason"], "manual");
         assert_eq!(closed["items"][0]["note"], "called back from a mobile <b>");
+        assert_eq!(closed["items"][0]["closed_by"], "admin", "who closed it");
         let (_, _, page) = admin.get("/callbacks").await;
         let open_part = page.split("id=\"closed-items\"").next().unwrap();
         assert!(!open_part.contains(&item), "closed: out of the open list");
         let closed_part = page.split("id=\"closed-items\"").nth(1).unwrap();
-        assert!(closed_part.contains("By hand") && closed_part.contains("called back from a mobile &lt;b&gt;"));
+        assert!(closed_part.contains("By hand (Administrator)") && closed_part.contains("called back from a mobile &lt;b&gt;"), "{closed_part}");
         server.stop().await;
     }
 

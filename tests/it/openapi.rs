@@ -31,12 +31,27 @@ fn concrete(path: &str) -> String {
     out + rest
 }
 
-/// The status of `method path?query`, with the token; the body is not read (the stream never
-/// ends).
+/// A dashboard session's cookie, signed in with the API token (the dashboard's pages take no
+/// Bearer token).
+async fn session_cookie(server: &TestServer) -> String {
+    let mut visitor = crate::dashboard::Visitor::new(server);
+    assert_eq!(visitor.sign_in(TOKEN).await, StatusCode::SEE_OTHER);
+    format!(
+        "alohook_session={}",
+        visitor.cookie("alohook_session").unwrap()
+    )
+}
+
+/// The status of `method path?query`, with the token (and a dashboard session); the body is not
+/// read (the stream never ends) unless it is JSON or HTML.
 async fn status(server: &TestServer, method: &str, path_and_query: &str) -> (StatusCode, String) {
     let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-    let response = reqwest::Client::new()
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
         .request(method, server.url(path_and_query))
+        .header("cookie", session_cookie(server).await)
         .bearer_auth(TOKEN)
         .header("content-type", "application/json")
         .timeout(std::time::Duration::from_secs(10))
@@ -44,11 +59,10 @@ async fn status(server: &TestServer, method: &str, path_and_query: &str) -> (Sta
         .await
         .unwrap();
     let status = response.status();
-    let text = if response
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v.to_str().unwrap().starts_with("application/json"))
-    {
+    let text = if response.headers().get("content-type").is_some_and(|v| {
+        let v = v.to_str().unwrap();
+        v.starts_with("application/json") || v.starts_with("text/html")
+    }) {
         response.text().await.unwrap_or_default()
     } else {
         String::new()

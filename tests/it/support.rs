@@ -529,9 +529,10 @@ impl alohook::store::reports::Reports for FlakyStore {
         &self,
         id: &str,
         note: Option<String>,
+        by: Option<String>,
         at: i64,
     ) -> Result<Option<alohook::report::callbacks::Item>, StoreError> {
-        self.inner.close_callback(id, note, at).await
+        self.inner.close_callback(id, note, by, at).await
     }
 }
 

@@ -84,7 +84,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_callbacks.sql"),
     include_str!("migrations/0006_listing_indexes.sql"),
     include_str!("migrations/0007_rollup.sql"),
-    include_str!("migrations/0008_sessions.sql"),
+    include_str!("migrations/0008_dashboard.sql"),
 ];
 /// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance (the
 /// notification goes out at commit, and only if the transaction commits; see write.rs).

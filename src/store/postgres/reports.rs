@@ -88,6 +88,7 @@ impl Reports for PgStore {
         &self,
         id: &str,
         note: Option<String>,
+        by: Option<String>,
         at: i64,
     ) -> Result<Option<Item>, StoreError> {
         let (by_id, insert) = (numbered(ITEM_BY_ID), numbered(INSERT_CLOSE));
@@ -115,7 +116,7 @@ impl Reports for PgStore {
             // Not before the item's last miss, whatever the clocks say (see close_at).
             let at = crate::store::callbacks::close_at(&item, at);
             client
-                .execute(&insert, &[&item.phone, &id, &at, &note])
+                .execute(&insert, &[&item.phone, &id, &at, &note, &by])
                 .await?;
             refresh_callbacks(&**client, &BTreeMap::from([(item.phone.clone(), true)])).await?;
             Ok(item_by_id().await?.or(Some(item)))
@@ -134,7 +135,7 @@ const NUMBERS_CALLS: &str = concat!(
      answer_time, caller_norm FROM calls",
     " WHERE caller_norm = ANY($1)"
 );
-const NUMBERS_CLOSES: &str = "SELECT item_id, at, note, phone FROM callback_closes \
+const NUMBERS_CLOSES: &str = "SELECT item_id, at, note, phone, closed_by FROM callback_closes \
     WHERE phone = ANY($1) ORDER BY at, id";
 const NUMBERS_ITEMS: &str = "SELECT id, body, phone FROM callbacks WHERE phone = ANY($1)";
 const DELETE_HOTLINES: &str = "DELETE FROM callback_hotlines WHERE item_id = ANY($1)";

@@ -69,6 +69,7 @@ impl Reports for SqliteStore {
         &self,
         id: &str,
         note: Option<String>,
+        by: Option<String>,
         at: i64,
     ) -> Result<Option<Item>, StoreError> {
         let id = id.to_string();
@@ -90,7 +91,7 @@ impl Reports for SqliteStore {
                 // Not before the item's last miss, whatever the clocks say (see close_at).
                 let at = crate::store::callbacks::close_at(&item, at);
                 tx.prepare_cached(INSERT_CLOSE)?
-                    .execute(rusqlite::params![item.phone, id, at, note])?;
+                    .execute(rusqlite::params![item.phone, id, at, note, by])?;
                 refresh_callbacks(tx, &BTreeMap::from([(item.phone.clone(), true)]))?;
                 Ok(item_by_id(tx)?.or(Some(item)))
             })

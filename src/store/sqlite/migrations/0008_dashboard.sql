@@ -5,3 +5,6 @@ CREATE TABLE ended_sessions (
     id       TEXT   PRIMARY KEY,   -- SHA-256 of the session's nonce, hex
     ended_at BIGINT NOT NULL       -- Unix seconds
 );
+
+-- Who closed a callback item by hand: the role signed in (admin, viewer).
+ALTER TABLE callback_closes ADD COLUMN closed_by TEXT;
