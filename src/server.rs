@@ -23,6 +23,10 @@ pub enum ServerError {
     NoApiToken,
     #[error("the viewer token is the API token: give the read-only role a token of its own")]
     ViewerTokenIsApiToken,
+    #[error(
+        "the viewer token is too short: give at least {MIN_VIEWER_TOKEN} characters (it signs in to the dashboard)"
+    )]
+    ViewerTokenTooShort,
     #[error("unsupported database URL {0:?}: use sqlite://<path> or postgres://…")]
     UnsupportedDatabase(String),
     /// The store's error is part of the message (the field is not a `source`, or a report of
@@ -32,6 +36,9 @@ pub enum ServerError {
     #[error("the HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
 }
+
+/// The shortest viewer token taken: a person types it to sign in, and it must not be guessed.
+pub const MIN_VIEWER_TOKEN: usize = 16;
 
 /// Opens the store named by `config.database` (the backend is chosen by the URL scheme).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
@@ -89,6 +96,14 @@ pub async fn run_with_store(
     let api_token = config.api_token.clone().ok_or(ServerError::NoApiToken)?;
     if config.dashboard.viewer_token.as_deref() == Some(api_token.as_str()) {
         return Err(ServerError::ViewerTokenIsApiToken);
+    }
+    if config
+        .dashboard
+        .viewer_token
+        .as_ref()
+        .is_some_and(|t| t.chars().count() < MIN_VIEWER_TOKEN)
+    {
+        return Err(ServerError::ViewerTokenTooShort);
     }
     let metrics = Arc::new(Metrics::new());
     let feed = Feed::start(store.clone())

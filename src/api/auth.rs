@@ -136,8 +136,9 @@ pub async fn require_api_token(
             match crate::web::session::signed_in(&state.access, state.store.as_ref(), headers, now)
                 .await
             {
-                Some(session) => (session.role, Some(session)),
-                None => return unauthorized(&request, &path, "missing"),
+                Ok(Some(session)) => (session.role, Some(session)),
+                Ok(None) => return unauthorized(&request, &path, "missing"),
+                Err(error) => return ApiError::from(error).into_response(),
             }
         }
     };

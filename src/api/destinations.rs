@@ -19,6 +19,7 @@ use crate::forward::destination::{DestinationSpec, FieldError, Start, new_id};
 use crate::forward::sign::new_secret;
 use crate::model::time::{format_utc_micros, now_micros};
 use crate::store::{Store, StoreError, StoredDestination};
+use crate::web::session::Role;
 
 /// How long the secret before a rotation keeps signing beside the new one.
 pub const ROTATION_OVERLAP_MICROS: i64 = 24 * 60 * 60 * 1_000_000;
@@ -172,12 +173,42 @@ pub async fn post(State(state): State<AppState>, body: Bytes) -> Result<Response
 /// `GET /api/destinations`.
 #[utoipa::path(get, path = "/destinations", tag = "forwarding",
     responses((status = 200, body = DestinationList)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    role: Option<axum::Extension<Role>>,
+) -> Result<Json<Value>, ApiError> {
     let mut items = Vec::new();
     for destination in state.store.destinations().await? {
-        items.push(view(state.store.as_ref(), destination).await?);
+        let mut shown = view(state.store.as_ref(), destination).await?;
+        shown.redact_for(role.as_deref().copied());
+        items.push(shown);
     }
     Ok(Json(json!({ "items": items })))
+}
+
+/// What a viewer is not shown of a destination: the values of its headers (an `X-Api-Key`),
+/// and the password and query of its URL.
+pub const REDACTED: &str = "[redacted]";
+
+impl DestinationView {
+    /// The view as `role` may see it: the viewer gets no credentials.
+    pub fn redact_for(&mut self, role: Option<Role>) {
+        if role != Some(Role::Viewer) {
+            return;
+        }
+        for value in self.spec.headers.values_mut() {
+            *value = REDACTED.to_string();
+        }
+        if let Ok(mut url) = reqwest::Url::parse(&self.spec.url) {
+            if url.password().is_some() {
+                let _ = url.set_password(Some(REDACTED));
+            }
+            if url.query().is_some() {
+                url.set_query(Some(REDACTED));
+            }
+            self.spec.url = url.to_string();
+        }
+    }
 }
 
 /// `GET /api/destinations/{id}`.
@@ -185,10 +216,13 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     responses((status = 200, body = DestinationView), (status = 404, description = "No such destination", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
+    role: Option<axum::Extension<Role>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DestinationView>, ApiError> {
     let destination = find(&state, &destination_id(path)?).await?;
-    Ok(Json(view(state.store.as_ref(), destination).await?))
+    let mut shown = view(state.store.as_ref(), destination).await?;
+    shown.redact_for(role.as_deref().copied());
+    Ok(Json(shown))
 }
 
 /// `GET /api/destinations/{id}/secret`.

@@ -43,9 +43,12 @@ async fn content(
     notice: Option<Markup>,
     problem: Option<String>,
 ) -> Result<Markup, ApiError> {
-    let destinations = crate::api::destinations::list(State(state.clone()))
-        .await?
-        .0;
+    let destinations = crate::api::destinations::list(
+        State(state.clone()),
+        Some(axum::Extension(ctx.session.role)),
+    )
+    .await?
+    .0;
     let destinations = destinations["items"]
         .as_array()
         .cloned()
@@ -112,7 +115,7 @@ async fn content(
                                     }
                                     details {
                                         summary { (ctx.t("fw.edit")) }
-                                        form.edit method="post" action={"/forwarding/" (id) "/edit"} {
+                                        form.edit method="post" action={"/forwarding/" (urlencode(&id)) "/edit"} {
                                             input type="hidden" name="_csrf" value=(ctx.csrf());
                                             label { "URL" input name="url" value=(text(&d["url"])) required; }
                                             label { (ctx.t("fw.description")) input name="description" value=(text(&d["description"])); }
@@ -174,7 +177,7 @@ async fn content(
             ol.timeline #quarantine {
                 @for r in &rejected.items {
                     li.event {
-                        p { strong { (r.reason) } " · " (l.time(&r.received_at)) " · " (r.detail) }
+                        p { strong { (r.reason) } " · " (l.time(&super::pages::local(state, &r.received_at))) " · " (r.detail) }
                         details { summary { (ctx.t("call.payload")) } pre.payload { (r.body) } }
                     }
                 }
@@ -185,7 +188,7 @@ async fn content(
 
 fn action(ctx: &Ctx, id: &str, what: &str, label: &str) -> Markup {
     html! {
-        form.inline method="post" action={"/forwarding/" (id) "/" (what)} {
+        form.inline method="post" action={"/forwarding/" (urlencode(id)) "/" (what)} {
             input type="hidden" name="_csrf" value=(ctx.csrf());
             button type="submit" data-action=(what) { (label) }
         }

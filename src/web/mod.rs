@@ -120,17 +120,22 @@ async fn require_session(
     next: Next,
 ) -> Response {
     let now = now();
-    let Some(session) =
-        session::signed_in(&state.access, state.store.as_ref(), request.headers(), now).await
-    else {
-        return Redirect::to("/login").into_response();
-    };
+    let session =
+        match session::signed_in(&state.access, state.store.as_ref(), request.headers(), now).await
+        {
+            Ok(Some(session)) => session,
+            Ok(None) => return Redirect::to("/login").into_response(),
+            Err(error) => return unavailable(error),
+        };
     let refreshed = session
         .touched(now)
         .map(|s| s.set_cookie(request.headers()));
     let ctx = Ctx {
         lang: Lang::of(request.headers()),
-        path: request.uri().path().to_string(),
+        path: request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.to_string()),
         session,
     };
     request.extensions_mut().insert(ctx);
@@ -138,12 +143,30 @@ async fn require_session(
     if let Some(cookie) = refreshed {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
+    // Call data, and a new destination's secret, stay out of the browser's cache (a shared
+    // computer's Back button after sign-out).
+    no_store(&mut response);
     response
+}
+
+/// 503 when the database cannot say whether a session was signed out.
+fn unavailable(error: crate::store::StoreError) -> Response {
+    tracing::error!(%error, "cannot check a dashboard session");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "5")],
+        "The database does not answer; try again in a moment.",
+    )
+        .into_response()
 }
 
 /// Whether a form's `_csrf` is the session's token, or, without a session, the sign-in form's.
 async fn form_csrf_ok(state: &AppState, headers: &HeaderMap, presented: &str) -> bool {
-    match session::signed_in(&state.access, state.store.as_ref(), headers, now()).await {
+    match session::signed_in(&state.access, state.store.as_ref(), headers, now())
+        .await
+        .ok()
+        .flatten()
+    {
         Some(session) => session.csrf_matches(presented),
         None => session::cookie(headers, FORM_COOKIE).is_some_and(|expected| {
             use subtle::ConstantTimeEq;
@@ -231,6 +254,19 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// Whether `target` is a path of this site (with its query), safe to redirect to: `/…`, not
+/// `//host` or `/\host`, no whitespace or control character (which browsers drop, making
+/// `/<tab>/host` into `//host`).
+fn local_path(target: &str) -> bool {
+    target.starts_with('/')
+        && !target.starts_with("//")
+        && !target.contains('\\')
+        && !target.chars().any(|c| c.is_whitespace() || c.is_control())
+        && target
+            .parse::<axum::http::Uri>()
+            .is_ok_and(|u| u.scheme().is_none() && u.authority().is_none())
+}
+
 /// Text as one segment of a path or a query value: everything but letters, digits and `-._~`
 /// percent-encoded.
 pub fn urlencode(text: &str) -> String {
@@ -282,9 +318,8 @@ fn login_markup(lang: Lang, form_token: &str, problem: Option<&'static str>) -> 
     responses((status = 200, description = "The sign-in page", content_type = "text/html", body = String),
         (status = 303, description = "Signed in already: to the Live page")))]
 async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if session::signed_in(&state.access, state.store.as_ref(), &headers, now())
-        .await
-        .is_some()
+    if let Ok(Some(_)) =
+        session::signed_in(&state.access, state.store.as_ref(), &headers, now()).await
     {
         return Redirect::to("/").into_response();
     }
@@ -313,6 +348,32 @@ fn no_store(response: &mut Response) {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_path_of_this_site_is_gone_back_to() {
+        for good in [
+            "/",
+            "/calls",
+            "/reports?from=2024-01-01&to=2024-01-07",
+            "/calls/cb_1",
+        ] {
+            assert!(super::local_path(good), "{good}");
+        }
+        for bad in [
+            "",
+            "//evil.example/",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "https://evil.example/",
+            "/ /evil",
+            "evil",
+        ] {
+            assert!(!super::local_path(bad), "{bad:?}");
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -437,11 +498,7 @@ async fn language(
     let Some(lang) = Lang::parse(&form.lang) else {
         return (StatusCode::BAD_REQUEST, "lang is vi or en").into_response();
     };
-    // Only a path of this site.
-    let back = if form.back.starts_with('/')
-        && !form.back.starts_with("//")
-        && !form.back.contains('\\')
-    {
+    let back = if local_path(&form.back) {
         form.back
     } else {
         "/".to_string()

@@ -39,6 +39,20 @@ fn today(state: &AppState) -> (String, String) {
     (now.to_string(), yesterday.to_string())
 }
 
+/// The next midnight in the configured zone (Unix milliseconds): the Live page's "today"
+/// starts again then.
+fn next_midnight(state: &AppState) -> i64 {
+    let now = jiff::Timestamp::now();
+    now.to_zoned(state.tz.clone())
+        .date()
+        .tomorrow()
+        .ok()
+        .and_then(|d| d.to_zoned(state.tz.clone()).ok())
+        .map_or(now.as_millisecond() + 86_400_000, |z| {
+            z.timestamp().as_millisecond()
+        })
+}
+
 fn dir_label(ctx: &Ctx, direction: Option<&str>) -> String {
     match direction {
         Some("inbound") => ctx.t("dir.inbound").to_string(),
@@ -140,7 +154,7 @@ async fn live_content(state: &AppState, ctx: &Ctx) -> Result<Markup, ApiError> {
         if open.next_cursor.is_some() { "+" } else { "" }
     );
     Ok(html! {
-        div #live data-since=(seq) data-today=(today) data-lang=(ctx.lang.code()) {
+        div #live data-since=(seq) data-today=(today) data-midnight=(next_midnight(state)) data-lang=(ctx.lang.code()) {
             section.kpis aria-label=(ctx.t("live.today")) {
                 h2 { (ctx.t("live.today")) " " span.status #live-status { (ctx.t("live.connected")) } }
                 (kpi("kpi-calls", ctx.t("kpi.calls"), ctx.lang.int(count(|g| g.calls))))
@@ -454,7 +468,7 @@ async fn call_content(state: &AppState, ctx: &Ctx, id: String) -> Result<Markup,
 }
 
 /// A UTC time as the API writes it, in the configured zone.
-fn local(state: &AppState, utc: &str) -> String {
+pub(super) fn local(state: &AppState, utc: &str) -> String {
     utc.parse::<jiff::Timestamp>().map_or_else(
         |_| utc.to_string(),
         |t| crate::model::time::format_local(t.as_second(), &state.tz),

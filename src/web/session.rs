@@ -323,23 +323,18 @@ pub fn changes_state(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The session of a request's cookie when it is valid and was not signed out (a store that
-/// cannot say counts as signed out).
+/// The session of a request's cookie when it is valid and was not signed out; an error when
+/// the store cannot say (a page answers 503 then, rather than sending to the sign-in page).
 pub async fn signed_in(
     access: &Access,
     store: &dyn crate::store::Store,
     headers: &HeaderMap,
     now: i64,
-) -> Option<Session> {
-    let session = access.session(headers, now)?;
-    match store.session_ended(&session.id()).await {
-        Ok(false) => Some(session),
-        Ok(true) => None,
-        Err(error) => {
-            tracing::warn!(%error, "cannot check a dashboard session; treated as signed out");
-            None
-        }
-    }
+) -> Result<Option<Session>, crate::store::StoreError> {
+    let Some(session) = access.session(headers, now) else {
+        return Ok(None);
+    };
+    Ok((!store.session_ended(&session.id()).await?).then_some(session))
 }
 
 #[cfg(test)]

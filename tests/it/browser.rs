@@ -625,3 +625,82 @@ async fn the_reports_numbers_are_those_of_the_stats_api() {
     browser.close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_cannot_change_anything_in_the_browser() {
+    let db = Db::sqlite();
+    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+    traffic(&server).await;
+    let r = reqwest::Client::new()
+        .post(server.url("/api/destinations"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"url": "http://127.0.0.1:9/hook", "headers": {"X-Api-Key": "crm-api-key"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let Some(browser) = Browser::start("en-US").await else {
+        return;
+    };
+    browser.sign_in(&server, VIEWER).await;
+    let c = &browser.client;
+    // No control that changes something.
+    c.goto(&server.url("/callbacks")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Id("open-items"))
+        .await
+        .unwrap();
+    assert!(
+        c.find_all(Locator::Css("form.close"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no close form"
+    );
+    c.goto(&server.url("/forwarding")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Id("destinations"))
+        .await
+        .unwrap();
+    assert!(
+        c.find_all(Locator::Css(
+            "#new-destination, button[data-action], form.edit"
+        ))
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert!(!c.source().await.unwrap().contains("crm-api-key"));
+    browser.screenshot("forwarding-viewer").await;
+    // Changes made by hand from the page, with its CSRF token: refused.
+    let statuses = c
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+               const csrf = document.querySelector('meta[name="csrf-token"]').content;
+               const id = document.querySelector('[data-destination]').dataset.destination;
+               const api = (method, path, body) => fetch(path, {method, headers: {'x-csrf-token': csrf,
+                   'content-type': 'application/json'}, body: body && JSON.stringify(body)}).then(r => r.status);
+               const form = (path, fields) => fetch(path, {method: 'POST', body: new URLSearchParams({_csrf: csrf, ...fields})})
+                   .then(r => r.status);
+               Promise.all([
+                 api('POST', '/api/destinations', {url: 'http://127.0.0.1:9/x'}),
+                 api('PATCH', '/api/destinations/' + id, {enabled: false}),
+                 api('DELETE', '/api/destinations/' + id),
+                 form('/forwarding/' + id + '/disable', {}),
+                 form('/forwarding', {url: 'http://127.0.0.1:9/y'}),
+               ]).then(done);"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses,
+        json!([403, 403, 403, 403, 403]),
+        "every change refused"
+    );
+    let (_, list) = server.get("/api/destinations").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["enabled"], true);
+    browser.close().await;
+    server.stop().await;
+}

@@ -240,7 +240,8 @@ on_every_backend! {
         assert_eq!(server.post(missed.to_string()).await.0, StatusCode::OK);
         let admin = Some(TOKEN);
         let (_, created) = post_json(&server, "/api/destinations", admin,
-            serde_json::json!({"url": "http://127.0.0.1:9/hook"})).await;
+            serde_json::json!({"url": "http://crm:pass@127.0.0.1:9/hook?key=k3y",
+                "headers": {"X-Api-Key": "crm-api-key"}})).await;
         let destination = created["id"].as_str().unwrap().to_string();
         let viewer = Some(VIEWER);
         // Reads: all of them.
@@ -270,6 +271,15 @@ on_every_backend! {
         assert_eq!(d["enabled"], true);
         let (_, items) = get_as(&server, "/api/callbacks?state=open", TOKEN).await;
         assert_eq!(items["items"].as_array().unwrap().len(), 1);
+        // The viewer sees a destination without its credentials; the admin sees them.
+        for path in ["/api/destinations".to_string(), format!("/api/destinations/{destination}")] {
+            let (_, seen) = get_as(&server, &path, VIEWER).await;
+            let text = seen.to_string();
+            assert!(!text.contains("crm-api-key") && !text.contains("pass@") && !text.contains("k3y"), "{text}");
+            assert!(text.contains("X-Api-Key"), "the header's name is shown: {text}");
+        }
+        let (_, seen) = get_as(&server, &format!("/api/destinations/{destination}"), TOKEN).await;
+        assert_eq!(seen["headers"]["X-Api-Key"], "crm-api-key");
         // The secret is a read, but it signs: the viewer does not get it.
         let (status, _) = get_as(&server, &format!("/api/destinations/{destination}/secret"), VIEWER).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
@@ -278,6 +288,8 @@ on_every_backend! {
         assert_eq!(v.sign_in(VIEWER).await, StatusCode::SEE_OTHER);
         let (_, _, page) = v.get("/").await;
         assert!(page.contains("Viewer (read-only)"), "{page}");
+        let (_, _, forwarding) = v.get("/forwarding").await;
+        assert!(forwarding.contains(&destination) && !forwarding.contains("crm-api-key") && !forwarding.contains("k3y"));
         let csrf = csrf_of(&page);
         let (status, _) = v.api(reqwest::Method::GET, "/api/calls", None, None).await;
         assert_eq!(status, StatusCode::OK);
@@ -361,12 +373,19 @@ on_every_backend! {
         let event = call_event("X<1>", "answered", "inbound", "0901234567", "\"><script>alert(2)</script>", "1900<b>",
             xss, ["2024-01-13 09:00:00", "2024-01-13 09:00:05", "2024-01-13 09:03:00"], "");
         assert_eq!(server.post(event.to_string()).await.0, StatusCode::OK);
+        // A missed call from the same line (a callback item), and a body the webhook rejects.
+        let missed = call_event("X<2>", "missed", "inbound", "0901234567", "", "1900<b>",
+            xss, ["2024-01-13 10:00:00", "", "2024-01-13 10:00:30"], "");
+        assert_eq!(server.post(missed.to_string()).await.0, StatusCode::OK);
+        let (status, _) = server.post("{\"call_id\": \"<img src=x onerror=alert(1)>\"".to_string()).await;
+        assert!(status.is_client_error(), "quarantined: {status}");
         let mut v = Visitor::new(&server);
         assert_eq!(v.sign_in(TOKEN).await, StatusCode::SEE_OTHER);
-        for path in ["/", "/calls", "/calls/X%3C1%3E"] {
+        for path in ["/", "/calls", "/calls/X%3C1%3E", "/callbacks", "/reports?from=2024-01-10&to=2024-01-16", "/forwarding"] {
             let (status, _, page) = v.get(path).await;
             assert_eq!(status, StatusCode::OK, "{path}");
-            assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{path}: the name as text");
+            assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;") || path == "/callbacks",
+                "{path}: the name as text");
             assert!(!page.contains("<img"), "{path}: no image element");
             assert!(!page.contains("<script>alert"), "{path}");
             assert!(!page.contains("<b>"), "{path}");

@@ -109,9 +109,19 @@
     }, 1000);
   }
 
-  const source = new EventSource(`/api/stream?since=${encodeURIComponent(live.dataset.since || "0")}`);
+  const since = encodeURIComponent(live.dataset.since || "0");
+  const source = new EventSource(`/api/stream?since=${since}&types=call.created,call.updated,call.ended`);
   source.onopen = () => { status.textContent = T.live; status.classList.remove("offline"); };
-  source.onerror = () => { status.textContent = T.offline; status.classList.add("offline"); };
+  source.onerror = () => {
+    status.textContent = T.offline;
+    status.classList.add("offline");
+    // The browser gives up on an answer that is not a stream (the session ended: 401): the
+    // page itself then goes to sign-in, or comes back when the server does.
+    if (source.readyState === EventSource.CLOSED) setTimeout(() => location.reload(), 3000);
+  };
+  // Today's counters start again at midnight in the configured zone.
+  const midnight = Number(live.dataset.midnight);
+  if (midnight > Date.now()) setTimeout(() => location.reload(), midnight - Date.now() + 1000);
   const onChange = (message) => {
     let change;
     try { change = JSON.parse(message.data); } catch (e) { return; }
