@@ -35,6 +35,18 @@ pub async fn stats(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<StatsView>, ApiError> {
+    let mut views = stats_and_folds(&state, query, &[]).await?;
+    Ok(Json(views.remove(0)))
+}
+
+/// What `GET /api/stats` answers for `query`, followed by the same figures grouped by each of
+/// `folds`, folded from its groups rather than read again (see [`StatsBuilder::regrouped`]):
+/// `folds` needs `group_by=hour`, and may hold `none`, `day`, `hour_of_day` and `weekday`.
+pub async fn stats_and_folds(
+    state: &AppState,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    folds: &[GroupBy],
+) -> Result<Vec<StatsView>, ApiError> {
     let known: Vec<&str> = CALL_FILTERS.iter().chain(&["group_by"]).copied().collect();
     let params = Params::new(query, &known)?;
     let group_by = match params.get("group_by") {
@@ -56,6 +68,25 @@ pub async fn stats(
     }
     let builder = StatsBuilder::new(group_by, state.thresholds, state.tz.clone());
     let builder = state.store.stats(&filter, builder).await?;
+    let mut builders = Vec::with_capacity(1 + folds.len());
+    for fold in folds {
+        builders.push(builder.regrouped(*fold).ok_or_else(|| {
+            ApiError::parameter("group_by", "cannot be folded into the groupings asked for")
+        })?);
+    }
+    builders.insert(0, builder);
+    builders
+        .into_iter()
+        .map(|builder| view(state, &filter, builder))
+        .collect()
+}
+
+/// The answer of `builder`, counted for `filter`.
+fn view(
+    state: &AppState,
+    filter: &crate::store::CallFilter,
+    builder: StatsBuilder,
+) -> Result<StatsView, ApiError> {
     let (first, last) = builder.range();
     let (from, to) = (filter.from.or(first), filter.to.or(last));
     let undated = builder.undated();
@@ -70,7 +101,7 @@ pub async fn stats(
         };
         ApiError::parameter("group_by", format!("{e}{range}"))
     })?;
-    Ok(Json(StatsView {
+    Ok(StatsView {
         from: from.map(|s| format_local(s, &state.tz)),
         to: to.map(|s| format_local(s, &state.tz)),
         time_zone: state.tz_name.to_string(),
@@ -78,5 +109,5 @@ pub async fn stats(
         service_level_seconds: state.thresholds.service_level_seconds,
         groups,
         undated,
-    }))
+    })
 }

@@ -524,6 +524,51 @@ impl StatsBuilder {
         }
     }
 
+    /// The same calls grouped by `target`, folded from this builder's hourly groups (each local
+    /// hour lies in one local day, hour of day and weekday, and tallies add up exactly): one read
+    /// of the store serves several groupings. `None` unless this builder is by hour and `target`
+    /// is `none`, `day`, `hour_of_day` or `weekday`.
+    pub fn regrouped(&self, target: GroupBy) -> Option<StatsBuilder> {
+        if self.group_by != GroupBy::Hour
+            || !matches!(
+                target,
+                GroupBy::None | GroupBy::Day | GroupBy::HourOfDay | GroupBy::Weekday
+            )
+        {
+            return None;
+        }
+        let mut out = StatsBuilder {
+            group_by: target,
+            groups: BTreeMap::new(),
+            tz: self.tz.clone(),
+            ..*self
+        };
+        for (key, tally) in &self.groups {
+            // `YYYY-MM-DDTHH:00`, local.
+            let text = key.text.as_deref()?;
+            let (date, hour) = text.split_once('T')?;
+            let hour: u8 = hour.get(..2)?.parse().ok()?;
+            let new_key = match target {
+                GroupBy::None => Key::text(None),
+                GroupBy::Day => Key::text(Some(date)),
+                GroupBy::HourOfDay => Key {
+                    order: hour,
+                    text: Some(hour.to_string()),
+                },
+                _ => {
+                    let day = date.parse::<jiff::civil::Date>().ok()?;
+                    let d = day.weekday().to_monday_zero_offset() as usize;
+                    Key {
+                        order: d as u8,
+                        text: Some(WEEKDAYS[d].to_string()),
+                    }
+                }
+            };
+            out.groups.entry(new_key).or_default().merge(tally);
+        }
+        Some(out)
+    }
+
     /// The groups in order. A time series runs from `from` to `to` (Unix seconds, inclusive),
     /// or from the first to the last call where they are not given, empty buckets included.
     pub fn finish(
@@ -620,6 +665,40 @@ mod tests {
             answer_time: answer,
             end_time: end,
             ..CallFacts::default()
+        }
+    }
+
+    proptest::proptest! {
+        /// Folding the hourly groups into days, the whole range, hours of the day or weekdays
+        /// gives what grouping the calls that way gives, for any calls.
+        #[test]
+        fn regrouping_the_hours_is_grouping_the_calls(
+            calls in proptest::collection::vec(
+                (0i64..20 * 86_400, proptest::option::of(0i64..120), proptest::option::of(0i64..900),
+                 proptest::bool::ANY, proptest::option::of(0i64..60), proptest::bool::ANY),
+                0..60),
+            undated in 0usize..3,
+        ) {
+            let facts: Vec<CallFacts> = calls.iter().map(|&(start, ring, talk, inbound, hold, ended)| {
+                let start = at(0, 0, 0) + start - 5 * 86_400;
+                let answer = ring.filter(|_| talk.is_some()).map(|r| start + r);
+                let end = ended.then(|| answer.unwrap_or(start) + talk.unwrap_or(ring.unwrap_or(30)));
+                CallFacts {
+                    holding_duration: hold,
+                    ..call(if inbound { "inbound" } else { "outbound" }, start, answer, end)
+                }
+            }).chain((0..undated).map(|_| CallFacts::default())).collect();
+            let mut hourly = StatsBuilder::new(GroupBy::Hour, Thresholds::default(), hcm());
+            for c in &facts {
+                hourly.add(c);
+            }
+            for target in [GroupBy::None, GroupBy::Day, GroupBy::HourOfDay, GroupBy::Weekday] {
+                let folded = hourly.regrouped(target).unwrap();
+                proptest::prop_assert_eq!(folded.undated(), undated as u64);
+                proptest::prop_assert_eq!(folded.range(), hourly.range());
+                proptest::prop_assert_eq!(folded.finish(None, None).unwrap(), stats(&facts, target), "{:?}", target);
+            }
+            proptest::prop_assert!(hourly.regrouped(GroupBy::Agent).is_none());
         }
     }
 

@@ -12,7 +12,7 @@ use super::{Ctx, layout, urlencode};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::stats::StatsView;
-use crate::report::stats::Group;
+use crate::report::stats::{Group, GroupBy};
 
 /// The query parameters of the page (dates, not call data: they may be in the URL).
 pub const PARAMS: &[&str] = &["from", "to", "by"];
@@ -94,22 +94,31 @@ async fn content(
     to: &str,
     by: &str,
 ) -> Result<Markup, ApiError> {
-    // The five figures at once: each is one read of the summary.
-    // (The heat map reads the hourly series, which the chart has already when it is by hour.)
-    let heat = async {
-        match by {
-            "hour" => Ok(None),
-            _ => stats(state, from, to, "hour").await.map(Some),
-        }
+    // Three reads at once: by hour (the whole range, the chart by day and the heat map are
+    // folded from it), by agent and by hotline.
+    let hourly = async {
+        let params = vec![
+            ("from".to_string(), from.to_string()),
+            ("to".to_string(), to.to_string()),
+            ("group_by".to_string(), "hour".to_string()),
+        ];
+        let mut views = crate::api::stats::stats_and_folds(
+            state,
+            Ok(Query(params)),
+            &[GroupBy::None, GroupBy::Day],
+        )
+        .await?;
+        let day = views.pop().expect("three views");
+        let total = views.pop().expect("three views");
+        let hour = views.pop().expect("three views");
+        Ok::<_, ApiError>((hour, total, day))
     };
-    let (total, series, heat, agents, hotlines) = tokio::try_join!(
-        stats(state, from, to, "none"),
-        stats(state, from, to, by),
-        heat,
+    let ((hours, total, days), agents, hotlines) = tokio::try_join!(
+        hourly,
         stats(state, from, to, "agent"),
         stats(state, from, to, "hotline"),
     )?;
-    let hours = heat.as_ref().unwrap_or(&series);
+    let series = if by == "hour" { &hours } else { &days };
     let g = total.groups.first();
     let l = ctx.lang;
     let int = |f: fn(&Group) -> u64| l.int(g.map_or(0, f) as i64);
