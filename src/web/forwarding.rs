@@ -152,7 +152,7 @@ async fn content(
             p.empty { (ctx.t("fw.no_dead")) }
         } @else {
             table.calls #dead {
-                thead { tr { th { (ctx.t("fw.destination")) } th { "type" } th { (ctx.t("call.title")) } th { (ctx.t("col.attempts")) } th { (ctx.t("fw.last_error")) } } }
+                thead { tr { th { (ctx.t("fw.destination")) } th { (ctx.t("col.type")) } th { (ctx.t("call.title")) } th { (ctx.t("col.attempts")) } th { (ctx.t("fw.last_error")) } } }
                 tbody {
                     @for item in &dead.items {
                         tr {

@@ -61,6 +61,21 @@ fn dir_label(ctx: &Ctx, direction: Option<&str>) -> String {
     }
 }
 
+/// A `call_status` in the page's language when it is one Alohub sends, else as sent.
+fn status_label(ctx: &Ctx, status: Option<&str>) -> String {
+    let Some(status) = status else {
+        return String::new();
+    };
+    match status.to_ascii_lowercase().as_str() {
+        "answered" => ctx.t("status.answered").to_string(),
+        "missed" => ctx.t("status.missed").to_string(),
+        "busy" => ctx.t("status.busy").to_string(),
+        "failed" => ctx.t("status.failed").to_string(),
+        "ringing" => ctx.t("phase.ringing").to_string(),
+        _ => status.to_string(),
+    }
+}
+
 fn phase_label(ctx: &Ctx, phase: &str) -> &'static str {
     match phase {
         "ringing" => ctx.t("phase.ringing"),
@@ -209,7 +224,7 @@ fn calls_table(ctx: &Ctx, calls: &[CallView], id: &str) -> Markup {
                         td { (call.hotline.as_deref().unwrap_or("")) }
                         td { (agent(call)) }
                         td { (dir_label(ctx, call.direction.as_deref())) }
-                        td { (call.call_status.as_deref().unwrap_or("")) }
+                        td { (status_label(ctx, call.call_status.as_deref())) }
                         td { (call.talk_seconds.map(|s| ctx.lang.duration(s)).unwrap_or_default()) }
                     }
                 }
@@ -317,7 +332,7 @@ async fn calls_page(state: &AppState, ctx: &Ctx, search: Search) -> Response {
             input type="hidden" name="_csrf" value=(ctx.csrf());
             label { (ctx.t("calls.phone")) input #phone name="phone" type="search" value=(search.phone) inputmode="tel"; }
             label { (ctx.t("calls.status"))
-                (select("status", &search.status, &[("answered", "answered"), ("missed", "missed"), ("busy", "busy"), ("failed", "failed")])) }
+                (select("status", &search.status, &[("answered", ctx.t("status.answered")), ("missed", ctx.t("status.missed")), ("busy", ctx.t("status.busy")), ("failed", ctx.t("status.failed"))])) }
             label { (ctx.t("calls.direction"))
                 (select("direction", &search.direction, &[("inbound", ctx.t("dir.inbound")), ("outbound", ctx.t("dir.outbound"))])) }
             label { (ctx.t("calls.hotline")) input #hotline name="hotline" value=(search.hotline); }
@@ -399,7 +414,7 @@ async fn call_content(state: &AppState, ctx: &Ctx, id: String) -> Result<Markup,
             dl.record #record {
                 dt { (ctx.t("field.call_id")) } dd { (call.call_id) }
                 dt { (ctx.t("col.state")) } dd { (phase_label(ctx, call.phase)) }
-                dt { (ctx.t("col.status")) } dd { (call.call_status.as_deref().unwrap_or("")) }
+                dt { (ctx.t("col.status")) } dd { (status_label(ctx, call.call_status.as_deref())) }
                 dt { (ctx.t("col.direction")) } dd { (dir_label(ctx, call.direction.as_deref())) }
                 dt { (ctx.t("field.caller_number")) } dd { (call.caller_number.as_deref().unwrap_or("")) }
                 dt { (ctx.t("field.destination_number")) } dd { (call.destination_number.as_deref().unwrap_or("")) }
@@ -451,7 +466,7 @@ async fn call_content(state: &AppState, ctx: &Ctx, id: String) -> Result<Markup,
                 p.empty { (ctx.t("call.not_forwarded")) }
             } @else {
                 table #deliveries {
-                    thead { tr { th { (ctx.t("col.destination")) } th { "type" } th { (ctx.t("col.state")) } th { (ctx.t("col.attempts")) } } }
+                    thead { tr { th { (ctx.t("col.destination")) } th { (ctx.t("col.type")) } th { (ctx.t("col.state")) } th { (ctx.t("col.attempts")) } } }
                     tbody {
                         @for d in &deliveries.items {
                             tr {

@@ -7,10 +7,11 @@
   const lang = live.dataset.lang || "en";
   const T = {
     en: { ringing: "Ringing", in_progress: "In progress", ended: "Ended", live: "Live",
-          offline: "Reconnecting…", inbound: "Inbound", outbound: "Outbound" },
+          offline: "Reconnecting…", inbound: "Inbound", outbound: "Outbound",
+          answered: "answered", missed: "missed", busy: "busy", failed: "failed" },
     vi: { ringing: "Đang đổ chuông", in_progress: "Đang đàm thoại", ended: "Đã kết thúc",
           live: "Đang cập nhật", offline: "Đang kết nối lại…", inbound: "Gọi vào",
-          outbound: "Gọi ra" },
+          outbound: "Gọi ra", answered: "đã trả lời", missed: "nhỡ", busy: "máy bận", failed: "lỗi" },
   }[lang];
   const active = document.querySelector("#active tbody");
   const recent = document.querySelector("#recent tbody");
@@ -70,7 +71,8 @@
     tr.dataset.call = c.call_id;
     tr.dataset.phase = "ended";
     tr.replaceChildren(link(c, localTime(c.start_time)), cell(c.caller_number), cell(c.hotline),
-      cell(agent(c)), cell(T[c.direction] || c.direction), cell(c.call_status),
+      cell(agent(c)), cell(T[c.direction] || c.direction),
+      cell(T[(c.call_status || "").toLowerCase()] || c.call_status),
       cell(c.talk_seconds == null ? "" : duration(c.talk_seconds)));
     recent.insertBefore(tr, recent.firstChild);
     while (recent.rows.length > 20) recent.deleteRow(recent.rows.length - 1);
