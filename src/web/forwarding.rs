@@ -214,13 +214,7 @@ pub struct NewDestination {
 /// The answer to a form that may change something: the CSRF token and the admin role first.
 fn refused(ctx: &Ctx, csrf: &str) -> Option<Response> {
     if !ctx.session.csrf_matches(csrf) {
-        return Some(
-            (
-                StatusCode::FORBIDDEN,
-                "the form's CSRF token is missing or wrong",
-            )
-                .into_response(),
-        );
+        return Some(super::csrf_refused());
     }
     if !ctx.admin() {
         return Some((StatusCode::FORBIDDEN, ctx.t("error.viewer")).into_response());

@@ -160,6 +160,15 @@ fn unavailable(error: crate::store::StoreError) -> Response {
         .into_response()
 }
 
+/// The answer to a form without its CSRF token (a page made elsewhere, or left open too long).
+pub(crate) fn csrf_refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "the form's CSRF token is missing or wrong",
+    )
+        .into_response()
+}
+
 /// Whether a form's `_csrf` is the session's token, or, without a session, the sign-in form's.
 async fn form_csrf_ok(state: &AppState, headers: &HeaderMap, presented: &str) -> bool {
     match session::signed_in(&state.access, state.store.as_ref(), headers, now())
@@ -434,11 +443,7 @@ async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if !form_csrf_ok(&state, &headers, &form._csrf).await {
-        return (
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is missing or wrong",
-        )
-            .into_response();
+        return csrf_refused();
     }
     // Remembered until the cookie would have expired anyway, so that the cookie, if it was
     // copied, opens nothing any more.
@@ -489,11 +494,7 @@ async fn language(
     Form(form): Form<LanguageForm>,
 ) -> Response {
     if !form_csrf_ok(&state, &headers, &form._csrf).await {
-        return (
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is missing or wrong",
-        )
-            .into_response();
+        return csrf_refused();
     }
     let Some(lang) = Lang::parse(&form.lang) else {
         return (StatusCode::BAD_REQUEST, "lang is vi or en").into_response();

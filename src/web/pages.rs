@@ -299,11 +299,7 @@ pub async fn calls_search(
     Form(search): Form<Search>,
 ) -> Response {
     if !ctx.session.csrf_matches(&search._csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is missing or wrong",
-        )
-            .into_response();
+        return super::csrf_refused();
     }
     calls_page(&state, &ctx, search).await
 }
@@ -645,11 +641,7 @@ pub async fn close_callback(
     Form(form): Form<CloseForm>,
 ) -> Response {
     if !ctx.session.csrf_matches(&form._csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token is missing or wrong",
-        )
-            .into_response();
+        return super::csrf_refused();
     }
     if !may_close(&state, &ctx) {
         return (StatusCode::FORBIDDEN, ctx.t("error.viewer")).into_response();

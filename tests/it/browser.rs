@@ -171,6 +171,25 @@ async fn traffic(server: &TestServer) {
     }
 }
 
+/// A test server with the dashboard's settings (and a day's traffic when asked), and a
+/// browser signed in with `token` (none when it is `None`); `None` where Chromium is missing.
+async fn set_up(
+    lang: &str,
+    with_traffic: bool,
+    token: Option<&str>,
+) -> Option<(Db, TestServer, Browser)> {
+    let db = Db::sqlite();
+    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+    if with_traffic {
+        traffic(&server).await;
+    }
+    let browser = Browser::start(lang).await?;
+    if let Some(token) = token {
+        browser.sign_in(&server, token).await;
+    }
+    Some((db, server, browser))
+}
+
 fn live_event(id: &str, status: &str, times: [&str; 3]) -> Value {
     call_event(
         id,
@@ -187,9 +206,7 @@ fn live_event(id: &str, status: &str, times: [&str; 3]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_in_and_out_in_a_browser() {
-    let db = Db::sqlite();
-    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
-    let Some(browser) = Browser::start("en-US").await else {
+    let Some((_db, server, browser)) = set_up("en-US", false, None).await else {
         return;
     };
     let c = &browser.client;
@@ -240,13 +257,9 @@ async fn signing_in_and_out_in_a_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_appears_on_live_within_two_seconds_and_moves_to_ended() {
-    let db = Db::sqlite();
-    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
-    traffic(&server).await;
-    let Some(browser) = Browser::start("en-US").await else {
+    let Some((_db, server, browser)) = set_up("en-US", true, Some(TOKEN)).await else {
         return;
     };
-    browser.sign_in(&server, TOKEN).await;
     let calls_before = browser.text("#kpi-calls .value").await;
     // Ringing: on the page, without a reload, within 2 s.
     let posted = Instant::now();
@@ -313,13 +326,9 @@ async fn a_call_appears_on_live_within_two_seconds_and_moves_to_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_in_another_form_finds_the_call_and_its_page_shows_the_events() {
-    let db = Db::sqlite();
-    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
-    traffic(&server).await;
-    let Some(browser) = Browser::start("en-US").await else {
+    let Some((_db, server, browser)) = set_up("en-US", true, Some(TOKEN)).await else {
         return;
     };
-    browser.sign_in(&server, TOKEN).await;
     let c = &browser.client;
     c.goto(&server.url("/calls")).await.unwrap();
     browser.screenshot("calls").await;
@@ -477,13 +486,9 @@ async fn the_language_switch_changes_the_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_call_is_on_callbacks_until_the_number_is_called_back() {
-    let db = Db::sqlite();
-    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
-    traffic(&server).await;
-    let Some(browser) = Browser::start("en-US").await else {
+    let Some((_db, server, browser)) = set_up("en-US", true, Some(TOKEN)).await else {
         return;
     };
-    browser.sign_in(&server, TOKEN).await;
     let c = &browser.client;
     let missed = call_event(
         "MISS1",
@@ -549,13 +554,9 @@ async fn a_missed_call_is_on_callbacks_until_the_number_is_called_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reports_numbers_are_those_of_the_stats_api() {
-    let db = Db::sqlite();
-    let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
-    traffic(&server).await;
-    let Some(browser) = Browser::start("en-US").await else {
+    let Some((_db, server, browser)) = set_up("en-US", true, Some(TOKEN)).await else {
         return;
     };
-    browser.sign_in(&server, TOKEN).await;
     let c = &browser.client;
     c.goto(&server.url("/reports")).await.unwrap();
     c.wait().for_element(Locator::Id("tiles")).await.unwrap();

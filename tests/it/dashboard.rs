@@ -85,16 +85,17 @@ impl Visitor {
         r
     }
 
-    /// GET: status, headers, body.
-    pub async fn get(&mut self, path: &str) -> (StatusCode, HeaderMap, String) {
-        let r = self
-            .request(reqwest::Method::GET, path)
-            .send()
-            .await
-            .unwrap();
+    /// Sends, keeps the cookies: status, headers, body.
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> (StatusCode, HeaderMap, String) {
+        let r = request.send().await.unwrap();
         self.keep(r.headers());
         let (status, headers) = (r.status(), r.headers().clone());
         (status, headers, r.text().await.unwrap())
+    }
+
+    /// GET: status, headers, body.
+    pub async fn get(&mut self, path: &str) -> (StatusCode, HeaderMap, String) {
+        self.send(self.request(reqwest::Method::GET, path)).await
     }
 
     /// POSTs a form.
@@ -103,15 +104,8 @@ impl Visitor {
         path: &str,
         form: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, String) {
-        let r = self
-            .request(reqwest::Method::POST, path)
-            .form(form)
-            .send()
+        self.send(self.request(reqwest::Method::POST, path).form(form))
             .await
-            .unwrap();
-        self.keep(r.headers());
-        let (status, headers) = (r.status(), r.headers().clone());
-        (status, headers, r.text().await.unwrap())
     }
 
     /// A JSON API request with the session cookie (and `csrf` in X-CSRF-Token when given).
