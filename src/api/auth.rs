@@ -168,9 +168,14 @@ pub async fn require_api_token(
         }
     }
     let refreshed = session
+        .as_ref()
         .and_then(|s| s.touched(now))
         .map(|s| s.set_cookie(request.headers()));
     request.extensions_mut().insert(role);
+    if let Some(session) = session {
+        // The live stream ends when this session signs out.
+        request.extensions_mut().insert(session);
+    }
     let mut response = next.run(request).await;
     if let Some(cookie) = refreshed {
         response.headers_mut().append(header::SET_COOKIE, cookie);

@@ -166,6 +166,7 @@ pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<Peer>>>,
+    session: Option<Extension<crate::web::session::Session>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = Params::new(query, &feed_params(&[]))?;
@@ -209,6 +210,11 @@ pub async fn stream(
         _listening: peer.map(|Extension(ConnectInfo(peer))| peer.streaming()),
         metrics: state.metrics.clone(),
         opened: false,
+        session: session.map(|Extension(s)| SessionCheck {
+            id: s.id(),
+            store: state.store.clone(),
+            checked: tokio::time::Instant::now(),
+        }),
     };
     state.metrics.streams.inc();
     let body = futures_util::stream::unfold(open, |mut open| async move {
@@ -242,6 +248,29 @@ struct OpenStream {
     _listening: Option<super::conn::Streaming>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     opened: bool,
+    /// A stream opened with the dashboard's session: it ends once the session signs out.
+    session: Option<SessionCheck>,
+}
+
+/// How often a stream opened with a session checks that the session was not signed out.
+const SESSION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+struct SessionCheck {
+    id: String,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    checked: tokio::time::Instant,
+}
+
+impl SessionCheck {
+    /// Whether the session was signed out (checked at most every [`SESSION_CHECK_EVERY`]; a
+    /// store that cannot say lets the stream go on).
+    async fn ended(&mut self) -> bool {
+        if self.checked.elapsed() < SESSION_CHECK_EVERY {
+            return false;
+        }
+        self.checked = tokio::time::Instant::now();
+        matches!(self.store.session_ended(&self.id).await, Ok(true))
+    }
 }
 
 impl Drop for OpenStream {
@@ -269,7 +298,20 @@ impl OpenStream {
         if *self.stopping.borrow() {
             return None;
         }
+        if let Some(check) = &mut self.session
+            && check.ended().await
+        {
+            return None;
+        }
+        let check_due = async {
+            match &self.session {
+                Some(check) => tokio::time::sleep_until(check.checked + SESSION_CHECK_EVERY).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            // A quiet stream of a session still checks it (and sends nothing then).
+            _ = check_due => Some(Bytes::new()),
             _ = self.stopping.changed() => None,
             next = self.reader.next() => match next {
                 Ok(changes) => {

@@ -560,6 +560,27 @@ on_every_backend! {
     }
 }
 
+on_every_backend! {
+    async fn a_live_stream_of_a_session_ends_when_it_signs_out(db) {
+        let server = TestServer::start_with(dashboard_settings(&db, false), None).await;
+        let mut v = Visitor::new(&server);
+        assert_eq!(v.sign_in(TOKEN).await, StatusCode::SEE_OTHER);
+        let (_, _, page) = v.get("/").await;
+        let stream = v.request(reqwest::Method::GET, "/api/stream").send().await.unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        let (status, _, _) = v.post_form("/logout", &[("_csrf", &csrf_of(&page))]).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        // Within the check's interval (10 s) and a margin, the server ends it.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let mut stream = stream;
+            while let Ok(Some(_)) = stream.chunk().await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream went on after its session signed out");
+        server.stop().await;
+    }
+}
+
 async fn post_json(
     server: &TestServer,
     path: &str,
