@@ -20,16 +20,19 @@ use crate::api::error::ApiError;
     responses((status = 200, description = "Destinations and their health, dead letters, quarantine", content_type = "text/html", body = String),
         (status = 303, description = "No session: to the sign-in page")))]
 pub async fn forwarding(State(state): State<AppState>, Extension(ctx): Extension<Ctx>) -> Response {
-    page(&state, &ctx, None, None).await
+    page(&state, &ctx, None, None, None).await
 }
 
+/// The page, with a notice or a problem to show, and the new-destination form filled with
+/// `draft` (what was sent, when it was refused).
 async fn page(
     state: &AppState,
     ctx: &Ctx,
     notice: Option<Markup>,
     problem: Option<String>,
+    draft: Option<&NewDestination>,
 ) -> Response {
-    match content(state, ctx, notice, problem).await {
+    match content(state, ctx, notice, problem, draft).await {
         Ok(content) => {
             layout(ctx, ctx.t("nav.forwarding"), "nav.forwarding", content).into_response()
         }
@@ -42,7 +45,10 @@ async fn content(
     ctx: &Ctx,
     notice: Option<Markup>,
     problem: Option<String>,
+    draft: Option<&NewDestination>,
 ) -> Result<Markup, ApiError> {
+    let empty = NewDestination::default();
+    let draft = draft.unwrap_or(&empty);
     let destinations = crate::api::destinations::list(
         State(state.clone()),
         Some(axum::Extension(ctx.session.role)),
@@ -133,15 +139,15 @@ async fn content(
             h2 { (ctx.t("fw.new")) }
             form.search #new-destination method="post" action="/forwarding" {
                 input type="hidden" name="_csrf" value=(ctx.csrf());
-                label { "URL" input #new-url name="url" type="url" placeholder="https://crm.example.com/hooks/alohub" required; }
-                label { (ctx.t("fw.description")) input name="description"; }
-                label { (ctx.t("calls.status")) input name="status" placeholder="missed"; }
-                label { (ctx.t("calls.hotline")) input name="hotline"; }
+                label { "URL" input #new-url name="url" type="url" placeholder="https://crm.example.com/hooks/alohub" value=(draft.url) required; }
+                label { (ctx.t("fw.description")) input name="description" value=(draft.description); }
+                label { (ctx.t("calls.status")) input name="status" placeholder="missed" value=(draft.status); }
+                label { (ctx.t("calls.hotline")) input name="hotline" value=(draft.hotline); }
                 label { (ctx.t("calls.direction"))
                     select name="direction" {
                         option value="" { (ctx.t("calls.any")) }
-                        option value="inbound" { (ctx.t("dir.inbound")) }
-                        option value="outbound" { (ctx.t("dir.outbound")) }
+                        option value="inbound" selected[draft.direction == "inbound"] { (ctx.t("dir.inbound")) }
+                        option value="outbound" selected[draft.direction == "outbound"] { (ctx.t("dir.outbound")) }
                     }
                 }
                 button type="submit" #create { (ctx.t("fw.create")) }
@@ -195,7 +201,7 @@ fn action(ctx: &Ctx, id: &str, what: &str, label: &str) -> Markup {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct NewDestination {
     #[serde(default)]
     url: String,
@@ -261,10 +267,10 @@ pub async fn create(
                 p { (ctx.t("fw.created")) " " code { (created["id"].as_str().unwrap_or("")) } }
                 p { (ctx.t("fw.secret")) " " code #secret { (created["secret"].as_str().unwrap_or("")) } }
             };
-            page(&state, &ctx, Some(notice), None).await
+            page(&state, &ctx, Some(notice), None, None).await
         }
         Err(e @ ApiError::InvalidParameter { .. }) => {
-            page(&state, &ctx, None, Some(e.to_string())).await
+            page(&state, &ctx, None, Some(e.to_string()), Some(&form)).await
         }
         Err(e) => super::pages::error_page(&ctx, e),
     }
@@ -336,7 +342,7 @@ pub async fn act(
     match result {
         Ok(()) => Redirect::to("/forwarding").into_response(),
         Err(e @ ApiError::InvalidParameter { .. }) => {
-            page(&state, &ctx, None, Some(e.to_string())).await
+            page(&state, &ctx, None, Some(e.to_string()), None).await
         }
         Err(e) => super::pages::error_page(&ctx, e),
     }

@@ -494,6 +494,7 @@ on_every_backend! {
         let (status, _, page) = admin.post_form("/forwarding", &[("url", "ftp://x"), ("_csrf", &csrf)]).await;
         assert_eq!(status, StatusCode::OK);
         assert!(page.contains("class=\"error\"") && page.contains("url"), "{page}");
+        assert!(page.contains("value=\"ftp://x\""), "the form keeps what was sent: {page}");
         let (status, _, page) = admin.post_form("/forwarding", &[("url", "http://127.0.0.1:9/hook"),
             ("description", "CRM <script>"), ("status", "missed"), ("_csrf", &csrf)]).await;
         assert_eq!(status, StatusCode::OK);
