@@ -536,6 +536,11 @@ pub enum ConfigError {
     MaxConnections,
     #[error("session_idle_minutes must be at least 1")]
     SessionIdle,
+    #[error(
+        "the viewer token is too short: give at least {} characters (it signs in to the dashboard)",
+        crate::server::MIN_VIEWER_TOKEN
+    )]
+    ViewerTokenTooShort,
     #[error("service_level_seconds must be at least 1")]
     ServiceLevel,
     #[error("retry_schedule: {0}")]
@@ -636,6 +641,13 @@ impl Settings {
                 .or(file.callback_red_minutes)
                 .map_or(DashboardConfig::default().callback_red, minutes),
         };
+        if dashboard
+            .viewer_token
+            .as_ref()
+            .is_some_and(|t| t.chars().count() < crate::server::MIN_VIEWER_TOKEN)
+        {
+            return Err(ConfigError::ViewerTokenTooShort);
+        }
         let webhook_keys: Vec<String> = if self.webhook_keys.is_empty() {
             file.webhook_keys.unwrap_or_default()
         } else {
@@ -964,6 +976,26 @@ callback_red_minutes = 60
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_viewer_token_is_refused_before_anything_starts() {
+        let mut settings = Settings::default();
+        settings.dashboard.viewer_token = Some("short".to_string());
+        assert!(matches!(
+            settings.clone().resolve(),
+            Err(ConfigError::ViewerTokenTooShort)
+        ));
+        settings.dashboard.viewer_token = Some("sixteen-chars-ok".to_string());
+        assert_eq!(
+            settings
+                .resolve()
+                .unwrap()
+                .dashboard
+                .viewer_token
+                .as_deref(),
+            Some("sixteen-chars-ok")
+        );
+    }
 
     #[test]
     fn sizes() {

@@ -204,6 +204,7 @@ fn print_credentials(config: &Config, port: &str) {
     if let Some(token) = &config.api_token {
         println!("Read API (your CRM, curl):");
         println!("  Authorization: Bearer {token}");
+        println!("Dashboard: http://<host>:{port}/ (sign in with the API token)");
     }
 }
 

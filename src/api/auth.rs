@@ -163,7 +163,7 @@ pub async fn require_api_token(
             && path.starts_with("/api/callbacks/")
             && path.ends_with("/close");
         if role == Role::Viewer && !viewer_may {
-            return ApiError::Forbidden("the viewer role reads and changes nothing".to_string())
+            return ApiError::Forbidden("the viewer role reads but changes nothing".to_string())
                 .into_response();
         }
     }

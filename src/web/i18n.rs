@@ -131,10 +131,27 @@ impl Lang {
         }
     }
 
-    /// A duration in seconds: `1:05:09`, `5:09`.
+    /// A number of minutes: `15 min` / `15 phút`.
+    pub fn minutes(self, seconds: i64) -> String {
+        let m = seconds / 60;
+        match self {
+            Lang::En => format!("{m} min"),
+            Lang::Vi => format!("{m} phút"),
+        }
+    }
+
+    /// A duration in seconds: `1:05:09`, `5:09`; over a day `3d 4:05:09` / `3 ngày 4:05:09`.
     pub fn duration(self, seconds: i64) -> String {
         let s = seconds.max(0);
-        if s >= 3600 {
+        if s >= 86_400 {
+            let days = s / 86_400;
+            let rest = s % 86_400;
+            let rest = format!("{}:{:02}:{:02}", rest / 3600, rest / 60 % 60, rest % 60);
+            match self {
+                Lang::En => format!("{days}d {rest}"),
+                Lang::Vi => format!("{days} ngày {rest}"),
+            }
+        } else if s >= 3600 {
             format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
         } else {
             format!("{}:{:02}", s / 60, s % 60)
@@ -307,6 +324,7 @@ pub const TEXTS: &[(&str, &str, &str)] = &[
     ("rp.by_agent", "Per agent", "Theo nhân viên"),
     ("rp.by_hotline", "Per hotline", "Theo hotline"),
     ("rp.talk_total", "Talk in all", "Tổng đàm thoại"),
+    ("rp.max", "max", "cao nhất"),
     ("rp.mon", "Mon", "T2"),
     ("rp.tue", "Tue", "T3"),
     ("rp.wed", "Wed", "T4"),
@@ -402,6 +420,9 @@ mod tests {
         );
         assert_eq!(Lang::En.duration(3909), "1:05:09");
         assert_eq!(Lang::En.duration(65), "1:05");
+        assert_eq!(Lang::En.duration(3 * 86_400 + 3909), "3d 1:05:09");
+        assert_eq!(Lang::Vi.duration(86_400 + 65), "1 ngày 0:01:05");
+        assert_eq!(Lang::Vi.minutes(900), "15 phút");
     }
 
     #[test]

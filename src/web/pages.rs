@@ -523,9 +523,11 @@ async fn callbacks_content(state: &AppState, ctx: &Ctx) -> Result<Markup, ApiErr
     let open = list(&[("state", "open"), ("sort", "oldest"), ("limit", "200")])
         .await?
         .0;
-    let closed = list(&[("state", "closed"), ("sort", "newest"), ("limit", "50")])
+    let mut closed = list(&[("state", "closed"), ("sort", "newest"), ("limit", "50")])
         .await?
         .0;
+    // The last closed first (times in one zone and format: they sort as text).
+    closed.items.sort_by(|a, b| b.closed_at.cmp(&a.closed_at));
     let amber = state.dashboard.callback_amber.as_secs() as i64;
     let red = state.dashboard.callback_red.as_secs() as i64;
     let closing = may_close(state, ctx);
@@ -533,9 +535,9 @@ async fn callbacks_content(state: &AppState, ctx: &Ctx) -> Result<Markup, ApiErr
         h1 { (ctx.t("nav.callbacks")) }
         p.legend {
             (ctx.t("cb.targets")) " "
-            span.age.amber { (ctx.t("cb.amber")) " ≥ " (ctx.lang.duration(amber)) }
+            span.age.amber { (ctx.t("cb.amber")) " ≥ " (ctx.lang.minutes(amber)) }
             " · "
-            span.age.red { (ctx.t("cb.red")) " ≥ " (ctx.lang.duration(red)) }
+            span.age.red { (ctx.t("cb.red")) " ≥ " (ctx.lang.minutes(red)) }
         }
         @if open.items.is_empty() {
             p.empty #open-empty { (ctx.t("cb.none")) }

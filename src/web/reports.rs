@@ -215,7 +215,7 @@ fn chart(ctx: &Ctx, groups: &[Group]) -> Markup {
             @if !points.is_empty() {
                 polyline points=(points.join(" ")) fill="none" stroke="#d97706" stroke-width="2.5" {}
             }
-            text x=(pad) y="14" font-size="12" fill="#0b57a4" { (ctx.t("kpi.calls")) " (max " (ctx.lang.int(max as i64)) ")" }
+            text x=(pad) y="14" font-size="12" fill="#0b57a4" { (ctx.t("kpi.calls")) " (" (ctx.t("rp.max")) " " (ctx.lang.int(max as i64)) ")" }
             text x=(w - pad) y="14" font-size="12" fill="#a35200" text-anchor="end" { (ctx.t("kpi.answer_rate")) " (0–100%)" }
         }
     }
