@@ -96,6 +96,28 @@ impl Browser {
         }
     }
 
+    /// Types `text` into the element with id `id`.
+    async fn fill(&self, id: &str, text: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+
+    /// Clicks the element with id `id`.
+    async fn click(&self, id: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
     async fn sign_in(&self, server: &TestServer, token: &str) {
         self.client.goto(&server.url("/login")).await.unwrap();
         let field = self
@@ -105,13 +127,7 @@ impl Browser {
             .await
             .unwrap();
         field.send_keys(token).await.unwrap();
-        self.client
-            .find(Locator::Id("sign-in"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        self.click("sign-in").await;
         self.client
             .wait()
             .for_element(Locator::Id("live"))
@@ -215,18 +231,8 @@ async fn signing_in_and_out_in_a_browser() {
     assert!(c.current_url().await.unwrap().path().ends_with("/login"));
     browser.screenshot("sign-in").await;
     // A wrong token: still the sign-in page, saying so.
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys("wrong")
-        .await
-        .unwrap();
-    c.find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.fill("token", "wrong").await;
+    browser.click("sign-in").await;
     c.wait().for_element(Locator::Css("p.error")).await.unwrap();
     // The token never goes into a URL.
     assert!(!c.current_url().await.unwrap().as_str().contains("wrong"));
@@ -238,12 +244,7 @@ async fn signing_in_and_out_in_a_browser() {
         .find(|k| k.name() == "alohook_session")
         .expect("a session cookie");
     assert_eq!(session.http_only(), Some(true));
-    c.find(Locator::Id("sign-out"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("sign-out").await;
     c.wait().for_element(Locator::Id("token")).await.unwrap();
     c.goto(&server.url("/calls")).await.unwrap();
     c.wait().for_element(Locator::Id("token")).await.unwrap();
@@ -333,18 +334,8 @@ async fn a_phone_in_another_form_finds_the_call_and_its_page_shows_the_events() 
     c.goto(&server.url("/calls")).await.unwrap();
     browser.screenshot("calls").await;
     // T05 is 0912345005: searched as +84 912 345 005.
-    c.find(Locator::Id("phone"))
-        .await
-        .unwrap()
-        .send_keys("+84 912 345 005")
-        .await
-        .unwrap();
-    c.find(Locator::Id("search-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.fill("phone", "+84 912 345 005").await;
+    browser.click("search-button").await;
     c.wait()
         .for_element(Locator::Css("#results"))
         .await
