@@ -8,12 +8,22 @@
 //!   grouping, with any of the `hotline`, `direction` and `status` filters. Its rows at
 //!   [`UNDATED`] count the calls with no start time.
 //!
+//! And three coarser ones that add the finer up, so that a quarter is a few thousand rows
+//! rather than every hour's:
+//! - **by day** (`KIND_AGENT_DAY`, `KIND_LINE_DAY`): the same keys per local day of the zone
+//!   the records are merged in, for the days that are whole UTC hours (every day of a zone
+//!   whose offsets are whole hours). A range's whole days are read from them, its ragged hours
+//!   from the hour rows.
+//! - **in all** (`KIND_TOTAL`): hour alone, for the groupings by time (and none) with no
+//!   filter: the chart and heat map of a quarter.
+//!
 //! A write removes the call's old contribution and adds its new one, so the summary is exact
 //! whatever order the events arrive in, and a resend (which changes no record) changes nothing.
 //! The counts and sums are additive; a maximum is not, so the longest wait and the first and
 //! last start of a row are kept as upper and lower bounds, exact until a call that held one
 //! leaves the row or changes: then the row is marked `dirty`, and a read computes those three
-//! from the row's calls (one hour's worth) instead. Any other query (a `phone`, `agent`,
+//! from the row's calls (one hour's worth) instead; a coarse row's from the finer rows it adds
+//! up, once they are exact. Any other query (a `phone`, `agent`,
 //! `user_name` filter, a zone whose hours are not whole UTC hours...) is computed from the
 //! calls, as it was before the summary.
 //!
@@ -29,6 +39,12 @@ use crate::report::stats::{CallFacts, GroupBy, StatsBuilder, Tally, Thresholds};
 
 pub const KIND_AGENT: i64 = 1;
 pub const KIND_LINE: i64 = 2;
+/// Local day × agent: the hours of `KIND_AGENT` added up.
+pub const KIND_AGENT_DAY: i64 = 3;
+/// Local day × hotline × direction × status: the hours of `KIND_LINE` added up.
+pub const KIND_LINE_DAY: i64 = 4;
+/// Hour alone: the rows of `KIND_LINE` of an hour added up.
+pub const KIND_TOTAL: i64 = 5;
 /// A summary row's span: an hour, from a whole UTC hour.
 pub const BUCKET_SECONDS: i64 = 3_600;
 /// The bucket of the calls with no start time.
@@ -37,9 +53,10 @@ pub const UNDATED: i64 = i64::MIN;
 pub const ROLLUP_KEY: &str = "rollup";
 
 /// The settings value of [`ROLLUP_KEY`] for `thresholds`.
+/// (`v2`: the rows by day and in all; a `v1` summary, without them, is rebuilt.)
 pub fn settings_value(thresholds: &Thresholds) -> String {
     format!(
-        "v1 short_abandon_seconds={} service_level_seconds={}",
+        "v2 short_abandon_seconds={} service_level_seconds={}",
         thresholds.short_abandon_seconds, thresholds.service_level_seconds
     )
 }
@@ -47,7 +64,7 @@ pub fn settings_value(thresholds: &Thresholds) -> String {
 /// The thresholds of a [`settings_value`].
 pub fn parse_settings(value: &str) -> Option<Thresholds> {
     let mut parts = value.split(' ');
-    if parts.next()? != "v1" {
+    if parts.next()? != "v2" {
         return None;
     }
     let mut number = |name: &str| {
@@ -108,31 +125,99 @@ pub fn bucket_of(start: i64) -> i64 {
     start - start.rem_euclid(BUCKET_SECONDS)
 }
 
-/// The summary row a call counts in, for each kind (an undated call counts only by line).
-fn keys(call: &CallFacts) -> Vec<Key> {
-    let line = |bucket| Key {
-        kind: KIND_LINE,
+/// The summary rows a call counts in, one per kind (an undated call counts only by line);
+/// `day`: the local day its hour is in, when the summary has rows for that day.
+fn keys(call: &CallFacts, day: impl FnOnce(i64) -> Option<i64>) -> Vec<Key> {
+    let line = |kind, bucket| Key {
+        kind,
         bucket,
         k1: text(&call.hotline),
         k2: text(&call.direction),
         k3: text(&call.call_status.as_deref().map(str::to_lowercase)),
     };
+    let agent = |kind, bucket| Key {
+        kind,
+        bucket,
+        k1: call.agent().unwrap_or_default().to_string(),
+        k2: String::new(),
+        k3: String::new(),
+    };
     match call.start_time {
-        None => vec![line(UNDATED)],
+        None => vec![line(KIND_LINE, UNDATED)],
         Some(start) => {
-            let bucket = bucket_of(start);
-            vec![
+            let hour = bucket_of(start);
+            let mut keys = vec![
+                agent(KIND_AGENT, hour),
+                line(KIND_LINE, hour),
                 Key {
-                    kind: KIND_AGENT,
-                    bucket,
-                    k1: call.agent().unwrap_or_default().to_string(),
+                    kind: KIND_TOTAL,
+                    bucket: hour,
+                    k1: String::new(),
                     k2: String::new(),
                     k3: String::new(),
                 },
-                line(bucket),
-            ]
+            ];
+            if let Some(day) = day(hour) {
+                keys.extend([agent(KIND_AGENT_DAY, day), line(KIND_LINE_DAY, day)]);
+            }
+            keys
         }
     }
+}
+
+/// Whether a kind's rows add up finer rows (their longest wait comes from those).
+pub fn is_coarse(kind: i64) -> bool {
+    matches!(kind, KIND_AGENT_DAY | KIND_LINE_DAY | KIND_TOTAL)
+}
+
+/// The start of the local day after the one that `at` is in.
+fn next_day(tz: &jiff::tz::TimeZone, day: i64) -> Option<i64> {
+    let zoned = jiff::Timestamp::from_second(day).ok()?.to_zoned(tz.clone());
+    Some(
+        zoned
+            .tomorrow()
+            .ok()?
+            .start_of_day()
+            .ok()?
+            .timestamp()
+            .as_second(),
+    )
+}
+
+/// The start of the local day that `at` is in.
+fn start_of_day(tz: &jiff::tz::TimeZone, at: i64) -> Option<i64> {
+    let zoned = jiff::Timestamp::from_second(at).ok()?.to_zoned(tz.clone());
+    Some(zoned.start_of_day().ok()?.timestamp().as_second())
+}
+
+/// The local day of `tz` holding the UTC hour from `hour`, when that day starts and ends on
+/// whole UTC hours (so it is whole hours, and the hour lies in it): the day rows' bucket.
+pub fn day_of_hour(tz: &jiff::tz::TimeZone, hour: i64) -> Option<i64> {
+    let start = start_of_day(tz, hour)?;
+    let end = next_day(tz, start)?;
+    (start % BUCKET_SECONDS == 0 && end % BUCKET_SECONDS == 0).then_some(start)
+}
+
+/// The whole local days of `tz` within the hours `[lo, hi)`, all made of whole UTC hours:
+/// `(first day's start, last day's end)`, or `None` when there is none (or a day in between
+/// is not whole hours).
+fn whole_days(tz: &jiff::tz::TimeZone, lo: i64, hi: i64) -> Option<(i64, i64)> {
+    let mut first = start_of_day(tz, lo)?;
+    if first < lo {
+        first = next_day(tz, first)?;
+    }
+    let mut end = first;
+    loop {
+        let next = next_day(tz, end)?;
+        if next > hi {
+            break;
+        }
+        if end % BUCKET_SECONDS != 0 || next % BUCKET_SECONDS != 0 {
+            return None;
+        }
+        end = next;
+    }
+    (end > first).then_some((first, end))
 }
 
 /// What a call adds to its row: its tally (an undated call's is its count alone).
@@ -177,19 +262,50 @@ impl Delta {
 }
 
 /// The changes a batch makes to the summary, row by row.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Deltas {
     pub rows: HashMap<Key, Delta>,
+    /// The zone of the day rows: the one the records are merged in.
+    pub zone: jiff::tz::TimeZone,
+    /// The day row of each hour met so far (see [`day_of_hour`]).
+    days: HashMap<i64, Option<i64>>,
 }
 
 impl Deltas {
+    /// No change yet, day rows in `zone`.
+    pub fn new(zone: &jiff::tz::TimeZone) -> Self {
+        Deltas {
+            rows: HashMap::new(),
+            zone: zone.clone(),
+            days: HashMap::new(),
+        }
+    }
+
+    /// The rows of `rows`, to apply with their zone.
+    pub fn of_rows(
+        rows: impl IntoIterator<Item = (Key, Delta)>,
+        zone: &jiff::tz::TimeZone,
+    ) -> Self {
+        Deltas {
+            rows: rows.into_iter().collect(),
+            ..Deltas::new(zone)
+        }
+    }
+
+    fn keys(&mut self, call: &CallFacts) -> Vec<Key> {
+        let (days, zone) = (&mut self.days, &self.zone);
+        keys(call, |hour| {
+            *days.entry(hour).or_insert_with(|| day_of_hour(zone, hour))
+        })
+    }
+
     /// A call's record went from `before` (`None`: a new call) to `after`.
     pub fn record(&mut self, before: Option<&CallFacts>, after: &CallFacts, th: &Thresholds) {
         if before == Some(after) {
             return;
         }
-        let old = before.map(|b| (keys(b), contribution(b, th)));
-        let new = (keys(after), contribution(after, th));
+        let old = before.map(|b| (self.keys(b), contribution(b, th)));
+        let new = (self.keys(after), contribution(after, th));
         if let Some((old_keys, tally)) = &old {
             let counts = tally.counts();
             for key in old_keys {
@@ -219,11 +335,16 @@ impl Deltas {
 
     /// The rows to write, in key order (two writers lock rows in the same order).
     pub fn into_sorted(self) -> Vec<(Key, Delta)> {
-        let mut rows: Vec<(Key, Delta)> = self
-            .rows
-            .into_iter()
-            .filter(|(_, d)| !d.is_empty())
-            .collect();
+        Self::sorted(self.rows)
+    }
+
+    /// [`Deltas::into_sorted`], keeping the zone.
+    pub fn split(self) -> (Vec<(Key, Delta)>, jiff::tz::TimeZone) {
+        (Self::sorted(self.rows), self.zone)
+    }
+
+    fn sorted(rows: HashMap<Key, Delta>) -> Vec<(Key, Delta)> {
+        let mut rows: Vec<(Key, Delta)> = rows.into_iter().filter(|(_, d)| !d.is_empty()).collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         rows
     }
@@ -232,20 +353,32 @@ impl Deltas {
 /// How a `/api/stats` query reads the summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    pub kind: i64,
+    /// The rows read, by kind and span of buckets.
+    pub segments: Vec<Segment>,
     /// `(column, value)` conditions on the key.
     pub keys: Vec<(&'static str, String)>,
-    /// The buckets read from the summary: `lo <= bucket < hi`.
-    pub lo: i64,
-    pub hi: i64,
     /// The parts of the range at its ends that do not fill an hour, counted from the calls.
     pub edges: Vec<(i64, i64)>,
 }
 
+/// The rows of one kind with `lo <= bucket < hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub kind: i64,
+    pub lo: i64,
+    pub hi: i64,
+}
+
 /// The plan for `filter` grouped by `group_by`, or `None` when the summary cannot answer it (a
 /// filter it does not hold, a zone whose hours are not the summary's), and the calls are
-/// counted one by one.
-pub fn plan(filter: &CallFilter, group_by: GroupBy, tz: &jiff::tz::TimeZone) -> Option<Plan> {
+/// counted one by one. `days`: the summary's day rows are days of `tz` (the records are merged
+/// in it), so that a range's whole days may be read from them.
+pub fn plan(
+    filter: &CallFilter,
+    group_by: GroupBy,
+    tz: &jiff::tz::TimeZone,
+    days: bool,
+) -> Option<Plan> {
     let CallFilter {
         status,
         phase,
@@ -278,18 +411,21 @@ pub fn plan(filter: &CallFilter, group_by: GroupBy, tz: &jiff::tz::TimeZone) -> 
     if let Some(s) = status {
         keys.push(("k3", s.to_lowercase()));
     }
-    let kind = if group_by == GroupBy::Agent {
-        if !keys.is_empty() {
-            return None;
-        }
-        KIND_AGENT
-    } else {
-        KIND_LINE
-    };
+    if group_by == GroupBy::Agent && !keys.is_empty() {
+        return None;
+    }
     let time = matches!(
         group_by,
         GroupBy::Day | GroupBy::Hour | GroupBy::HourOfDay | GroupBy::Weekday
     );
+    // The narrowest rows that hold the grouping and the filters.
+    let (hour_kind, day_kind) = if group_by == GroupBy::Agent {
+        (KIND_AGENT, KIND_AGENT_DAY)
+    } else if keys.is_empty() && (time || group_by == GroupBy::None) {
+        (KIND_TOTAL, KIND_LINE_DAY)
+    } else {
+        (KIND_LINE, KIND_LINE_DAY)
+    };
     // The buckets wholly inside [from, to]; what is left at either end is counted from calls.
     let lo = from.map_or(UNDATED + 1, |f| {
         let b = bucket_of(f);
@@ -318,11 +454,27 @@ pub fn plan(filter: &CallFilter, group_by: GroupBy, tz: &jiff::tz::TimeZone) -> 
     {
         return None;
     }
+    // The whole days from the day rows (a grouping by hour needs the hours), the hours around
+    // them from the hour rows.
+    let by_day = days
+        && from.is_some()
+        && to.is_some()
+        && !matches!(group_by, GroupBy::Hour | GroupBy::HourOfDay);
+    let segment = |kind, lo, hi| Segment { kind, lo, hi };
+    let segments = match by_day.then(|| whole_days(tz, lo, hi)).flatten() {
+        Some((first, end)) => [
+            segment(hour_kind, lo, first),
+            segment(day_kind, first, end),
+            segment(hour_kind, end, hi),
+        ]
+        .into_iter()
+        .filter(|s| s.lo < s.hi)
+        .collect(),
+        None => vec![segment(hour_kind, lo, hi)],
+    };
     Some(Plan {
-        kind,
+        segments,
         keys,
-        lo,
-        hi,
         edges,
     })
 }
@@ -343,7 +495,9 @@ pub fn hour_aligned(tz: &jiff::tz::TimeZone, bucket: i64) -> bool {
 /// The group dimensions of a row, as a call's facts.
 fn dims(key: &Key) -> CallFacts {
     let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
-    if key.kind == KIND_AGENT {
+    if key.kind == KIND_TOTAL {
+        CallFacts::default()
+    } else if matches!(key.kind, KIND_AGENT | KIND_AGENT_DAY) {
         CallFacts {
             user_name: some(&key.k1),
             ..CallFacts::default()
@@ -358,9 +512,9 @@ fn dims(key: &Key) -> CallFacts {
     }
 }
 
-/// Whether a call counts in the row of `key`.
+/// Whether a call counts in the row of `key` (a row by hour: agent or line).
 pub fn call_in_row(call: &CallFacts, key: &Key) -> bool {
-    keys(call).contains(key)
+    keys(call, |_| None).contains(key)
 }
 
 /// The summary's rows of a plan, added up per group in the database: one row per group
@@ -382,7 +536,7 @@ pub fn groups_query(plan: &Plan, group_by: GroupBy) -> super::Statement {
     ]);
     let mut args = Vec::new();
     let rows = plan_rows(plan, &mut args);
-    let mut sql = format!("SELECT {} FROM call_rollup WHERE {rows}", select.join(", "));
+    let mut sql = format!("SELECT {} FROM {rows}", select.join(", "));
     if !group.is_empty() {
         sql.push_str(&format!(" GROUP BY {}", group.join(", ")));
     }
@@ -404,21 +558,29 @@ impl Plan {
     }
 }
 
-/// The conditions selecting `plan`'s summary rows (its kind, buckets and keys), their arguments
-/// added to `args`.
+/// The table of `plan`'s summary rows (each segment's kind and buckets, and the keys), for a
+/// FROM clause, their arguments added to `args`: one index range per segment.
 fn plan_rows(plan: &Plan, args: &mut Vec<super::Column>) -> String {
     use super::Column::{Integer, Text};
-    let mut sql = "kind = ? AND bucket >= ? AND bucket < ?".to_string();
-    args.extend([
-        Integer(Some(plan.kind)),
-        Integer(Some(plan.lo)),
-        Integer(Some(plan.hi)),
-    ]);
-    for (column, value) in &plan.keys {
-        sql.push_str(&format!(" AND {column} = ?"));
-        args.push(Text(Some(value.clone())));
-    }
-    sql
+    let selects: Vec<String> = plan
+        .segments
+        .iter()
+        .map(|segment| {
+            let mut sql = "SELECT * FROM call_rollup WHERE kind = ? AND bucket >= ? AND bucket < ?"
+                .to_string();
+            args.extend([
+                Integer(Some(segment.kind)),
+                Integer(Some(segment.lo)),
+                Integer(Some(segment.hi)),
+            ]);
+            for (column, value) in &plan.keys {
+                sql.push_str(&format!(" AND {column} = ?"));
+                args.push(Text(Some(value.clone())));
+            }
+            sql
+        })
+        .collect();
+    format!("({}) AS plan_rows", selects.join(" UNION ALL "))
 }
 
 /// The summary's columns a grouping adds up by.
@@ -483,10 +645,7 @@ pub fn dirty_query(plan: &Plan) -> super::Statement {
     let mut args = Vec::new();
     let rows = plan_rows(plan, &mut args);
     super::Statement {
-        sql: format!(
-            "SELECT kind, bucket, k1, k2, k3 FROM call_rollup WHERE dirty <> 0 AND calls <> 0 \
-             AND {rows}"
-        ),
+        sql: format!("SELECT kind, bucket, k1, k2, k3 FROM {rows} WHERE dirty <> 0 AND calls <> 0"),
         args,
     }
 }
@@ -518,6 +677,35 @@ pub fn clean_args(key: &Key, wait: Option<i64>) -> Vec<super::Column> {
         Text(Some(key.k2.clone())),
         Text(Some(key.k3.clone())),
     ]
+}
+
+/// The longest wait of a coarse row, from the finer rows it adds up (exact by then: a write
+/// cleans its rows by hour first); `None` for a row by hour, whose wait comes from its calls.
+pub fn coarse_wait_query(key: &Key, tz: &jiff::tz::TimeZone) -> Option<super::Statement> {
+    use super::Column::{Integer, Text};
+    let (kind, hi, keys) = match key.kind {
+        KIND_TOTAL => (KIND_LINE, key.bucket + BUCKET_SECONDS, vec![]),
+        KIND_AGENT_DAY => (KIND_AGENT, next_day(tz, key.bucket)?, vec![("k1", &key.k1)]),
+        KIND_LINE_DAY => (
+            KIND_LINE,
+            next_day(tz, key.bucket)?,
+            vec![("k1", &key.k1), ("k2", &key.k2), ("k3", &key.k3)],
+        ),
+        _ => return None,
+    };
+    let mut sql = "SELECT MAX(longest_wait) FROM call_rollup WHERE kind = ? AND bucket >= ? \
+        AND bucket < ? AND calls <> 0"
+        .to_string();
+    let mut args = vec![
+        Integer(Some(kind)),
+        Integer(Some(key.bucket)),
+        Integer(Some(hi)),
+    ];
+    for (column, value) in keys {
+        sql.push_str(&format!(" AND {column} = ?"));
+        args.push(Text(Some(value.clone())));
+    }
+    Some(super::Statement { sql, args })
 }
 
 /// The dirty rows' keys, bucket by bucket.
@@ -651,17 +839,17 @@ pub fn row_values(key: &Key, delta: &Delta) -> Vec<super::Column> {
 /// The calls of a plan's filters with no start time: one count.
 pub fn undated_query(plan: &Plan) -> super::Statement {
     let undated = Plan {
-        kind: KIND_LINE,
-        lo: UNDATED,
-        hi: UNDATED + 1,
+        segments: vec![Segment {
+            kind: KIND_LINE,
+            lo: UNDATED,
+            hi: UNDATED + 1,
+        }],
         ..plan.clone()
     };
     let mut args = Vec::new();
     let rows = plan_rows(&undated, &mut args);
     super::Statement {
-        sql: format!(
-            "SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) FROM call_rollup WHERE {rows}"
-        ),
+        sql: format!("SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) FROM {rows}"),
         args,
     }
 }
@@ -691,8 +879,15 @@ mod tests {
             to: Some(5 * 3_600 + 10),
             ..CallFilter::default()
         };
-        let plan = plan(&filter, GroupBy::Day, &hcm()).unwrap();
-        assert_eq!((plan.lo, plan.hi), (3 * 3_600, 5 * 3_600));
+        let plan = plan(&filter, GroupBy::Day, &hcm(), true).unwrap();
+        assert_eq!(
+            plan.segments,
+            vec![Segment {
+                kind: KIND_TOTAL,
+                lo: 3 * 3_600,
+                hi: 5 * 3_600
+            }]
+        );
         assert_eq!(
             plan.edges,
             vec![(7_260, 3 * 3_600 - 1), (5 * 3_600, 5 * 3_600 + 10)]
@@ -703,7 +898,7 @@ mod tests {
             to: Some(120),
             ..CallFilter::default()
         };
-        assert_eq!(super::plan(&within, GroupBy::None, &hcm()), None);
+        assert_eq!(super::plan(&within, GroupBy::None, &hcm(), true), None);
         // Aligned ends need no calls.
         let aligned = CallFilter {
             from: Some(0),
@@ -711,7 +906,9 @@ mod tests {
             ..CallFilter::default()
         };
         assert_eq!(
-            super::plan(&aligned, GroupBy::None, &hcm()).unwrap().edges,
+            super::plan(&aligned, GroupBy::None, &hcm(), true)
+                .unwrap()
+                .edges,
             vec![]
         );
     }
@@ -719,7 +916,7 @@ mod tests {
     #[test]
     fn filters_the_summary_does_not_hold_count_from_calls() {
         let tz = hcm();
-        let with = |f: CallFilter, g| plan(&f, g, &tz).map(|p| (p.kind, p.keys));
+        let with = |f: CallFilter, g| plan(&f, g, &tz, true).map(|p| (p.segments[0].kind, p.keys));
         assert_eq!(
             with(
                 CallFilter {
@@ -765,8 +962,8 @@ mod tests {
             to: Some(1_790_100_000),
             ..CallFilter::default()
         };
-        assert!(plan(&range, GroupBy::Day, &kathmandu).is_none());
-        assert!(plan(&range, GroupBy::Agent, &kathmandu).is_some());
+        assert!(plan(&range, GroupBy::Day, &kathmandu, true).is_none());
+        assert!(plan(&range, GroupBy::Agent, &kathmandu, true).is_some());
     }
 
     fn call(start: Option<i64>, answer: Option<i64>, end: Option<i64>) -> CallFacts {
@@ -785,7 +982,7 @@ mod tests {
     #[test]
     fn a_change_that_keeps_the_bounds_leaves_the_row_clean() {
         let th = Thresholds::default();
-        let mut deltas = Deltas::default();
+        let mut deltas = Deltas::new(&hcm());
         let ringing = call(Some(100), None, None);
         let ended = call(Some(100), Some(110), Some(200));
         deltas.record(Some(&ringing), &ended, &th);
@@ -795,7 +992,7 @@ mod tests {
         }
         // A late answer time shortens the ring of an ended call: the longest wait it held may
         // no longer be one.
-        let mut deltas = Deltas::default();
+        let mut deltas = Deltas::new(&hcm());
         let unanswered = call(Some(100), None, Some(200));
         deltas.record(Some(&unanswered), &ended, &th);
         let line = deltas
@@ -811,19 +1008,153 @@ mod tests {
     #[test]
     fn an_undated_call_counts_once_by_line_and_moves_when_dated() {
         let th = Thresholds::default();
-        let mut deltas = Deltas::default();
+        let mut deltas = Deltas::new(&hcm());
         let undated = call(None, None, None);
         deltas.record(None, &undated, &th);
         let rows = deltas.into_sorted();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].0.kind, rows[0].0.bucket), (KIND_LINE, UNDATED));
-        let mut deltas = Deltas::default();
+        let mut deltas = Deltas::new(&hcm());
         deltas.record(Some(&undated), &call(Some(7_300), None, None), &th);
         let rows = deltas.into_sorted();
         let undated_row = rows.iter().find(|(k, _)| k.bucket == UNDATED).unwrap();
         assert_eq!(undated_row.1.counts[0], -1);
         let dated: Vec<_> = rows.iter().filter(|(k, _)| k.bucket == 7_200).collect();
-        assert_eq!(dated.len(), 2, "by agent and by line");
+        assert_eq!(dated.len(), 3, "by agent, by line and in all");
+        // And by day (Saigon was UTC+8 in 1970: the day from 1970-01-01T00:00+08:00).
+        let days: Vec<_> = rows.iter().filter(|(k, _)| k.bucket == -28_800).collect();
+        assert_eq!(days.len(), 2, "by agent and by line, per day");
         assert!(dated.iter().all(|(_, d)| d.counts[0] == 1));
+    }
+
+    fn local(tz: &jiff::tz::TimeZone, d: i8, h: i8, m: i8) -> i64 {
+        jiff::civil::date(2025, 11, d)
+            .at(h, m, 0, 0)
+            .to_zoned(tz.clone())
+            .unwrap()
+            .timestamp()
+            .as_second()
+    }
+
+    /// A range's whole local days are read from the rows by day, the hours around them from
+    /// the rows by hour, and the minutes around those from the calls.
+    #[test]
+    fn a_plan_reads_whole_days_from_the_rows_by_day() {
+        let tz = hcm();
+        let at = |d, h, m| local(&tz, d, h, m);
+        let ragged = CallFilter {
+            from: Some(at(10, 9, 17)),
+            to: Some(at(13, 15, 42)),
+            ..CallFilter::default()
+        };
+        let p = plan(&ragged, GroupBy::Agent, &tz, true).unwrap();
+        let segment = |kind, lo, hi| Segment { kind, lo, hi };
+        assert_eq!(
+            p.segments,
+            vec![
+                segment(KIND_AGENT, at(10, 10, 0), at(11, 0, 0)),
+                segment(KIND_AGENT_DAY, at(11, 0, 0), at(13, 0, 0)),
+                segment(KIND_AGENT, at(13, 0, 0), at(13, 15, 0)),
+            ]
+        );
+        assert_eq!(
+            p.edges,
+            vec![
+                (at(10, 9, 17), at(10, 10, 0) - 1),
+                (at(13, 15, 0), at(13, 15, 42))
+            ]
+        );
+        // Days alone, with a filter: by line.
+        let days = CallFilter {
+            from: Some(at(10, 0, 0)),
+            to: Some(at(17, 0, 0) - 1),
+            hotline: Some("1900".into()),
+            ..CallFilter::default()
+        };
+        let p = plan(&days, GroupBy::Hotline, &tz, true).unwrap();
+        assert_eq!(
+            p.segments,
+            vec![segment(KIND_LINE_DAY, at(10, 0, 0), at(17, 0, 0))]
+        );
+        // No filter by time: the hours in all; by weekday: the days.
+        let all = CallFilter {
+            hotline: None,
+            ..days.clone()
+        };
+        for (group_by, kind) in [
+            (GroupBy::Hour, KIND_TOTAL),
+            (GroupBy::HourOfDay, KIND_TOTAL),
+            (GroupBy::Weekday, KIND_LINE_DAY),
+            (GroupBy::Day, KIND_LINE_DAY),
+            (GroupBy::None, KIND_LINE_DAY),
+        ] {
+            let p = plan(&all, group_by, &tz, true).unwrap();
+            assert_eq!(p.segments.len(), 1, "{group_by:?}");
+            assert_eq!(p.segments[0].kind, kind, "{group_by:?}");
+        }
+        // Day rows of another zone are not this zone's days; an open range has no whole days.
+        let p = plan(&all, GroupBy::None, &tz, false).unwrap();
+        assert_eq!(
+            p.segments,
+            vec![segment(KIND_TOTAL, at(10, 0, 0), at(17, 0, 0))]
+        );
+        let open = CallFilter {
+            to: None,
+            ..all.clone()
+        };
+        assert_eq!(
+            plan(&open, GroupBy::None, &tz, true)
+                .unwrap()
+                .segments
+                .len(),
+            1
+        );
+        // Less than a day: hours.
+        let short = CallFilter {
+            from: Some(at(10, 6, 0)),
+            to: Some(at(11, 5, 0) - 1),
+            ..CallFilter::default()
+        };
+        assert_eq!(
+            plan(&short, GroupBy::None, &tz, true).unwrap().segments,
+            vec![segment(KIND_TOTAL, at(10, 6, 0), at(11, 5, 0))]
+        );
+    }
+
+    /// Days in a zone with daylight saving (23 and 25 hours) are whole hours; days in a zone a
+    /// quarter past the hour are not, and have no rows by day.
+    #[test]
+    fn days_are_rows_only_when_they_are_whole_hours() {
+        let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+        // 2025-10-26 is 25 hours long in Berlin.
+        let day = jiff::civil::date(2025, 10, 26)
+            .to_zoned(berlin.clone())
+            .unwrap()
+            .timestamp()
+            .as_second();
+        assert_eq!(next_day(&berlin, day), Some(day + 25 * 3_600));
+        assert_eq!(day_of_hour(&berlin, day + 24 * 3_600), Some(day));
+        assert_eq!(
+            day_of_hour(&berlin, day + 25 * 3_600),
+            Some(day + 25 * 3_600)
+        );
+        let kathmandu = jiff::tz::TimeZone::get("Asia/Kathmandu").unwrap();
+        assert_eq!(day_of_hour(&kathmandu, 1_790_002_800), None);
+        assert_eq!(
+            whole_days(&kathmandu, 1_790_002_800, 1_790_002_800 + 9 * 86_400),
+            None
+        );
+        let mut deltas = Deltas::new(&kathmandu);
+        deltas.record(
+            None,
+            &call(Some(1_790_002_900), None, None),
+            &Thresholds::default(),
+        );
+        assert!(
+            deltas
+                .rows
+                .keys()
+                .all(|k| !matches!(k.kind, KIND_AGENT_DAY | KIND_LINE_DAY))
+        );
     }
 }

@@ -1022,6 +1022,8 @@ fn figure_queries() -> Vec<(alohook::store::CallFilter, alohook::report::stats::
         (None, None),
         (Some(local(10, 0, 0)), Some(local(12, 0, 0) - 1)),
         (Some(local(10, 9, 17)), Some(local(11, 15, 42))),
+        // Whole days in the middle (the rows by day), whole hours and minutes around them.
+        (Some(local(10, 9, 17)), Some(local(12, 15, 42))),
         (Some(local(11, 0, 0)), None),
         (None, Some(local(11, 10, 30))),
     ];
@@ -1164,6 +1166,21 @@ on_every_backend! {
         for ((filter, group_by), before) in queries.iter().zip(before) {
             assert!(total(filter, *group_by).await >= before + 1000, "{filter:?} by {group_by:?}");
         }
+        // Whole days come from the rows by day (kind 4, by line), hours from the rows by hour.
+        let mut before = Vec::new();
+        for (filter, group_by) in &queries {
+            before.push(total(filter, *group_by).await);
+        }
+        let bump_days = "UPDATE call_rollup SET calls = calls + 1000 WHERE kind = 4 AND bucket = \
+            (SELECT min(bucket) FROM call_rollup WHERE kind = 4)";
+        execute(&db, bump_days, bump_days).await;
+        let after = [
+            total(&queries[0].0, queries[0].1).await,
+            total(&queries[2].0, queries[2].1).await,
+            total(&queries[3].0, queries[3].1).await,
+        ];
+        assert_eq!((after[0], after[2]), (before[0], before[3]), "hours: {after:?}");
+        assert!(after[1] >= before[2] + 1000, "days: {after:?}");
     }
 }
 

@@ -541,7 +541,7 @@ async fn recompute_if_stale(
             .await?
             .unwrap_or_default(),
     };
-    reports::rebuild_rollup(&tx, &thresholds).await?;
+    reports::rebuild_rollup(&tx, &thresholds, &settings.timezone).await?;
     let hash = settings.fingerprint_hash();
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES ($1, $2), ('merge_settings_sha256', $3) \

@@ -28,7 +28,9 @@ impl Reports for PgStore {
         filter: &CallFilter,
         mut stats: StatsBuilder,
     ) -> Result<StatsBuilder, StoreError> {
-        let plan = rollup::plan(filter, stats.group_by(), stats.time_zone());
+        let days = self.settings.timezone == *stats.time_zone();
+        let plan = rollup::plan(filter, stats.group_by(), stats.time_zone(), days);
+        let zone = &self.settings.timezone;
         let wanted = rollup::settings_value(&stats.thresholds());
         self.read(async |client| {
             // The summary answers when it can, and holds this instance's thresholds.
@@ -41,7 +43,7 @@ impl Reports for PgStore {
                     .await?;
                 let summed =
                     if rollup_settings(&***client).await?.as_deref() == Some(wanted.as_str()) {
-                        summarised(&***client, filter, &plan, stats.clone()).await?
+                        summarised(&***client, filter, &plan, zone, stats.clone()).await?
                     } else {
                         Err(NotSummarised)
                     };
@@ -456,6 +458,7 @@ async fn summarised<C: GenericClient + Sync>(
     client: &C,
     filter: &CallFilter,
     plan: &Plan,
+    zone: &jiff::tz::TimeZone,
     mut stats: StatsBuilder,
 ) -> Result<Result<StatsBuilder, NotSummarised>, StoreError> {
     let facts = async |f: &CallFilter| -> Result<Vec<_>, StoreError> {
@@ -485,10 +488,23 @@ async fn summarised<C: GenericClient + Sync>(
         .iter()
         .map(rollup::read_key)
         .collect::<Result<Vec<_>, _>>()?;
+    // (None after a write: it cleans the rows it leaves dirty.)
+    let (coarse, dirty): (Vec<_>, Vec<_>) =
+        dirty.into_iter().partition(|k| rollup::is_coarse(k.kind));
     let mut waits = Vec::new();
     for (bucket, keys) in rollup::by_bucket(dirty) {
         let calls = facts(&rollup::hour_filter(&CallFilter::default(), bucket)).await?;
         rollup::exact_waits(&keys, &calls, &stats.thresholds(), &mut waits);
+    }
+    for key in coarse {
+        if let Some(q) = rollup::coarse_wait_query(&key, zone) {
+            let params: Vec<&(dyn ToSql + Sync)> = q.args.iter().map(sql_param).collect();
+            let wait: Option<i64> = client
+                .query_one(&numbered(&q.sql), &params)
+                .await?
+                .try_get(0)?;
+            waits.push((key, wait));
+        }
     }
     if (filter.from.is_none() || filter.to.is_none())
         && let Some((first_bucket, last_bucket)) = rollup::extreme_buckets(&groups)
@@ -528,7 +544,7 @@ pub(super) async fn apply_rollup<P: Prepared>(
     deltas: Deltas,
     thresholds: &crate::report::stats::Thresholds,
 ) -> Result<(), StoreError> {
-    let rows = deltas.into_sorted();
+    let (rows, zone) = deltas.split();
     if rows.is_empty() {
         return Ok(());
     }
@@ -574,6 +590,10 @@ pub(super) async fn apply_rollup<P: Prepared>(
             dirty.push(rollup::read_key(&row)?);
         }
     }
+    // The rows by hour first, from their calls; then the coarse ones, from those.
+    let (coarse, dirty): (Vec<_>, Vec<_>) =
+        dirty.into_iter().partition(|k| rollup::is_coarse(k.kind));
+    let clean = numbered(rollup::CLEAN_ROW);
     for (bucket, keys) in rollup::by_bucket(dirty) {
         let hour = dated_facts_query(&rollup::hour_filter(&CallFilter::default(), bucket));
         let params: Vec<&(dyn ToSql + Sync)> = hour.args.iter().map(sql_param).collect();
@@ -586,8 +606,20 @@ pub(super) async fn apply_rollup<P: Prepared>(
             .collect::<Result<Vec<_>, _>>()?;
         let mut waits = Vec::new();
         rollup::exact_waits(&keys, &calls, thresholds, &mut waits);
-        let clean = numbered(rollup::CLEAN_ROW);
         for (key, wait) in waits {
+            let args = rollup::clean_args(&key, wait);
+            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(sql_param).collect();
+            db.client().execute(&clean, &params).await?;
+        }
+    }
+    for key in coarse {
+        if let Some(q) = rollup::coarse_wait_query(&key, &zone) {
+            let params: Vec<&(dyn ToSql + Sync)> = q.args.iter().map(sql_param).collect();
+            let wait: Option<i64> = db
+                .client()
+                .query_one(&numbered(&q.sql), &params)
+                .await?
+                .try_get(0)?;
             let args = rollup::clean_args(&key, wait);
             let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(sql_param).collect();
             db.client().execute(&clean, &params).await?;
@@ -620,7 +652,7 @@ pub(super) async fn build_rollup_if_stale(
     tx.batch_execute("LOCK TABLE calls IN EXCLUSIVE MODE")
         .await?;
     let started = std::time::Instant::now();
-    let rows = rebuild_rollup(&tx, &thresholds).await?;
+    let rows = rebuild_rollup(&tx, &thresholds, &settings.timezone).await?;
     tx.commit().await?;
     client.batch_execute("ANALYZE call_rollup").await?;
     tracing::info!(
@@ -637,10 +669,11 @@ pub(super) async fn build_rollup_if_stale(
 pub(super) async fn rebuild_rollup<P: Prepared>(
     db: &P,
     thresholds: &crate::report::stats::Thresholds,
+    zone: &jiff::tz::TimeZone,
 ) -> Result<usize, StoreError> {
     let c = db.client();
     c.execute("DELETE FROM call_rollup", &[]).await?;
-    let mut deltas = Deltas::default();
+    let mut deltas = Deltas::new(zone);
     let params: Vec<&(dyn ToSql + Sync)> = Vec::new();
     let mut rows = std::pin::pin!(c.query_raw(&all_facts_sql(), params).await?);
     while let Some(row) = rows.try_next().await? {
@@ -651,9 +684,7 @@ pub(super) async fn rebuild_rollup<P: Prepared>(
     let mut all = deltas.into_sorted();
     while !all.is_empty() {
         let rest = all.split_off(all.len().min(20_000));
-        let slice = Deltas {
-            rows: all.into_iter().collect(),
-        };
+        let slice = Deltas::of_rows(all, zone);
         apply_rollup(db, slice, thresholds).await?;
         all = rest;
     }

@@ -345,7 +345,7 @@ pub(super) async fn write_batch(
         let thresholds = super::reports::rollup_thresholds(&**tx)
             .await?
             .unwrap_or(settings.thresholds.unwrap_or_default());
-        let mut rollup = crate::store::rollup::Deltas::default();
+        let mut rollup = crate::store::rollup::Deltas::new(&settings.timezone);
         let facts = |r: &CallRecord| crate::store::rollup::facts(r, finals);
         for call in &written {
             rollup.record(

@@ -505,7 +505,7 @@ fn recompute_if_stale(conn: &mut Connection, settings: &MergeSettings) -> Result
         Some(t) => t,
         None => reports::stored_rollup(&tx)?.unwrap_or_default(),
     };
-    reports::rebuild_rollup(&tx, &thresholds)?;
+    reports::rebuild_rollup(&tx, &thresholds, &settings.timezone)?;
     tx.execute(
         "INSERT INTO alohook_meta (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -634,7 +634,7 @@ fn commit_batch(
     // The numbers whose callback items may have changed (see callbacks::touched).
     let mut phones = std::collections::BTreeMap::new();
     // What the batch does to the figures' summary.
-    let mut rollup = super::rollup::Deltas::default();
+    let mut rollup = super::rollup::Deltas::new(&settings.timezone);
     for item in batch {
         let outcome = match item {
             Incoming::Event { event, received_at } => {

@@ -30,8 +30,9 @@ impl Reports for SqliteStore {
     ) -> Result<StatsBuilder, StoreError> {
         let filter = filter.clone();
         // The summary answers when it holds the thresholds asked for.
+        let days = self.inner.settings.timezone == *stats.time_zone();
         let plan = (self.inner.rollup == Some(stats.thresholds()))
-            .then(|| rollup::plan(&filter, stats.group_by(), stats.time_zone()))
+            .then(|| rollup::plan(&filter, stats.group_by(), stats.time_zone(), days))
             .flatten();
         self.reading(move |inner| {
             if let Some(plan) = plan
@@ -295,10 +296,23 @@ fn summarised(
             params_from_iter(dirty.args.into_iter().map(sql_value)),
             |r| rollup::read_key(r),
         )?;
+        // (None after a write: it cleans the rows it leaves dirty.)
+        let (coarse, dirty): (Vec<_>, Vec<_>) =
+            dirty.into_iter().partition(|k| rollup::is_coarse(k.kind));
         let mut waits = Vec::new();
         for (bucket, keys) in rollup::by_bucket(dirty) {
             let calls = facts(&rollup::hour_filter(&CallFilter::default(), bucket))?;
             rollup::exact_waits(&keys, &calls, &stats.thresholds(), &mut waits);
+        }
+        for key in coarse {
+            if let Some(q) = rollup::coarse_wait_query(&key, &inner.settings.timezone) {
+                let wait: Option<i64> = tx
+                    .prepare_cached(&q.sql)?
+                    .query_row(params_from_iter(q.args.into_iter().map(sql_value)), |r| {
+                        r.get(0)
+                    })?;
+                waits.push((key, wait));
+            }
         }
         if (filter.from.is_none() || filter.to.is_none())
             && let Some((first_bucket, last_bucket)) = rollup::extreme_buckets(&groups)
@@ -340,7 +354,7 @@ pub(super) fn apply_rollup(
     deltas: Deltas,
     thresholds: &Thresholds,
 ) -> Result<(), StoreError> {
-    let rows = deltas.into_sorted();
+    let (rows, zone) = deltas.split();
     if rows.is_empty() {
         return Ok(());
     }
@@ -358,6 +372,10 @@ pub(super) fn apply_rollup(
             }
         }
     }
+    // The rows by hour first, from their calls; then the coarse ones, from those.
+    let (coarse, dirty): (Vec<_>, Vec<_>) =
+        dirty.into_iter().partition(|k| rollup::is_coarse(k.kind));
+    let mut clean = conn.prepare_cached(rollup::CLEAN_ROW)?;
     for (bucket, keys) in rollup::by_bucket(dirty) {
         let hour = dated_facts_query(&rollup::hour_filter(&CallFilter::default(), bucket));
         let calls = query_rows(
@@ -368,8 +386,19 @@ pub(super) fn apply_rollup(
         )?;
         let mut waits = Vec::new();
         rollup::exact_waits(&keys, &calls, thresholds, &mut waits);
-        let mut clean = conn.prepare_cached(rollup::CLEAN_ROW)?;
         for (key, wait) in waits {
+            clean.execute(params_from_iter(
+                rollup::clean_args(&key, wait).into_iter().map(sql_value),
+            ))?;
+        }
+    }
+    for key in coarse {
+        if let Some(q) = rollup::coarse_wait_query(&key, &zone) {
+            let wait: Option<i64> = conn
+                .prepare_cached(&q.sql)?
+                .query_row(params_from_iter(q.args.into_iter().map(sql_value)), |r| {
+                    r.get(0)
+                })?;
             clean.execute(params_from_iter(
                 rollup::clean_args(&key, wait).into_iter().map(sql_value),
             ))?;
@@ -422,7 +451,7 @@ pub(super) fn build_rollup_if_stale(
     let wanted = rollup::settings_value(&thresholds);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let started = std::time::Instant::now();
-    let rows = rebuild_rollup(&tx, &thresholds)?;
+    let rows = rebuild_rollup(&tx, &thresholds, &settings.timezone)?;
     tx.commit()?;
     tracing::info!(
         rows,
@@ -438,9 +467,10 @@ pub(super) fn build_rollup_if_stale(
 pub(super) fn rebuild_rollup(
     conn: &Connection,
     thresholds: &crate::report::stats::Thresholds,
+    zone: &jiff::tz::TimeZone,
 ) -> Result<usize, StoreError> {
     conn.execute("DELETE FROM call_rollup", [])?;
-    let mut deltas = Deltas::default();
+    let mut deltas = Deltas::new(zone);
     let mut stmt = conn.prepare(&crate::store::reports::all_facts_sql())?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
