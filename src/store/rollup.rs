@@ -12,8 +12,11 @@
 //! rather than every hour's:
 //! - **by day** (`KIND_AGENT_DAY`, `KIND_LINE_DAY`): the same keys per local day of the zone
 //!   the records are merged in, for the days that are whole UTC hours (every day of a zone
-//!   whose offsets are whole hours). A range's whole days are read from them, its ragged hours
-//!   from the hour rows.
+//!   whose offsets are whole hours), and only for the days before [`DAYS_KEY`]: a day is
+//!   folded from its hour rows once it is over ([`fold_days`], by the first batch of the next
+//!   day), and writes keep only the folded days' rows, so a day's own calls (nearly all the
+//!   writes) cost no day row. A range's folded days are read from them, the rest from the hour
+//!   rows.
 //! - **in all** (`KIND_TOTAL`): hour alone, for the groupings by time (and none) with no
 //!   filter: the chart and heat map of a quarter.
 //!
@@ -51,6 +54,9 @@ pub const BUCKET_SECONDS: i64 = 3_600;
 pub const UNDATED: i64 = i64::MIN;
 /// The key in `alohook_meta` holding the settings the summary was built with.
 pub const ROLLUP_KEY: &str = "rollup";
+/// The key in `alohook_meta` holding the start of the first day not folded into rows by day
+/// (seconds): the days before it have them.
+pub const DAYS_KEY: &str = "rollup_days";
 
 /// The settings value of [`ROLLUP_KEY`] for `thresholds`.
 /// (`v2`: the rows by day and in all; a `v1` summary, without them, is rebuilt.)
@@ -267,16 +273,19 @@ pub struct Deltas {
     pub rows: HashMap<Key, Delta>,
     /// The zone of the day rows: the one the records are merged in.
     pub zone: jiff::tz::TimeZone,
+    /// The days before it have rows by day ([`DAYS_KEY`]).
+    folded_until: Option<i64>,
     /// The day row of each hour met so far (see [`day_of_hour`]).
     days: HashMap<i64, Option<i64>>,
 }
 
 impl Deltas {
-    /// No change yet, day rows in `zone`.
-    pub fn new(zone: &jiff::tz::TimeZone) -> Self {
+    /// No change yet; day rows in `zone` for the days before `folded_until`.
+    pub fn new(zone: &jiff::tz::TimeZone, folded_until: Option<i64>) -> Self {
         Deltas {
             rows: HashMap::new(),
             zone: zone.clone(),
+            folded_until,
             days: HashMap::new(),
         }
     }
@@ -288,13 +297,16 @@ impl Deltas {
     ) -> Self {
         Deltas {
             rows: rows.into_iter().collect(),
-            ..Deltas::new(zone)
+            ..Deltas::new(zone, None)
         }
     }
 
     fn keys(&mut self, call: &CallFacts) -> Vec<Key> {
-        let (days, zone) = (&mut self.days, &self.zone);
+        let (days, zone, until) = (&mut self.days, &self.zone, self.folded_until);
         keys(call, |hour| {
+            if until.is_none_or(|until| hour >= until) {
+                return None;
+            }
             *days.entry(hour).or_insert_with(|| day_of_hour(zone, hour))
         })
     }
@@ -371,13 +383,14 @@ pub struct Segment {
 
 /// The plan for `filter` grouped by `group_by`, or `None` when the summary cannot answer it (a
 /// filter it does not hold, a zone whose hours are not the summary's), and the calls are
-/// counted one by one. `days`: the summary's day rows are days of `tz` (the records are merged
-/// in it), so that a range's whole days may be read from them.
+/// counted one by one. `folded_until`: the summary's days before it have rows by day, and they
+/// are days of `tz` (the records are merged in it), so a range's whole days among them are
+/// read from those.
 pub fn plan(
     filter: &CallFilter,
     group_by: GroupBy,
     tz: &jiff::tz::TimeZone,
-    days: bool,
+    folded_until: Option<i64>,
 ) -> Option<Plan> {
     let CallFilter {
         status,
@@ -456,12 +469,11 @@ pub fn plan(
     }
     // The whole days from the day rows (a grouping by hour needs the hours), the hours around
     // them from the hour rows.
-    let by_day = days
-        && from.is_some()
-        && to.is_some()
-        && !matches!(group_by, GroupBy::Hour | GroupBy::HourOfDay);
+    let by_day = folded_until.filter(|_| {
+        from.is_some() && to.is_some() && !matches!(group_by, GroupBy::Hour | GroupBy::HourOfDay)
+    });
     let segment = |kind, lo, hi| Segment { kind, lo, hi };
-    let segments = match by_day.then(|| whole_days(tz, lo, hi)).flatten() {
+    let segments = match by_day.and_then(|until| whole_days(tz, lo, hi.min(until))) {
         Some((first, end)) => [
             segment(hour_kind, lo, first),
             segment(day_kind, first, end),
@@ -708,6 +720,91 @@ pub fn coarse_wait_query(key: &Key, tz: &jiff::tz::TimeZone) -> Option<super::St
     Some(super::Statement { sql, args })
 }
 
+/// The start of the local day of `now` when the days before it are not all folded yet.
+pub fn fold_due(tz: &jiff::tz::TimeZone, now: i64, folded_until: Option<i64>) -> Option<i64> {
+    let today = start_of_day(tz, now)?;
+    folded_until
+        .is_none_or(|until| until < today)
+        .then_some(today)
+}
+
+/// The statements that fold the days from `from` (`None`: the first with calls, see
+/// [`FIRST_HOUR`]) to `until` into rows by day, from their rows by hour, and record `until` as
+/// [`DAYS_KEY`]; run in one transaction that keeps batches out. The days that are not whole
+/// UTC hours get none. `upsert_meta`: the dialect's statement setting a key of `alohook_meta`.
+pub fn fold_days(
+    tz: &jiff::tz::TimeZone,
+    from: i64,
+    until: i64,
+    upsert_meta: &str,
+) -> Vec<super::Statement> {
+    use super::Column::{Integer, Text};
+    let first = start_of_day(tz, from).unwrap_or(from);
+    let mut statements = vec![super::Statement {
+        sql: format!(
+            "DELETE FROM call_rollup WHERE kind IN ({KIND_AGENT_DAY}, {KIND_LINE_DAY}) \
+             AND bucket >= ? AND bucket < ?"
+        ),
+        args: vec![Integer(Some(first)), Integer(Some(until))],
+    }];
+    let sums: Vec<String> = Tally::COUNT_NAMES
+        .iter()
+        .map(|c| format!("CAST(SUM({c}) AS BIGINT)"))
+        .collect();
+    let mut day = Some(first);
+    while let Some(start) = day.filter(|d| *d < until) {
+        let next = next_day(tz, start);
+        if day_of_hour(tz, start) == Some(start)
+            && let Some(next) = next
+        {
+            for (hour_kind, day_kind) in [(KIND_AGENT, KIND_AGENT_DAY), (KIND_LINE, KIND_LINE_DAY)]
+            {
+                statements.push(super::Statement {
+                    sql: format!(
+                        "INSERT INTO call_rollup ({}) SELECT ?, ?, k1, k2, k3, {}, \
+                         MAX(CASE WHEN calls <> 0 THEN longest_wait END), 0, NULL \
+                         FROM call_rollup WHERE kind = ? AND bucket >= ? AND bucket < ? \
+                         GROUP BY k1, k2, k3 HAVING SUM(calls) <> 0",
+                        all_columns(),
+                        sums.join(", ")
+                    ),
+                    args: vec![
+                        Integer(Some(day_kind)),
+                        Integer(Some(start)),
+                        Integer(Some(hour_kind)),
+                        Integer(Some(start)),
+                        Integer(Some(next)),
+                    ],
+                });
+            }
+        }
+        day = next;
+    }
+    statements.push(super::Statement {
+        sql: upsert_meta.to_string(),
+        args: vec![
+            Text(Some(DAYS_KEY.to_string())),
+            Text(Some(until.to_string())),
+        ],
+    });
+    statements
+}
+
+/// The first hour with calls, where folding starts when no day was ever folded.
+pub const FIRST_HOUR: &str = "SELECT MIN(bucket) FROM call_rollup WHERE kind = 2 AND bucket > ?";
+
+/// Sets a key of `alohook_meta` (both dialects).
+pub const UPSERT_META: &str = "INSERT INTO alohook_meta (key, value) VALUES (?, ?) \
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// How long a fold that failed waits before the next try (the batches go on meanwhile).
+pub const FOLD_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A [`DAYS_KEY`] value.
+pub fn parse_days(value: Option<&str>) -> Option<i64> {
+    value?.parse().ok()
+}
+
 /// The dirty rows' keys, bucket by bucket.
 pub fn by_bucket(keys: Vec<Key>) -> std::collections::BTreeMap<i64, Vec<Key>> {
     let mut buckets = std::collections::BTreeMap::<i64, Vec<Key>>::new();
@@ -879,7 +976,7 @@ mod tests {
             to: Some(5 * 3_600 + 10),
             ..CallFilter::default()
         };
-        let plan = plan(&filter, GroupBy::Day, &hcm(), true).unwrap();
+        let plan = plan(&filter, GroupBy::Day, &hcm(), Some(i64::MAX)).unwrap();
         assert_eq!(
             plan.segments,
             vec![Segment {
@@ -898,7 +995,10 @@ mod tests {
             to: Some(120),
             ..CallFilter::default()
         };
-        assert_eq!(super::plan(&within, GroupBy::None, &hcm(), true), None);
+        assert_eq!(
+            super::plan(&within, GroupBy::None, &hcm(), Some(i64::MAX)),
+            None
+        );
         // Aligned ends need no calls.
         let aligned = CallFilter {
             from: Some(0),
@@ -906,7 +1006,7 @@ mod tests {
             ..CallFilter::default()
         };
         assert_eq!(
-            super::plan(&aligned, GroupBy::None, &hcm(), true)
+            super::plan(&aligned, GroupBy::None, &hcm(), Some(i64::MAX))
                 .unwrap()
                 .edges,
             vec![]
@@ -916,7 +1016,9 @@ mod tests {
     #[test]
     fn filters_the_summary_does_not_hold_count_from_calls() {
         let tz = hcm();
-        let with = |f: CallFilter, g| plan(&f, g, &tz, true).map(|p| (p.segments[0].kind, p.keys));
+        let with = |f: CallFilter, g| {
+            plan(&f, g, &tz, Some(i64::MAX)).map(|p| (p.segments[0].kind, p.keys))
+        };
         assert_eq!(
             with(
                 CallFilter {
@@ -962,8 +1064,8 @@ mod tests {
             to: Some(1_790_100_000),
             ..CallFilter::default()
         };
-        assert!(plan(&range, GroupBy::Day, &kathmandu, true).is_none());
-        assert!(plan(&range, GroupBy::Agent, &kathmandu, true).is_some());
+        assert!(plan(&range, GroupBy::Day, &kathmandu, Some(i64::MAX)).is_none());
+        assert!(plan(&range, GroupBy::Agent, &kathmandu, Some(i64::MAX)).is_some());
     }
 
     fn call(start: Option<i64>, answer: Option<i64>, end: Option<i64>) -> CallFacts {
@@ -982,7 +1084,7 @@ mod tests {
     #[test]
     fn a_change_that_keeps_the_bounds_leaves_the_row_clean() {
         let th = Thresholds::default();
-        let mut deltas = Deltas::new(&hcm());
+        let mut deltas = Deltas::new(&hcm(), Some(i64::MAX));
         let ringing = call(Some(100), None, None);
         let ended = call(Some(100), Some(110), Some(200));
         deltas.record(Some(&ringing), &ended, &th);
@@ -992,7 +1094,7 @@ mod tests {
         }
         // A late answer time shortens the ring of an ended call: the longest wait it held may
         // no longer be one.
-        let mut deltas = Deltas::new(&hcm());
+        let mut deltas = Deltas::new(&hcm(), Some(i64::MAX));
         let unanswered = call(Some(100), None, Some(200));
         deltas.record(Some(&unanswered), &ended, &th);
         let line = deltas
@@ -1008,13 +1110,13 @@ mod tests {
     #[test]
     fn an_undated_call_counts_once_by_line_and_moves_when_dated() {
         let th = Thresholds::default();
-        let mut deltas = Deltas::new(&hcm());
+        let mut deltas = Deltas::new(&hcm(), Some(i64::MAX));
         let undated = call(None, None, None);
         deltas.record(None, &undated, &th);
         let rows = deltas.into_sorted();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].0.kind, rows[0].0.bucket), (KIND_LINE, UNDATED));
-        let mut deltas = Deltas::new(&hcm());
+        let mut deltas = Deltas::new(&hcm(), Some(i64::MAX));
         deltas.record(Some(&undated), &call(Some(7_300), None, None), &th);
         let rows = deltas.into_sorted();
         let undated_row = rows.iter().find(|(k, _)| k.bucket == UNDATED).unwrap();
@@ -1047,7 +1149,7 @@ mod tests {
             to: Some(at(13, 15, 42)),
             ..CallFilter::default()
         };
-        let p = plan(&ragged, GroupBy::Agent, &tz, true).unwrap();
+        let p = plan(&ragged, GroupBy::Agent, &tz, Some(i64::MAX)).unwrap();
         let segment = |kind, lo, hi| Segment { kind, lo, hi };
         assert_eq!(
             p.segments,
@@ -1071,7 +1173,7 @@ mod tests {
             hotline: Some("1900".into()),
             ..CallFilter::default()
         };
-        let p = plan(&days, GroupBy::Hotline, &tz, true).unwrap();
+        let p = plan(&days, GroupBy::Hotline, &tz, Some(i64::MAX)).unwrap();
         assert_eq!(
             p.segments,
             vec![segment(KIND_LINE_DAY, at(10, 0, 0), at(17, 0, 0))]
@@ -1088,22 +1190,31 @@ mod tests {
             (GroupBy::Day, KIND_LINE_DAY),
             (GroupBy::None, KIND_LINE_DAY),
         ] {
-            let p = plan(&all, group_by, &tz, true).unwrap();
+            let p = plan(&all, group_by, &tz, Some(i64::MAX)).unwrap();
             assert_eq!(p.segments.len(), 1, "{group_by:?}");
             assert_eq!(p.segments[0].kind, kind, "{group_by:?}");
         }
         // Day rows of another zone are not this zone's days; an open range has no whole days.
-        let p = plan(&all, GroupBy::None, &tz, false).unwrap();
+        let p = plan(&all, GroupBy::None, &tz, None).unwrap();
         assert_eq!(
             p.segments,
             vec![segment(KIND_TOTAL, at(10, 0, 0), at(17, 0, 0))]
+        );
+        // The days not folded yet are read by hour.
+        let p = plan(&all, GroupBy::None, &tz, Some(at(15, 0, 0))).unwrap();
+        assert_eq!(
+            p.segments,
+            vec![
+                segment(KIND_LINE_DAY, at(10, 0, 0), at(15, 0, 0)),
+                segment(KIND_TOTAL, at(15, 0, 0), at(17, 0, 0)),
+            ]
         );
         let open = CallFilter {
             to: None,
             ..all.clone()
         };
         assert_eq!(
-            plan(&open, GroupBy::None, &tz, true)
+            plan(&open, GroupBy::None, &tz, Some(i64::MAX))
                 .unwrap()
                 .segments
                 .len(),
@@ -1116,7 +1227,9 @@ mod tests {
             ..CallFilter::default()
         };
         assert_eq!(
-            plan(&short, GroupBy::None, &tz, true).unwrap().segments,
+            plan(&short, GroupBy::None, &tz, Some(i64::MAX))
+                .unwrap()
+                .segments,
             vec![segment(KIND_TOTAL, at(10, 6, 0), at(11, 5, 0))]
         );
     }
@@ -1144,7 +1257,53 @@ mod tests {
             whole_days(&kathmandu, 1_790_002_800, 1_790_002_800 + 9 * 86_400),
             None
         );
-        let mut deltas = Deltas::new(&kathmandu);
+        let mut deltas = Deltas::new(&kathmandu, Some(i64::MAX));
+        deltas.record(
+            None,
+            &call(Some(1_790_002_900), None, None),
+            &Thresholds::default(),
+        );
+        assert!(
+            deltas
+                .rows
+                .keys()
+                .all(|k| !matches!(k.kind, KIND_AGENT_DAY | KIND_LINE_DAY))
+        );
+    }
+
+    /// A day not folded yet gets no row by day: its hours count it until it is folded.
+    #[test]
+    fn only_folded_days_get_rows_by_day() {
+        let tz = hcm();
+        let day = local(&tz, 10, 0, 0);
+        let th = Thresholds::default();
+        let by_day = |until| {
+            let mut deltas = Deltas::new(&tz, until);
+            deltas.record(None, &call(Some(day + 9 * 3_600), None, None), &th);
+            let mut kinds: Vec<i64> = deltas.rows.keys().map(|k| k.kind).collect();
+            kinds.sort();
+            kinds
+        };
+        assert_eq!(by_day(Some(day + 86_400)), vec![1, 2, 3, 4, 5]);
+        assert_eq!(by_day(Some(day)), vec![1, 2, 5]);
+        assert_eq!(by_day(None), vec![1, 2, 5]);
+        // Folding: the days from the first to `until`, two statements a day, then the mark.
+        let folds = fold_days(&tz, day + 5_000, day + 3 * 86_400, UPSERT_META);
+        assert_eq!(folds.len(), 1 + 3 * 2 + 1);
+        assert_eq!(
+            fold_due(&tz, day + 3 * 86_400 + 60, Some(day + 3 * 86_400)),
+            None
+        );
+        assert_eq!(
+            fold_due(&tz, day + 4 * 86_400 + 60, Some(day + 3 * 86_400)),
+            Some(day + 4 * 86_400)
+        );
+    }
+
+    #[test]
+    fn a_call_in_a_zone_a_quarter_past_the_hour_has_no_day_row() {
+        let kathmandu = jiff::tz::TimeZone::get("Asia/Kathmandu").unwrap();
+        let mut deltas = Deltas::new(&kathmandu, Some(i64::MAX));
         deltas.record(
             None,
             &call(Some(1_790_002_900), None, None),

@@ -1184,6 +1184,69 @@ on_every_backend! {
     }
 }
 
+on_every_backend! {
+    /// A day not folded into rows by day yet is counted from its hours; the first batch after
+    /// (here, of a later day) folds every past day, and the figures stay the calls' throughout.
+    async fn past_days_are_folded_into_rows_by_day(db) {
+        use alohook::report::stats::Thresholds;
+        let mut rng = fastrand::Rng::with_seed(11);
+        let store = open(&db).await;
+        let batch: Vec<Incoming> = events_for_figures(&mut rng, 0, 60)
+            .iter()
+            .enumerate()
+            .map(|(i, e)| event(e, i as i64))
+            .collect();
+        store.commit(batch).await.unwrap();
+        drop(store);
+        // As if the days from 2025-11-11 (local) had not been folded yet.
+        let until = 1_762_707_600 + 86_400;
+        let unfold = format!(
+            "DELETE FROM call_rollup WHERE kind IN (3, 4) AND bucket >= {until}; \
+             UPDATE alohook_meta SET value = '{until}' WHERE key = 'rollup_days'"
+        );
+        execute(&db, &unfold, &unfold).await;
+        let day_rows = format!("SELECT COUNT(*) FROM call_rollup WHERE kind IN (3, 4) AND bucket >= {until}");
+        assert_eq!(query_i64(&db, &day_rows).await, 0);
+        let store = open(&db).await;
+        for (filter, group_by) in figure_queries() {
+            let (stored, by_hand) = figures_both_ways(store.as_ref(), &filter, group_by, Thresholds::default()).await;
+            assert_eq!(stored, by_hand, "not folded: {filter:?} by {group_by:?}");
+        }
+        // The next batch folds them.
+        let batch: Vec<Incoming> = events_for_figures(&mut rng, 60, 5)
+            .iter()
+            .enumerate()
+            .map(|(i, e)| event(e, 100 + i as i64))
+            .collect();
+        store.commit(batch).await.unwrap();
+        assert!(query_i64(&db, &day_rows).await > 0);
+        let folded = query_i64(&db, "SELECT CAST(value AS BIGINT) FROM alohook_meta WHERE key = 'rollup_days'").await;
+        assert!(folded > until && folded <= jiff::Timestamp::now().as_second(), "{folded}");
+        for (filter, group_by) in figure_queries() {
+            let (stored, by_hand) = figures_both_ways(store.as_ref(), &filter, group_by, Thresholds::default()).await;
+            assert_eq!(stored, by_hand, "folded: {filter:?} by {group_by:?}");
+        }
+        assert_eq!(summary_rows(&db).await.0, 0, "no dirty row");
+    }
+}
+
+/// One number from the store's database.
+async fn query_i64(db: &Db, sql: &str) -> i64 {
+    match db.database() {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client.query_one(sql, &[]).await.unwrap().get(0)
+        }
+        None => {
+            let conn = rusqlite::Connection::open(db.path().join("alohook.db")).unwrap();
+            conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        }
+    }
+}
+
 /// How many rows of the figures' summary are dirty, and how many there are.
 async fn summary_rows(db: &Db) -> (i64, i64) {
     let sql = "SELECT COALESCE(SUM(CASE WHEN dirty <> 0 THEN 1 ELSE 0 END), 0), COUNT(*) FROM call_rollup";

@@ -100,6 +100,9 @@ const WRITE_CONNECTIONS: usize = 2;
 /// Longest wait for a batch's transaction. Requests give up at 10 s (and are answered 503);
 /// past this the connection is closed, which frees the writer's slot.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long folding the summary's past days may take (see store::rollup): a day is a few
+/// thousand rows; a store that never folded folds every day once.
+const FOLD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for a read (the HTTP request's own limit is 30 s).
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a batch is retried when PostgreSQL aborts it to break a deadlock or conflict.
@@ -115,6 +118,9 @@ pub struct PgStore {
     begin_checked: String,
     /// When a batch last checked them.
     checked_at: Mutex<Option<std::time::Instant>>,
+    /// The start of the figures' summary's first day not folded, as this instance last knew
+    /// it, and when folding last failed (see store::rollup).
+    folded: Mutex<(Option<i64>, Option<std::time::Instant>)>,
     /// The calls this instance wrote last (see [`CallCache`]).
     cache: Mutex<CallCache>,
     /// Connections for reads, on the request handlers' runtime.
@@ -304,6 +310,7 @@ impl PgStore {
             sql: write::BatchSql::new(&settings),
             begin_checked: begin_checked_batch(&settings),
             checked_at: Mutex::new(None),
+            folded: Mutex::new((None, None)),
             cache: Mutex::new(CallCache::default()),
             reads: pool(url, 8)?,
             tls: client_config(url)?.1,
@@ -344,7 +351,47 @@ impl PgStore {
         Ok(result)
     }
 
+    /// Folds the figures' summary's past days into rows by day when a day has ended since
+    /// (the first batch of a day, on one instance; the others find it done). A failure leaves
+    /// the figures right (counted by hour) and is tried again a minute later.
+    async fn fold_if_due(&self) -> Result<(), StoreError> {
+        let zone = &self.settings.timezone;
+        let now = crate::model::time::now_micros() / 1_000_000;
+        let due = {
+            let folded = self.folded.lock().map_err(|_| StoreError::Closed)?;
+            crate::store::rollup::fold_due(zone, now, folded.0).filter(|_| {
+                folded
+                    .1
+                    .is_none_or(|at| at.elapsed() >= crate::store::rollup::FOLD_RETRY)
+            })
+        };
+        let Some(until) = due else {
+            return Ok(());
+        };
+        let result = async {
+            let mut connection = Checkout::new(self.writes.get().await?, &self.tls);
+            let folded = within(
+                FOLD_TIMEOUT,
+                reports::fold_days(connection.client(), zone, until),
+            )
+            .await?;
+            connection.finished();
+            Ok::<_, StoreError>(folded)
+        }
+        .await;
+        let mut folded = self.folded.lock().map_err(|_| StoreError::Closed)?;
+        match result {
+            Ok(until) => *folded = (Some(until), None),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not fold the past days of the figures' summary (the figures stay right, counted by hour); trying again in a minute");
+                folded.1 = Some(std::time::Instant::now());
+            }
+        }
+        Ok(())
+    }
+
     async fn try_commit(&self, batch: &[Incoming]) -> Result<Committed, StoreError> {
+        self.fold_if_due().await?;
         let check = self
             .checked_at
             .lock()

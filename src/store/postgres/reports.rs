@@ -29,24 +29,28 @@ impl Reports for PgStore {
         mut stats: StatsBuilder,
     ) -> Result<StatsBuilder, StoreError> {
         let days = self.settings.timezone == *stats.time_zone();
-        let plan = rollup::plan(filter, stats.group_by(), stats.time_zone(), days);
+        let (group_by, tz) = (stats.group_by(), stats.time_zone().clone());
+        let summary = rollup::plan(filter, group_by, &tz, None).is_some();
         let zone = &self.settings.timezone;
         let wanted = rollup::settings_value(&stats.thresholds());
         self.read(async |client| {
             // The summary answers when it can, and holds this instance's thresholds.
-            if let Some(plan) = plan {
+            if summary {
                 // One snapshot for the summary, the calls read beside it, and its settings: a
                 // call moving meanwhile is counted once. (A read abandoned inside it loses its
                 // connection, see Checkout.)
                 client
                     .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?;
-                let summed =
-                    if rollup_settings(&***client).await?.as_deref() == Some(wanted.as_str()) {
+                let (settings, folded) = rollup_meta(&***client).await?;
+                // With the days folded in this snapshot, when they are days of the zone asked for.
+                let plan = rollup::plan(filter, group_by, &tz, folded.filter(|_| days));
+                let summed = match plan {
+                    Some(plan) if settings.as_deref() == Some(wanted.as_str()) => {
                         summarised(&***client, filter, &plan, zone, stats.clone()).await?
-                    } else {
-                        Err(NotSummarised)
-                    };
+                    }
+                    _ => Err(NotSummarised),
+                };
                 client.batch_execute("COMMIT").await?;
                 if let Ok(summed) = summed {
                     return Ok(summed);
@@ -442,14 +446,82 @@ async fn rollup_settings<C: GenericClient + Sync>(
         .map(|row| row.get(0)))
 }
 
-/// The thresholds the figures' summary holds, read in a batch's transaction.
+/// The settings the figures' summary holds and the start of its first day not folded.
+async fn rollup_meta<C: GenericClient + Sync>(
+    client: &C,
+) -> Result<(Option<String>, Option<i64>), StoreError> {
+    let (mut settings, mut folded) = (None, None);
+    for row in client
+        .query(
+            "SELECT key, value FROM alohook_meta WHERE key = $1 OR key = $2",
+            &[&ROLLUP_KEY, &rollup::DAYS_KEY],
+        )
+        .await?
+    {
+        let (key, value): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        if key == ROLLUP_KEY {
+            settings = Some(value);
+        } else {
+            folded = rollup::parse_days(Some(&value));
+        }
+    }
+    Ok((settings, folded))
+}
+
+/// The thresholds the figures' summary holds and the start of its first day not folded, read
+/// in a batch's transaction.
+pub(super) async fn rollup_state<C: GenericClient + Sync>(
+    client: &C,
+) -> Result<(Option<crate::report::stats::Thresholds>, Option<i64>), StoreError> {
+    let (settings, folded) = rollup_meta(client).await?;
+    Ok((settings.as_deref().and_then(rollup::parse_settings), folded))
+}
+
+/// The thresholds the figures' summary holds.
 pub(super) async fn rollup_thresholds<C: GenericClient + Sync>(
     client: &C,
 ) -> Result<Option<crate::report::stats::Thresholds>, StoreError> {
-    Ok(rollup_settings(client)
-        .await?
-        .as_deref()
-        .and_then(rollup::parse_settings))
+    Ok(rollup_state(client).await?.0)
+}
+
+/// Folds the summary's days before `until` into rows by day when they are not yet (see
+/// store::rollup), in one transaction that keeps batches out while it reads the hours.
+pub(super) async fn fold_days(
+    client: &deadpool_postgres::Client,
+    zone: &jiff::tz::TimeZone,
+    until: i64,
+) -> Result<i64, StoreError> {
+    // As a rebuild does: a batch that wrote calls commits first, and the next waits for this.
+    client
+        .batch_execute("BEGIN; LOCK TABLE calls IN EXCLUSIVE MODE")
+        .await?;
+    let (_, folded) = rollup_state(&***client).await?;
+    if let Some(folded) = folded.filter(|f| *f >= until) {
+        client.batch_execute("COMMIT").await?;
+        return Ok(folded);
+    }
+    let from = match folded {
+        Some(from) => from,
+        None => client
+            .query_one(&numbered(rollup::FIRST_HOUR), &[&rollup::UNDATED])
+            .await?
+            .try_get::<_, Option<i64>>(0)?
+            .unwrap_or(until)
+            .min(until),
+    };
+    let started = std::time::Instant::now();
+    for statement in rollup::fold_days(zone, from, until, rollup::UPSERT_META) {
+        let params: Vec<&(dyn ToSql + Sync)> = statement.args.iter().map(sql_param).collect();
+        client.execute(&numbered(&statement.sql), &params).await?;
+    }
+    client.batch_execute("COMMIT").await?;
+    tracing::info!(
+        from,
+        until,
+        seconds = started.elapsed().as_secs_f64(),
+        "figures' summary: past days folded into rows by day"
+    );
+    Ok(until)
 }
 
 /// The figures from the summary (see the SQLite store's twin), inside the caller's
@@ -673,7 +745,9 @@ pub(super) async fn rebuild_rollup<P: Prepared>(
 ) -> Result<usize, StoreError> {
     let c = db.client();
     c.execute("DELETE FROM call_rollup", &[]).await?;
-    let mut deltas = Deltas::new(zone);
+    // The days before today get rows by day at once; today's are folded tomorrow.
+    let today = rollup::fold_due(zone, crate::model::time::now_micros() / 1_000_000, None);
+    let mut deltas = Deltas::new(zone, today);
     let params: Vec<&(dyn ToSql + Sync)> = Vec::new();
     let mut rows = std::pin::pin!(c.query_raw(&all_facts_sql(), params).await?);
     while let Some(row) = rows.try_next().await? {
@@ -694,5 +768,21 @@ pub(super) async fn rebuild_rollup<P: Prepared>(
         &[&ROLLUP_KEY, &rollup::settings_value(thresholds)],
     )
     .await?;
+    match today {
+        Some(today) => {
+            c.execute(
+                &numbered(rollup::UPSERT_META),
+                &[&rollup::DAYS_KEY, &today.to_string()],
+            )
+            .await?
+        }
+        None => {
+            c.execute(
+                "DELETE FROM alohook_meta WHERE key = $1",
+                &[&rollup::DAYS_KEY],
+            )
+            .await?
+        }
+    };
     Ok(written)
 }

@@ -342,10 +342,9 @@ pub(super) async fn write_batch(
     // The figures' summary, with the thresholds it holds: read after the calls were written, so
     // that a rebuild (which locks `calls`) is either all before this batch or all after it.
     if !written.is_empty() {
-        let thresholds = super::reports::rollup_thresholds(&**tx)
-            .await?
-            .unwrap_or(settings.thresholds.unwrap_or_default());
-        let mut rollup = crate::store::rollup::Deltas::new(&settings.timezone);
+        let (thresholds, folded_until) = super::reports::rollup_state(&**tx).await?;
+        let thresholds = thresholds.unwrap_or(settings.thresholds.unwrap_or_default());
+        let mut rollup = crate::store::rollup::Deltas::new(&settings.timezone, folded_until);
         let facts = |r: &CallRecord| crate::store::rollup::facts(r, finals);
         for call in &written {
             rollup.record(

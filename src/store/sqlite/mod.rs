@@ -70,6 +70,10 @@ struct Inner {
 struct Writer {
     conn: Connection,
     calls: CallCache,
+    /// The days before it have rows by day in the figures' summary (see store::rollup).
+    folded_until: Option<i64>,
+    /// When folding them last failed.
+    fold_failed: Option<std::time::Instant>,
 }
 
 /// Takes an exclusive lock on `<database>.lock`: two processes writing one SQLite file would
@@ -193,9 +197,12 @@ impl SqliteStore {
         recompute_if_stale(&mut writer, &settings)?;
         reports::build_callbacks_if_missing(&mut writer)?;
         let rollup = reports::build_rollup_if_stale(&mut writer, &settings)?;
+        let folded_until = reports::folded_until(&writer)?;
         let writer = Arc::new(Mutex::new(Writer {
             conn: writer,
             calls: CallCache::default(),
+            folded_until,
+            fold_failed: None,
         }));
         let checkpointer = spawn_checkpointer(path, writer.clone())?;
         Ok(SqliteStore {
@@ -606,9 +613,35 @@ impl Inner {
 
     fn commit(&self, batch: Vec<Incoming>) -> Result<Committed, StoreError> {
         let mut writer = self.writer.lock().map_err(|_| StoreError::Closed)?;
-        let Writer { conn, calls } = &mut *writer;
+        let Writer {
+            conn,
+            calls,
+            folded_until,
+            fold_failed,
+        } = &mut *writer;
+        // The first batch of a day folds the days before it (see store::rollup).
+        let zone = &self.settings.timezone;
+        let now = crate::model::time::now_micros() / 1_000_000;
+        if self.rollup.is_some()
+            && let Some(until) = super::rollup::fold_due(zone, now, *folded_until)
+            && fold_failed.is_none_or(|at| at.elapsed() >= super::rollup::FOLD_RETRY)
+        {
+            match reports::fold_days(conn, zone, *folded_until, until) {
+                Ok(()) => (*folded_until, *fold_failed) = (Some(until), None),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not fold the past days of the figures' summary (the figures stay right, counted by hour); trying again in a minute");
+                    *fold_failed = Some(std::time::Instant::now());
+                }
+            }
+        }
         let thresholds = self.rollup.unwrap_or_default();
-        let result = commit_batch(conn, calls, batch, &self.settings, &thresholds);
+        let result = commit_batch(
+            conn,
+            calls,
+            batch,
+            &self.settings,
+            (&thresholds, *folded_until),
+        );
         if result.is_err() {
             // Rolled back: what the cache learnt in this transaction never happened.
             calls.clear();
@@ -622,7 +655,7 @@ fn commit_batch(
     calls: &mut CallCache,
     batch: Vec<Incoming>,
     settings: &MergeSettings,
-    thresholds: &crate::report::stats::Thresholds,
+    (thresholds, folded_until): (&crate::report::stats::Thresholds, Option<i64>),
 ) -> Result<Committed, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if batch.is_empty() {
@@ -634,7 +667,7 @@ fn commit_batch(
     // The numbers whose callback items may have changed (see callbacks::touched).
     let mut phones = std::collections::BTreeMap::new();
     // What the batch does to the figures' summary.
-    let mut rollup = super::rollup::Deltas::new(&settings.timezone);
+    let mut rollup = super::rollup::Deltas::new(&settings.timezone, folded_until);
     for item in batch {
         let outcome = match item {
             Incoming::Event { event, received_at } => {

@@ -18,7 +18,7 @@ use crate::store::reports::{
     FACTS_CHUNK, Reports, dated_facts_chunk, dated_facts_query, read_call_facts,
     undated_count_query,
 };
-use crate::store::rollup::{self, Deltas, NotSummarised, Plan, ROLLUP_KEY};
+use crate::store::rollup::{self, Deltas, NotSummarised, ROLLUP_KEY};
 use crate::store::{CallFilter, RowColumns, StoreError};
 
 #[async_trait]
@@ -30,14 +30,9 @@ impl Reports for SqliteStore {
     ) -> Result<StatsBuilder, StoreError> {
         let filter = filter.clone();
         // The summary answers when it holds the thresholds asked for.
-        let days = self.inner.settings.timezone == *stats.time_zone();
-        let plan = (self.inner.rollup == Some(stats.thresholds()))
-            .then(|| rollup::plan(&filter, stats.group_by(), stats.time_zone(), days))
-            .flatten();
+        let summary = self.inner.rollup == Some(stats.thresholds());
         self.reading(move |inner| {
-            if let Some(plan) = plan
-                && let Ok(summed) = summarised(inner, &filter, &plan, stats.clone())?
-            {
+            if summary && let Ok(summed) = summarised(inner, &filter, stats.clone())? {
                 return Ok(summed);
             }
             stats_in_chunks(inner, &filter, stats, FACTS_CHUNK, true)
@@ -267,11 +262,16 @@ pub(super) fn stats_in_chunks(
 fn summarised(
     inner: &super::Inner,
     filter: &CallFilter,
-    plan: &Plan,
     mut stats: StatsBuilder,
 ) -> Result<Result<StatsBuilder, NotSummarised>, StoreError> {
     inner.with_reader(|conn| {
         let tx = conn.unchecked_transaction()?;
+        // The folded days in this read's snapshot, when they are days of the zone asked for.
+        let folded = folded_until(&tx)?.filter(|_| inner.settings.timezone == *stats.time_zone());
+        let Some(plan) = rollup::plan(filter, stats.group_by(), stats.time_zone(), folded) else {
+            return Ok(Err(NotSummarised));
+        };
+        let plan = &plan;
         let facts = |f: &CallFilter| -> Result<Vec<_>, StoreError> {
             let q = dated_facts_query(f);
             query_rows(
@@ -417,6 +417,51 @@ fn upsert_sql() -> String {
     )
 }
 
+/// The start of the first day the figures' summary has no rows by day for (see store::rollup).
+pub(super) fn folded_until(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM alohook_meta WHERE key = ?1",
+            [rollup::DAYS_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(rollup::parse_days(value.as_deref()))
+}
+
+/// Folds the days from `folded` (`None`: the first with calls) to `until` into the summary's
+/// rows by day, in one transaction.
+pub(super) fn fold_days(
+    conn: &mut Connection,
+    zone: &jiff::tz::TimeZone,
+    folded: Option<i64>,
+    until: i64,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let from = match folded {
+        Some(from) => from,
+        None => tx
+            .query_row(rollup::FIRST_HOUR, [rollup::UNDATED], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?
+            .unwrap_or(until)
+            .min(until),
+    };
+    let started = std::time::Instant::now();
+    for statement in rollup::fold_days(zone, from, until, rollup::UPSERT_META) {
+        tx.prepare_cached(&statement.sql)?
+            .execute(params_from_iter(statement.args.into_iter().map(sql_value)))?;
+    }
+    tx.commit()?;
+    tracing::info!(
+        from,
+        until,
+        seconds = started.elapsed().as_secs_f64(),
+        "figures' summary: past days folded into rows by day"
+    );
+    Ok(())
+}
+
 /// The thresholds the figures' summary holds, if it was built.
 pub(super) fn stored_rollup(conn: &Connection) -> Result<Option<Thresholds>, StoreError> {
     let stored: Option<String> = conn
@@ -470,7 +515,9 @@ pub(super) fn rebuild_rollup(
     zone: &jiff::tz::TimeZone,
 ) -> Result<usize, StoreError> {
     conn.execute("DELETE FROM call_rollup", [])?;
-    let mut deltas = Deltas::new(zone);
+    // The days before today get rows by day at once; today's are folded tomorrow.
+    let today = rollup::fold_due(zone, crate::model::time::now_micros() / 1_000_000, None);
+    let mut deltas = Deltas::new(zone, today);
     let mut stmt = conn.prepare(&crate::store::reports::all_facts_sql())?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
@@ -479,9 +526,16 @@ pub(super) fn rebuild_rollup(
     let written = deltas.rows.len();
     apply_rollup(conn, deltas, thresholds)?;
     conn.execute(
-        "INSERT INTO alohook_meta (key, value) VALUES (?1, ?2)          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        rollup::UPSERT_META,
         [ROLLUP_KEY, &rollup::settings_value(thresholds)],
     )?;
+    match today {
+        Some(today) => conn.execute(rollup::UPSERT_META, [rollup::DAYS_KEY, &today.to_string()])?,
+        None => conn.execute(
+            "DELETE FROM alohook_meta WHERE key = ?1",
+            [rollup::DAYS_KEY],
+        )?,
+    };
     Ok(written)
 }
 
