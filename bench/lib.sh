@@ -2,13 +2,14 @@
 # PostgreSQL databases, JSON reports, and the line that describes the machine.
 # Expects: $work (a scratch dir), a pids array, $database (a PostgreSQL URL, or empty).
 
-# start NAME COMMAND...: runs it, waits for its "listening on http://ADDR" line; sets addr, last_pid.
+# start NAME COMMAND...: runs it, waits for its "listening on http://ADDR" line (START_SECONDS,
+# default 20); sets addr, last_pid.
 start() {
   local name=$1; shift
   "$@" > "$work/$name.out" 2> "$work/$name.err" &
   last_pid=$!
   pids+=("$last_pid")
-  for _ in $(seq 1 400); do
+  for _ in $(seq 1 $(( ${START_SECONDS:-20} * 20 ))); do
     addr=$(sed -n 's/.*listening on http:\/\/\(.*\)$/\1/p' "$work/$name.out" | head -n1)
     [ -n "$addr" ] && return 0
     kill -0 "$last_pid" 2>/dev/null || break
