@@ -95,6 +95,7 @@ impl Ingest {
         metrics: Arc<Metrics>,
         max_inflight: usize,
         feed: Feed,
+        pacer: Arc<crate::forward::pacer::Pacer>,
     ) -> (Ingest, Writer) {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let (done, finished) = oneshot::channel();
@@ -117,7 +118,7 @@ impl Ingest {
                         rx,
                         writer_metrics,
                         writer_failing,
-                        feed,
+                        (feed, pacer),
                     )),
                     Err(error) => tracing::error!(%error, "cannot start the writer's runtime"),
                 }
@@ -280,7 +281,7 @@ async fn run_writer(
     mut rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
     failing: Arc<AtomicBool>,
-    feed: Feed,
+    (feed, pacer): (Feed, Arc<crate::forward::pacer::Pacer>),
 ) {
     // A batch starts as soon as a commit slot is free, with whatever queued meanwhile: with one
     // slot (SQLite) batches follow each other; PostgreSQL commits several side by side.
@@ -294,6 +295,7 @@ async fn run_writer(
         if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             break;
         }
+        pacer.committed(jobs.len());
         let (store, metrics, failing) = (store.clone(), metrics.clone(), failing.clone());
         let feed = feed.clone();
         tokio::spawn(async move {

@@ -112,12 +112,15 @@ pub async fn run_with_store(
             url: redact_url(&config.database),
             error,
         })?;
+    // Ingest's writer tells forwarding when the webhook is saturating the machine.
+    let pacer = Arc::new(crate::forward::pacer::Pacer::default());
     let (ingest, writer) = Ingest::start(
         store.clone(),
         config.timezone.clone(),
         metrics.clone(),
         config.max_inflight,
         feed.clone(),
+        pacer.clone(),
     );
     let (stop_streams, stopping) = tokio::sync::watch::channel(false);
     let (store_for_forwarding, feed_for_forwarding, metrics_for_forwarding) =
@@ -179,6 +182,7 @@ pub async fn run_with_store(
         feed_for_forwarding,
         metrics_for_forwarding,
         config.retry_schedule.clone(),
+        pacer,
         stopping_for_forwarding,
     );
     let served = axum::serve(listener, app)

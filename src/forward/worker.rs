@@ -44,6 +44,7 @@ pub fn start(
     feed: Feed,
     metrics: Arc<Metrics>,
     schedule: Schedule,
+    pacer: Arc<super::pacer::Pacer>,
     stopping: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(backlog_gauges(
@@ -51,7 +52,7 @@ pub fn start(
         metrics.clone(),
         stopping.clone(),
     ));
-    tokio::spawn(manage(store, feed, metrics, schedule, stopping))
+    tokio::spawn(manage(store, feed, metrics, (schedule, pacer), stopping))
 }
 
 /// How often the backlog gauges are refreshed.
@@ -120,7 +121,7 @@ async fn manage(
     store: Arc<dyn Store>,
     feed: Feed,
     metrics: Arc<Metrics>,
-    schedule: Schedule,
+    (schedule, pacer): (Schedule, Arc<super::pacer::Pacer>),
     mut stopping: watch::Receiver<bool>,
 ) {
     let owner = instance_name();
@@ -180,6 +181,7 @@ async fn manage(
                         sender: sender.clone(),
                         metrics: metrics.clone(),
                         schedule: schedule.clone(),
+                        pacer: pacer.clone(),
                         control: watched,
                     };
                     let task = tokio::spawn(worker.run());
@@ -218,6 +220,7 @@ struct DestinationWorker {
     sender: Sender,
     metrics: Arc<Metrics>,
     schedule: Schedule,
+    pacer: Arc<super::pacer::Pacer>,
     control: watch::Receiver<Option<StoredDestination>>,
 }
 
@@ -297,8 +300,10 @@ impl DestinationWorker {
                 return Ok(());
             }
             let slots = (destination.spec.max_in_flight as usize).saturating_sub(in_flight.len());
+            // Outside its windows while ingest saturates the machine, nothing new starts.
+            let open = self.pacer.open();
             // New changes go out while there is room.
-            let may_take = slots > 0 && !restarting;
+            let may_take = slots > 0 && !restarting && open;
             while may_take
                 && !waiting.is_empty()
                 && in_flight.len() < destination.spec.max_in_flight as usize
@@ -446,7 +451,8 @@ impl DestinationWorker {
                         return Ok(());
                     }
                 }
-                _ = retries.tick(), if slots > 0 && !disabled && !restarting => {
+                _ = self.pacer.until_open(), if !open => {}
+                _ = retries.tick(), if slots > 0 && !disabled && !restarting && open => {
                     let due = self.store.due_deliveries(&id, now_micros(), slots + in_flight_seqs.len()).await?;
                     for delivery in due {
                         // An outcome not saved yet leaves its row out of date: not due.
@@ -478,7 +484,7 @@ impl DestinationWorker {
                         self.spawn(&mut in_flight, &destination, job, body);
                     }
                 }
-                _ = save.tick() => {
+                _ = save.tick(), if open => {
                     self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
                 }
             }
