@@ -1015,6 +1015,23 @@ impl PgStore {
     }
 }
 
+/// A batch of delivery outcomes in one statement (see `save_deliveries`): the deliveries from
+/// arrays ($3–$10: seq, type, call, state, attempts, next attempt, last status, last error),
+/// then the attempts of those that were tried ($11–$16: seq, at, status, error, duration,
+/// response), joined to their delivery's id; $1 the destination, $2 the time.
+const SAVE_DELIVERIES: &str = "WITH saved AS (INSERT INTO deliveries (destination_id, seq, type, \
+    call_id, state, attempts, next_attempt_at, last_status, last_error, created_at, updated_at) \
+    SELECT $1, u.* , $2, $2 FROM UNNEST($3::int8[], $4::text[], $5::text[], $6::text[], \
+    $7::int8[], $8::int8[], $9::int8[], $10::text[]) AS u \
+    ON CONFLICT (destination_id, seq) DO UPDATE SET state = excluded.state, \
+    attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
+    last_status = excluded.last_status, last_error = excluded.last_error, \
+    updated_at = excluded.updated_at RETURNING id, seq) \
+    INSERT INTO delivery_attempts (delivery_id, at, status, error, duration_ms, response) \
+    SELECT saved.id, a.at, a.status, a.error, a.duration_ms, a.response FROM saved \
+    JOIN UNNEST($11::int8[], $12::int8[], $13::int8[], $14::text[], $15::int8[], $16::text[]) \
+    AS a(seq, at, status, error, duration_ms, response) ON a.seq = saved.seq";
+
 #[async_trait]
 impl Deliveries for PgStore {
     async fn save_deliveries(
@@ -1024,44 +1041,117 @@ impl Deliveries for PgStore {
         cursor: i64,
     ) -> Result<(), StoreError> {
         let now = crate::model::time::now_micros();
+        // One statement for the whole batch (two round trips per delivery made delivery
+        // throughput a matter of latency); the rare batch with a change twice goes row by row.
+        let distinct = updates
+            .iter()
+            .map(|u| u.seq)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == updates.len();
         self.transaction(async |client| {
-            let upsert = client
-                .prepare_cached(&numbered(deliveries::UPSERT_DELIVERY))
-                .await?;
-            let insert = client
-                .prepare_cached(&numbered(deliveries::INSERT_ATTEMPT))
-                .await?;
-            for u in &updates {
-                let (last_status, last_error) = match &u.attempt {
-                    Some(a) => (a.status, a.error.clone()),
-                    None => (None, None),
+            if distinct {
+                let seqs: Vec<i64> = updates.iter().map(|u| u.seq).collect();
+                let kinds: Vec<&str> = updates.iter().map(|u| u.kind.as_str()).collect();
+                let calls: Vec<Option<&str>> =
+                    updates.iter().map(|u| u.call_id.as_deref()).collect();
+                let states: Vec<&str> = updates.iter().map(|u| u.state.as_str()).collect();
+                let attempts: Vec<i64> = updates.iter().map(|u| u.attempts).collect();
+                let next: Vec<Option<i64>> = updates.iter().map(|u| u.next_attempt_at).collect();
+                let statuses: Vec<Option<i64>> = updates
+                    .iter()
+                    .map(|u| u.attempt.as_ref().and_then(|a| a.status))
+                    .collect();
+                let errors: Vec<Option<&str>> = updates
+                    .iter()
+                    .map(|u| u.attempt.as_ref().and_then(|a| a.error.as_deref()))
+                    .collect();
+                let tried: Vec<&DeliveryUpdate> =
+                    updates.iter().filter(|u| u.attempt.is_some()).collect();
+                let a = |f: &dyn Fn(&crate::store::Attempt) -> Option<i64>| -> Vec<Option<i64>> {
+                    tried
+                        .iter()
+                        .map(|u| u.attempt.as_ref().and_then(f))
+                        .collect()
                 };
-                let row = client
-                    .query_one(
-                        &upsert,
+                let (a_seq, a_at, a_status, a_ms) = (
+                    tried.iter().map(|u| u.seq).collect::<Vec<i64>>(),
+                    a(&|x| Some(x.at)),
+                    a(&|x| x.status),
+                    a(&|x| Some(x.duration_ms)),
+                );
+                let text =
+                    |f: &dyn Fn(&crate::store::Attempt) -> Option<String>| -> Vec<Option<String>> {
+                        tried
+                            .iter()
+                            .map(|u| u.attempt.as_ref().and_then(f))
+                            .collect()
+                    };
+                let (a_error, a_response) =
+                    (text(&|x| x.error.clone()), text(&|x| x.response.clone()));
+                let statement = client.prepare_cached(SAVE_DELIVERIES).await?;
+                client
+                    .execute(
+                        &statement,
                         &[
                             &destination_id,
-                            &u.seq,
-                            &u.kind,
-                            &u.call_id,
-                            &u.state.as_str(),
-                            &u.attempts,
-                            &u.next_attempt_at,
-                            &last_status,
-                            &last_error,
                             &now,
-                            &now,
+                            &seqs,
+                            &kinds,
+                            &calls,
+                            &states,
+                            &attempts,
+                            &next,
+                            &statuses,
+                            &errors,
+                            &a_seq,
+                            &a_at,
+                            &a_status,
+                            &a_error,
+                            &a_ms,
+                            &a_response,
                         ],
                     )
                     .await?;
-                let id: i64 = row.get(0);
-                if let Some(a) = &u.attempt {
-                    client
-                        .execute(
-                            &insert,
-                            &[&id, &a.at, &a.status, &a.error, &a.duration_ms, &a.response],
+            } else {
+                let upsert = client
+                    .prepare_cached(&numbered(deliveries::UPSERT_DELIVERY))
+                    .await?;
+                let insert = client
+                    .prepare_cached(&numbered(deliveries::INSERT_ATTEMPT))
+                    .await?;
+                for u in &updates {
+                    let (last_status, last_error) = match &u.attempt {
+                        Some(a) => (a.status, a.error.clone()),
+                        None => (None, None),
+                    };
+                    let row = client
+                        .query_one(
+                            &upsert,
+                            &[
+                                &destination_id,
+                                &u.seq,
+                                &u.kind,
+                                &u.call_id,
+                                &u.state.as_str(),
+                                &u.attempts,
+                                &u.next_attempt_at,
+                                &last_status,
+                                &last_error,
+                                &now,
+                                &now,
+                            ],
                         )
                         .await?;
+                    let id: i64 = row.get(0);
+                    if let Some(a) = &u.attempt {
+                        client
+                            .execute(
+                                &insert,
+                                &[&id, &a.at, &a.status, &a.error, &a.duration_ms, &a.response],
+                            )
+                            .await?;
+                    }
                 }
             }
             client
