@@ -61,6 +61,8 @@ pub struct Metrics {
     /// How long the oldest change waiting for delivery has waited, by destination: what to
     /// alert on.
     pub delivery_oldest_pending_seconds: Family<DestinationLabels, Gauge>,
+    /// 1 while forwarding is paced because ingest saturates the machine (see forward::pacer).
+    pub forwarding_paced: Gauge,
 }
 
 impl Metrics {
@@ -82,6 +84,13 @@ impl Metrics {
         let delivery_dead = Family::<DestinationLabels, Counter>::default();
         let delivery_pending = Family::<DestinationLabels, Gauge>::default();
         let delivery_oldest_pending_seconds = Family::<DestinationLabels, Gauge>::default();
+        let forwarding_paced = Gauge::default();
+        registry.register(
+            "forwarding_paced",
+            "1 while forwarding works in short windows only, because the webhook's writer finds \
+             its queue full at every commit (refreshed every 10 s)",
+            forwarding_paced.clone(),
+        );
         registry.register(
             "delivery_pending",
             "Changes waiting for delivery (attempts due, or not handed to the destination yet)",
@@ -176,6 +185,7 @@ impl Metrics {
             delivery_dead,
             delivery_pending,
             delivery_oldest_pending_seconds,
+            forwarding_paced,
         }
     }
 

@@ -49,7 +49,7 @@ pub fn start(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(backlog_gauges(
         store.clone(),
-        metrics.clone(),
+        (metrics.clone(), pacer.clone()),
         stopping.clone(),
     ));
     tokio::spawn(manage(store, feed, metrics, (schedule, pacer), stopping))
@@ -59,10 +59,11 @@ pub fn start(
 const GAUGES_EVERY: Duration = Duration::from_secs(10);
 
 /// Keeps `alohook_delivery_pending` and `alohook_delivery_oldest_pending_seconds` up to date for
-/// every destination (every instance reports the same figures, read from the shared store).
+/// every destination (every instance reports the same figures, read from the shared store), and
+/// `alohook_forwarding_paced` for this instance.
 async fn backlog_gauges(
     store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
+    (metrics, pacer): (Arc<Metrics>, Arc<super::pacer::Pacer>),
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(GAUGES_EVERY);
@@ -73,6 +74,7 @@ async fn backlog_gauges(
             _ = tick.tick() => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
+        metrics.forwarding_paced.set(i64::from(pacer.paced()));
         let Ok(destinations) = store.destinations().await else {
             continue;
         };
