@@ -288,14 +288,19 @@ async fn run_writer(
     let slots = store.concurrent_commits().max(1);
     let free = Arc::new(tokio::sync::Semaphore::new(slots));
     loop {
-        let Ok(slot) = free.clone().acquire_owned().await else {
-            return;
+        // Every slot busy: the writer is what the requests wait for (see forward::pacer).
+        let (slot, waited) = match free.clone().try_acquire_owned() {
+            Ok(slot) => (slot, false),
+            Err(_) => match free.clone().acquire_owned().await {
+                Ok(slot) => (slot, true),
+                Err(_) => return,
+            },
         };
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         if rx.recv_many(&mut jobs, MAX_BATCH).await == 0 {
             break;
         }
-        pacer.committed(jobs.len());
+        pacer.committed(jobs.len(), waited);
         let (store, metrics, failing) = (store.clone(), metrics.clone(), failing.clone());
         let feed = feed.clone();
         tokio::spawn(async move {

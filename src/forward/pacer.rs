@@ -2,11 +2,11 @@
 //!
 //! Alohub's events come first: an event that is not stored is an event Alohub has to send
 //! again, while a change that waits to be forwarded is only late. When the webhook's writer
-//! finds a full queue at each commit (a batch of [`PRESSURE_BATCH`] events or more: requests
-//! arrive faster than commits end), ingest is using the machine, and forwarding runs in short
-//! windows only: [`ACTIVE`] of every [`CYCLE`], the same windows for every destination. The
-//! rest of the time no destination starts a send, reads the feed or saves outcomes (what is
-//! already under way finishes). A second without such a batch and forwarding runs freely again,
+//! has to wait for a commit slot (every one busy) and then finds a full queue (a batch of
+//! [`PRESSURE_BATCH`] events or more: requests arrive faster than commits end), ingest is the
+//! bottleneck, and forwarding runs in short windows only: [`ACTIVE`] of every [`CYCLE`], the same windows for every destination. The
+//! rest of the time no destination starts a send or looks for due retries (what is already
+//! under way finishes, and its outcomes are saved). A second without such a batch and forwarding runs freely again,
 //! and catches up. A duty cycle, not a rate: forwarding keeps a fixed share of the time however
 //! long the load lasts, so its backlog drains whenever the machine has room, and shrinks even
 //! under the load when a share is enough for it.
@@ -48,9 +48,10 @@ impl Pacer {
         self.start.elapsed().as_micros() as i64
     }
 
-    /// The writer committed a batch of `events`.
-    pub fn committed(&self, events: usize) {
-        if events >= PRESSURE_BATCH {
+    /// The writer starts committing a batch of `events`; `waited`: it had to wait for a commit
+    /// slot first (with free slots, a large batch only means slow commits, not a busy writer).
+    pub fn committed(&self, events: usize, waited: bool) {
+        if waited && events >= PRESSURE_BATCH {
             self.paced_until
                 .fetch_max(self.now() + HOLD.as_micros() as i64, Ordering::Relaxed);
         }
@@ -92,7 +93,8 @@ mod tests {
     fn small_batches_leave_forwarding_free() {
         let pacer = Pacer::default();
         for _ in 0..1000 {
-            pacer.committed(PRESSURE_BATCH - 1);
+            pacer.committed(PRESSURE_BATCH - 1, true);
+            pacer.committed(PRESSURE_BATCH * 4, false);
         }
         assert!(!pacer.paced());
         assert!(pacer.open());
@@ -101,7 +103,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_batch_paces_forwarding_for_a_while() {
         let pacer = Pacer::default();
-        pacer.committed(PRESSURE_BATCH);
+        pacer.committed(PRESSURE_BATCH, true);
         assert!(pacer.paced());
         // Over a paced second, forwarding may work in a fifth of it: its windows.
         let mut open = 0;
@@ -121,7 +123,7 @@ mod tests {
     async fn until_open_waits_for_the_next_window() {
         let pacer = Pacer::default();
         tokio::time::advance(ACTIVE + Duration::from_millis(1)).await;
-        pacer.committed(100);
+        pacer.committed(100, true);
         assert!(!pacer.open());
         let before = tokio::time::Instant::now();
         pacer.until_open().await;

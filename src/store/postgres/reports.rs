@@ -491,9 +491,17 @@ pub(super) async fn fold_days(
     zone: &jiff::tz::TimeZone,
     until: i64,
 ) -> Result<i64, StoreError> {
+    // Folded already (by another instance): nothing to lock.
+    if let (_, Some(folded)) = rollup_state(&***client).await?
+        && folded >= until
+    {
+        return Ok(folded);
+    }
     // As a rebuild does: a batch that wrote calls commits first, and the next waits for this.
+    // Not for long: while this waits, every later batch queues behind it, so a lock held
+    // elsewhere (a long transaction, a maintenance job) makes it give up, to try again later.
     client
-        .batch_execute("BEGIN; LOCK TABLE calls IN EXCLUSIVE MODE")
+        .batch_execute("BEGIN; SET LOCAL lock_timeout = '1s'; LOCK TABLE calls IN EXCLUSIVE MODE")
         .await?;
     let (_, folded) = rollup_state(&***client).await?;
     if let Some(folded) = folded.filter(|f| *f >= until) {
