@@ -1318,7 +1318,8 @@ on_every_backend! {
         store.save_deliveries("dst_b", batch, 3).await.unwrap();
         let filter = DeliveryFilter { destination_id: Some("dst_b".into()), ..DeliveryFilter::default() };
         let page = store.deliveries(&filter, 10, None).await.unwrap();
-        let mut seen: Vec<(i64, DeliveryState, i64, Vec<(i64, Option<i64>, Option<String>)>)> = page
+        type Logged = Vec<(i64, Option<i64>, Option<String>)>;
+        let mut seen: Vec<(i64, DeliveryState, i64, Logged)> = page
             .items
             .iter()
             .map(|d| {
