@@ -87,8 +87,8 @@ impl Metrics {
         let forwarding_paced = Gauge::default();
         registry.register(
             "forwarding_paced",
-            "1 while forwarding works in short windows only, because the webhook's writer finds \
-             its queue full at every commit (refreshed every 10 s)",
+            "1 while forwarding works in short windows only, because the webhook's writer waits \
+             for a free commit slot and finds 8 requests or more queued (sampled every 10 s)",
             forwarding_paced.clone(),
         );
         registry.register(
