@@ -1131,12 +1131,7 @@ on_every_backend! {
         use alohook::store::CallFilter;
         let store = open(&db).await;
         let mut rng = fastrand::Rng::with_seed(3);
-        let batch: Vec<Incoming> = events_for_figures(&mut rng, 0, 30)
-            .iter()
-            .enumerate()
-            .map(|(i, e)| event(e, i as i64))
-            .collect();
-        store.commit(batch).await.unwrap();
+        store.commit(figures_batch(&mut rng, 0, 30, 0)).await.unwrap();
         let tz = TimeZone::get("Asia/Ho_Chi_Minh").unwrap();
         let three_days = CallFilter {
             from: Some(1_762_707_600), // 2025-11-10T00:00:00+07:00
@@ -1198,12 +1193,7 @@ on_every_backend! {
         use alohook::report::stats::Thresholds;
         let mut rng = fastrand::Rng::with_seed(11);
         let store = open(&db).await;
-        let batch: Vec<Incoming> = events_for_figures(&mut rng, 0, 60)
-            .iter()
-            .enumerate()
-            .map(|(i, e)| event(e, i as i64))
-            .collect();
-        store.commit(batch).await.unwrap();
+        store.commit(figures_batch(&mut rng, 0, 60, 0)).await.unwrap();
         drop(store);
         // As if the days from 2025-11-11 (local) had not been folded yet.
         let until = 1_762_707_600 + 86_400;
@@ -1220,12 +1210,7 @@ on_every_backend! {
             assert_eq!(stored, by_hand, "not folded: {filter:?} by {group_by:?}");
         }
         // The next batch folds them.
-        let batch: Vec<Incoming> = events_for_figures(&mut rng, 60, 5)
-            .iter()
-            .enumerate()
-            .map(|(i, e)| event(e, 100 + i as i64))
-            .collect();
-        store.commit(batch).await.unwrap();
+        store.commit(figures_batch(&mut rng, 60, 5, 100)).await.unwrap();
         assert!(query_i64(&db, &day_rows).await > 0);
         let folded = query_i64(&db, "SELECT CAST(value AS BIGINT) FROM alohook_meta WHERE key = 'rollup_days'").await;
         assert!(folded > until && folded <= jiff::Timestamp::now().as_second(), "{folded}");
@@ -1235,6 +1220,21 @@ on_every_backend! {
         }
         assert_eq!(summary_rows(&db).await.0, 0, "no dirty row");
     }
+}
+
+/// The events of `calls` calls for the figures (see [`events_for_figures`]) as one batch,
+/// received from `received` on.
+fn figures_batch(
+    rng: &mut fastrand::Rng,
+    first: usize,
+    calls: usize,
+    received: i64,
+) -> Vec<Incoming> {
+    events_for_figures(rng, first, calls)
+        .iter()
+        .enumerate()
+        .map(|(i, e)| event(e, received + i as i64))
+        .collect()
 }
 
 /// One number from the store's database.
