@@ -71,6 +71,12 @@ impl Metrics {
         let events_accepted = Counter::default();
         let duplicates = Counter::default();
         let rejected = Family::<ReasonLabels, Counter>::default();
+        // Every reason from the start, at 0: a rate alert needs the series before the first.
+        for reason in ["invalid_json", "invalid_event", "payload_too_large"] {
+            let _ = rejected.get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            });
+        }
         let unauthorized = Counter::default();
         let commit_failures = Counter::default();
         let overloaded = Counter::default();
@@ -228,10 +234,13 @@ impl Metrics {
                 self.delivery_oldest_pending_seconds
                     .get_or_create(&labels)
                     .set(oldest_seconds);
+                // At 0 until the first delivery is given up: there to alert on from the start.
+                let _ = self.delivery_dead.get_or_create(&labels);
             }
             None => {
                 self.delivery_pending.remove(&labels);
                 self.delivery_oldest_pending_seconds.remove(&labels);
+                self.delivery_dead.remove(&labels);
             }
         }
     }

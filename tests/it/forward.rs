@@ -1071,6 +1071,8 @@ async fn a_down_destination_shows_on_the_metrics(db) {
     }
     assert_eq!(metric_line(&metrics, "alohook_delivery_pending", &id), Some(3.0), "{metrics}");
     assert!(metric_line(&metrics, "alohook_delivery_oldest_pending_seconds", &id).unwrap() >= 0.0);
+    // Nothing given up yet, and the series is there to alert on.
+    assert_eq!(metric_line(&metrics, "alohook_delivery_dead_total", &id), Some(0.0), "{metrics}");
     assert!(metrics.contains(&format!(
         "alohook_deliveries_total{{destination=\"{id}\",outcome=\"failed\"}}")), "{metrics}");
     assert!(metrics.contains("alohook_delivery_attempt_seconds_count"), "{metrics}");
@@ -1085,6 +1087,7 @@ async fn a_down_destination_shows_on_the_metrics(db) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(metric_line(&metrics, "alohook_delivery_oldest_pending_seconds", &id), None, "{metrics}");
+    assert_eq!(metric_line(&metrics, "alohook_delivery_dead_total", &id), None, "{metrics}");
     server.stop().await;
 }
 }

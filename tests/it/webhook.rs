@@ -451,6 +451,19 @@ async fn store_failure_is_503_and_keeps_nothing(db) {
 }
 }
 
+/// An alert on the rate of refused requests needs its series before the first one: every reason
+/// is on /metrics at 0 from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_reason_is_on_the_metrics_from_the_start() {
+    let server = TestServer::start(&Db::sqlite()).await;
+    let text = server.metrics().await;
+    for reason in ["invalid_json", "invalid_event", "payload_too_large"] {
+        let line = format!("alohook_rejected_total{{reason=\"{reason}\"}} 0");
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+    server.stop().await;
+}
+
 crate::on_every_backend! {
 async fn metrics_count_what_happened(db) {
     let server = TestServer::start(&db).await;
