@@ -32,9 +32,12 @@ const LEASE: Duration = Duration::from_secs(30);
 const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// How often a destination's due retries are looked for.
 const RETRIES_EVERY: Duration = Duration::from_millis(500);
-/// Outcomes are saved at least this often, or once this many have gathered.
+/// Outcomes are saved at least this often, or once this many have gathered. A save runs
+/// beside the sending (one at a time); past `SAVE_BACKLOG` outcomes waiting for it, sending
+/// waits for the store.
 const SAVE_EVERY: Duration = Duration::from_millis(100);
 const SAVE_BATCH: usize = 256;
+const SAVE_BACKLOG: usize = 4 * SAVE_BATCH;
 
 /// Starts delivering for the destinations whose lease this instance takes; stops when
 /// `stopping` turns true (in-flight attempts are abandoned: their changes go again later, with
@@ -232,6 +235,26 @@ struct Progress {
     outcomes: Vec<DeliveryUpdate>,
     /// The cursor as saved.
     cursor: i64,
+    /// The save under way beside the sending, if any.
+    saving: Option<Saving>,
+}
+
+/// A save running in a task of its own: the changes whose outcomes it holds (their rows are out
+/// of date until it is done), and the cursor it saves.
+struct Saving {
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    seqs: HashSet<i64>,
+    cursor: i64,
+}
+
+/// Until the save under way is done (never, when there is none).
+async fn save_done(saving: &mut Option<Saving>) -> Result<(), StoreError> {
+    match saving {
+        Some(saving) => (&mut saving.task)
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Database(format!("a save failed: {e}")))),
+        None => std::future::pending().await,
+    }
 }
 
 /// An attempt under way.
@@ -273,6 +296,10 @@ impl DestinationWorker {
         } else {
             HashSet::new()
         };
+        // Calls that may have a change waiting on disk behind the one under way: those pending
+        // at the start, and those this run held a change of. Only when one of them is done is
+        // the store asked for the call's next change (a round trip per delivery otherwise).
+        let mut maybe_held: HashSet<String> = held_calls.clone();
         // The feed is read by a task of its own, a batch ahead: a read is never abandoned
         // half-way (an abandoned store read still runs to its end on a thread of its own, and
         // a busy destination would start hundreds of them).
@@ -286,6 +313,7 @@ impl DestinationWorker {
             id: id.clone(),
             outcomes: Vec::new(),
             cursor: destination.cursor,
+            saving: None,
         };
         let mut retries = tokio::time::interval(RETRIES_EVERY);
         let mut save = tokio::time::interval(SAVE_EVERY);
@@ -322,6 +350,7 @@ impl DestinationWorker {
                     && held_calls.contains(call)
                 {
                     // Behind an earlier change of its call: waits on disk until that one is done.
+                    maybe_held.insert(call.clone());
                     progress.outcomes.push(DeliveryUpdate {
                         seq: change.seq,
                         kind: change.kind.as_str().to_string(),
@@ -432,13 +461,19 @@ impl DestinationWorker {
                     };
                     progress.outcomes.push(update);
                     if done_with_call && let Some(call) = &job.call_id && per_call {
-                        // Saved first: the next change of the call is released from what is stored.
-                        self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
-                        if self.store.release_call(&id, call, now_micros()).await?.is_none() {
+                        if !maybe_held.contains(call) {
                             held_calls.remove(call);
                         } else {
-                            // The call's next change is due now: look for it at once.
-                            retries.reset_immediately();
+                            // Saved first: the next change of the call is released from what
+                            // is stored.
+                            self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
+                            if self.store.release_call(&id, call, now_micros()).await?.is_none() {
+                                held_calls.remove(call);
+                                maybe_held.remove(call);
+                            } else {
+                                // The call's next change is due now: look for it at once.
+                                retries.reset_immediately();
+                            }
                         }
                     }
                     if disabled {
@@ -460,6 +495,7 @@ impl DestinationWorker {
                         // An outcome not saved yet leaves its row out of date: not due.
                         if in_flight_seqs.contains(&delivery.seq)
                             || progress.outcomes.iter().any(|o| o.seq == delivery.seq)
+                            || progress.saving.as_ref().is_some_and(|s| s.seqs.contains(&delivery.seq))
                             || in_flight.len() >= destination.spec.max_in_flight as usize {
                             continue;
                         }
@@ -487,12 +523,20 @@ impl DestinationWorker {
                     }
                 }
                 _ = save.tick(), if open => {
-                    self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
+                    self.save_beside(&mut progress, &unsaved, &waiting, reader.position);
+                }
+                done = save_done(&mut progress.saving), if progress.saving.is_some() => {
+                    let saving = progress.saving.take().expect("a save was under way");
+                    done?;
+                    progress.cursor = progress.cursor.max(saving.cursor);
                 }
             }
-            if progress.outcomes.len() >= SAVE_BATCH {
+            if progress.outcomes.len() >= SAVE_BACKLOG {
+                // The store is slower than the receiver: sending waits for it.
                 self.save(&mut progress, &unsaved, &waiting, reader.position)
                     .await?;
+            } else if progress.outcomes.len() >= SAVE_BATCH {
+                self.save_beside(&mut progress, &unsaved, &waiting, reader.position);
             }
         }
         // Stopped: what finished is saved; what is in flight goes again later.
@@ -521,9 +565,8 @@ impl DestinationWorker {
         );
     }
 
-    /// Saves the outcomes gathered, and the cursor: up to the first change not saved yet (under
-    /// way, or read from the feed and not sent yet), or else as far as the feed was read.
-    /// Nothing to save, nothing is written.
+    /// Saves the outcomes gathered, and the cursor (see [`save_cursor`]), after the save under
+    /// way if any: when this returns, everything decided so far is in the store.
     async fn save(
         &self,
         progress: &mut Progress,
@@ -531,11 +574,13 @@ impl DestinationWorker {
         waiting: &VecDeque<SharedChange>,
         read_to: i64,
     ) -> Result<(), StoreError> {
-        let first_open = [unsaved.first().copied(), waiting.front().map(|c| c.seq)]
-            .into_iter()
-            .flatten()
-            .min();
-        let cursor = first_open.map_or(read_to, |seq| seq - 1);
+        if progress.saving.is_some() {
+            let done = save_done(&mut progress.saving).await;
+            let saving = progress.saving.take().expect("a save was under way");
+            done?;
+            progress.cursor = progress.cursor.max(saving.cursor);
+        }
+        let cursor = save_cursor(unsaved, waiting, read_to);
         if progress.outcomes.is_empty() && cursor <= progress.cursor {
             return Ok(());
         }
@@ -544,6 +589,31 @@ impl DestinationWorker {
             .await?;
         progress.cursor = progress.cursor.max(cursor);
         Ok(())
+    }
+
+    /// Starts saving the outcomes gathered, and the cursor, in a task of its own while sending
+    /// goes on; unless a save is under way already (the next one takes what gathered meanwhile).
+    fn save_beside(
+        &self,
+        progress: &mut Progress,
+        unsaved: &BTreeSet<i64>,
+        waiting: &VecDeque<SharedChange>,
+        read_to: i64,
+    ) {
+        if progress.saving.is_some() {
+            return;
+        }
+        let cursor = save_cursor(unsaved, waiting, read_to);
+        if progress.outcomes.is_empty() && cursor <= progress.cursor {
+            return;
+        }
+        let outcomes = std::mem::take(&mut progress.outcomes);
+        let seqs = outcomes.iter().map(|o| o.seq).collect();
+        let (store, id) = (self.store.clone(), progress.id.clone());
+        // Should the destination's task fail meanwhile, the save still ends on its own, long
+        // before the task is started again.
+        let task = tokio::spawn(async move { store.save_deliveries(&id, outcomes, cursor).await });
+        progress.saving = Some(Saving { task, seqs, cursor });
     }
 
     /// The JSON of the change at `seq`, as the stream shows it.
@@ -564,6 +634,16 @@ impl DestinationWorker {
             .find(|c| c.seq == seq)
             .map(|c| Bytes::copy_from_slice(c.json().as_bytes())))
     }
+}
+
+/// How far a destination's cursor may go: up to the first change whose outcome is not decided
+/// yet (under way, or read from the feed and not sent yet), or else as far as the feed was read.
+fn save_cursor(unsaved: &BTreeSet<i64>, waiting: &VecDeque<SharedChange>, read_to: i64) -> i64 {
+    let first_open = [unsaved.first().copied(), waiting.front().map(|c| c.seq)]
+        .into_iter()
+        .flatten()
+        .min();
+    first_open.map_or(read_to, |seq| seq - 1)
 }
 
 /// A destination's feed reader, running in a task of its own, one batch ahead of its sending.
