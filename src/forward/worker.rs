@@ -38,6 +38,8 @@ const RETRIES_EVERY: Duration = Duration::from_millis(500);
 const SAVE_EVERY: Duration = Duration::from_millis(100);
 const SAVE_BATCH: usize = 256;
 const SAVE_BACKLOG: usize = 4 * SAVE_BATCH;
+/// How long a destination's task stopped by an error waits for its save under way.
+const SAVE_WAIT: Duration = Duration::from_secs(60);
 
 /// Starts delivering for the destinations whose lease this instance takes; stops when
 /// `stopping` turns true (in-flight attempts are abandoned: their changes go again later, with
@@ -90,7 +92,9 @@ async fn backlog_gauges(
                     now_shown.insert(destination.id);
                 }
                 Err(error) => {
+                    // Its figures stay as they were; only a destination that is gone loses them.
                     tracing::debug!(destination = %destination.id, %error, "cannot read a destination's backlog");
+                    now_shown.insert(destination.id);
                 }
             }
         }
@@ -277,7 +281,27 @@ impl DestinationWorker {
         }
     }
 
-    async fn deliver(&mut self, mut destination: StoredDestination) -> Result<(), StoreError> {
+    async fn deliver(&mut self, destination: StoredDestination) -> Result<(), StoreError> {
+        let mut progress = Progress {
+            id: destination.id.clone(),
+            outcomes: Vec::new(),
+            cursor: destination.cursor,
+            saving: None,
+        };
+        let result = self.deliver_from(destination, &mut progress).await;
+        if let Some(saving) = progress.saving.take() {
+            // Stopped by an error with a save under way: it ends before this task does, so the
+            // task started next reads the store as this one left it.
+            let _ = tokio::time::timeout(SAVE_WAIT, saving.task).await;
+        }
+        result
+    }
+
+    async fn deliver_from(
+        &mut self,
+        mut destination: StoredDestination,
+        progress: &mut Progress,
+    ) -> Result<(), StoreError> {
         let id = destination.id.clone();
         let filter: ChangeFilter = destination.spec.change_filter();
         let per_call = destination.spec.ordering == Ordering::PerCall;
@@ -309,12 +333,6 @@ impl DestinationWorker {
         let mut in_flight_seqs: HashSet<i64> = HashSet::new();
         // First attempts under way (their deliveries are not saved yet).
         let mut unsaved: BTreeSet<i64> = BTreeSet::new();
-        let mut progress = Progress {
-            id: id.clone(),
-            outcomes: Vec::new(),
-            cursor: destination.cursor,
-            saving: None,
-        };
         let mut retries = tokio::time::interval(RETRIES_EVERY);
         let mut save = tokio::time::interval(SAVE_EVERY);
         let mut disabled = false;
@@ -325,7 +343,7 @@ impl DestinationWorker {
 
         loop {
             if restarting && in_flight.is_empty() {
-                self.save(&mut progress, &unsaved, &waiting, reader.position)
+                self.save(progress, &unsaved, &waiting, reader.position)
                     .await?;
                 return Ok(());
             }
@@ -466,7 +484,7 @@ impl DestinationWorker {
                         } else {
                             // Saved first: the next change of the call is released from what
                             // is stored.
-                            self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
+                            self.save(progress, &unsaved, &waiting, reader.position).await?;
                             if self.store.release_call(&id, call, now_micros()).await?.is_none() {
                                 held_calls.remove(call);
                                 maybe_held.remove(call);
@@ -477,7 +495,7 @@ impl DestinationWorker {
                         }
                     }
                     if disabled {
-                        self.save(&mut progress, &unsaved, &waiting, reader.position).await?;
+                        self.save(progress, &unsaved, &waiting, reader.position).await?;
                         let reason = format!(
                             "the receiver answered 410 Gone at {}",
                             crate::model::time::format_utc_micros(sent.at)
@@ -490,7 +508,11 @@ impl DestinationWorker {
                 }
                 _ = self.pacer.until_open(), if !open => {}
                 _ = retries.tick(), if slots > 0 && !disabled && !restarting && open => {
-                    let due = self.store.due_deliveries(&id, now_micros(), slots + in_flight_seqs.len()).await?;
+                    // Enough rows for the slots, whatever is skipped.
+                    let skipped = in_flight_seqs.len()
+                        + progress.outcomes.len()
+                        + progress.saving.as_ref().map_or(0, |s| s.seqs.len());
+                    let due = self.store.due_deliveries(&id, now_micros(), slots + skipped).await?;
                     for delivery in due {
                         // An outcome not saved yet leaves its row out of date: not due.
                         if in_flight_seqs.contains(&delivery.seq)
@@ -510,8 +532,24 @@ impl DestinationWorker {
                                 next_attempt_at: None,
                                 attempt: None,
                             });
+                            if per_call && let Some(call) = &delivery.call_id {
+                                // Dead releases the call's next change, as after an attempt.
+                                self.save(progress, &unsaved, &waiting, reader.position).await?;
+                                if self.store.release_call(&id, call, now_micros()).await?.is_none() {
+                                    held_calls.remove(call);
+                                    maybe_held.remove(call);
+                                } else {
+                                    retries.reset_immediately();
+                                }
+                            }
                             continue;
                         };
+                        if per_call && let Some(call) = &delivery.call_id {
+                            // Under way: the call's later changes wait behind it, and one may
+                            // have been held on disk by another hand (a replay).
+                            held_calls.insert(call.clone());
+                            maybe_held.insert(call.clone());
+                        }
                         in_flight_seqs.insert(delivery.seq);
                         let job = Job {
                             seq: delivery.seq,
@@ -523,7 +561,7 @@ impl DestinationWorker {
                     }
                 }
                 _ = save.tick(), if open => {
-                    self.save_beside(&mut progress, &unsaved, &waiting, reader.position);
+                    self.save_beside(progress, &unsaved, &waiting, reader.position);
                 }
                 done = save_done(&mut progress.saving), if progress.saving.is_some() => {
                     let saving = progress.saving.take().expect("a save was under way");
@@ -533,15 +571,15 @@ impl DestinationWorker {
             }
             if progress.outcomes.len() >= SAVE_BACKLOG {
                 // The store is slower than the receiver: sending waits for it.
-                self.save(&mut progress, &unsaved, &waiting, reader.position)
+                self.save(progress, &unsaved, &waiting, reader.position)
                     .await?;
             } else if progress.outcomes.len() >= SAVE_BATCH {
-                self.save_beside(&mut progress, &unsaved, &waiting, reader.position);
+                self.save_beside(progress, &unsaved, &waiting, reader.position);
             }
         }
         // Stopped: what finished is saved; what is in flight goes again later.
         in_flight.abort_all();
-        self.save(&mut progress, &unsaved, &waiting, reader.position)
+        self.save(progress, &unsaved, &waiting, reader.position)
             .await
     }
 
