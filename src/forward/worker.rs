@@ -479,19 +479,10 @@ impl DestinationWorker {
                     };
                     progress.outcomes.push(update);
                     if done_with_call && let Some(call) = &job.call_id && per_call {
-                        if !maybe_held.contains(call) {
-                            held_calls.remove(call);
-                        } else {
-                            // Saved first: the next change of the call is released from what
-                            // is stored.
-                            self.save(progress, &unsaved, &waiting, reader.position).await?;
-                            if self.store.release_call(&id, call, now_micros()).await?.is_none() {
-                                held_calls.remove(call);
-                                maybe_held.remove(call);
-                            } else {
-                                // The call's next change is due now: look for it at once.
-                                retries.reset_immediately();
-                            }
+                        let open = (&unsaved, &waiting, reader.position);
+                        if self.call_done(call, progress, open, &mut held_calls, &mut maybe_held).await? {
+                            // The call's next change is due now: look for it at once.
+                            retries.reset_immediately();
                         }
                     }
                     if disabled {
@@ -534,11 +525,9 @@ impl DestinationWorker {
                             });
                             if per_call && let Some(call) = &delivery.call_id {
                                 // Dead releases the call's next change, as after an attempt.
-                                self.save(progress, &unsaved, &waiting, reader.position).await?;
-                                if self.store.release_call(&id, call, now_micros()).await?.is_none() {
-                                    held_calls.remove(call);
-                                    maybe_held.remove(call);
-                                } else {
+                                maybe_held.insert(call.clone());
+                                let open = (&unsaved, &waiting, reader.position);
+                                if self.call_done(call, progress, open, &mut held_calls, &mut maybe_held).await? {
                                     retries.reset_immediately();
                                 }
                             }
@@ -627,6 +616,33 @@ impl DestinationWorker {
             .await?;
         progress.cursor = progress.cursor.max(cursor);
         Ok(())
+    }
+
+    /// A change of `call` is done (delivered or dead), with `per_call` ordering: the call's next
+    /// change waiting on disk, if it may have one, is due now (`true`); with none, the call
+    /// holds nothing back any more.
+    async fn call_done(
+        &self,
+        call: &String,
+        progress: &mut Progress,
+        (unsaved, waiting, read_to): (&BTreeSet<i64>, &VecDeque<SharedChange>, i64),
+        held_calls: &mut HashSet<String>,
+        maybe_held: &mut HashSet<String>,
+    ) -> Result<bool, StoreError> {
+        if maybe_held.contains(call) {
+            // Saved first: the next change of the call is released from what is stored.
+            self.save(progress, unsaved, waiting, read_to).await?;
+            let released = self
+                .store
+                .release_call(&progress.id, call, now_micros())
+                .await?;
+            if released.is_some() {
+                return Ok(true);
+            }
+            maybe_held.remove(call);
+        }
+        held_calls.remove(call);
+        Ok(false)
     }
 
     /// Starts saving the outcomes gathered, and the cursor, in a task of its own while sending
