@@ -45,6 +45,8 @@ pub const DELETE_ITEM: [&str; 2] = [
     "DELETE FROM callback_hotlines WHERE item_id = ?",
     "DELETE FROM callbacks WHERE id = ?",
 ];
+/// One hotline row of an item that stays: hotline, item id.
+pub const DELETE_HOTLINE: &str = "DELETE FROM callback_hotlines WHERE hotline = ? AND item_id = ?";
 /// Writing an item: id, phone, open, first_missed_at, body.
 pub const UPSERT_ITEM: &str = "INSERT INTO callbacks (id, phone, open, first_missed_at, body) \
     VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET phone = excluded.phone, \
@@ -142,11 +144,21 @@ pub fn parse_item(body: &str) -> Result<Item, StoreError> {
     serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("a callback item: {e}")))
 }
 
-/// What to write for one number: the items to remove, and those to write (new or changed).
+/// What to write for one number: the items to remove, those to write (new or changed), and
+/// the rows of `callback_hotlines` that change with them. An item's hotlines rarely change when
+/// the item does (a repeat miss on the same hotline, a close): only the rows that differ are
+/// written, not all of the item's again.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Refresh {
     pub delete: Vec<String>,
     pub upsert: Vec<Item>,
+    /// Items whose hotline rows all go: the removed ones, and changed ones whose stored JSON
+    /// did not parse (what their rows are is not known).
+    pub clear_hotlines: Vec<String>,
+    /// (hotline, item id) rows to remove, of items that stay.
+    pub remove_hotlines: Vec<(String, String)>,
+    /// (hotline, item id) rows to add.
+    pub add_hotlines: Vec<(String, String)>,
 }
 
 impl Refresh {
@@ -166,15 +178,31 @@ impl Refresh {
         for id in stored.keys() {
             if !items.iter().any(|i| i.id == *id) {
                 self.delete.push(id.to_string());
+                self.clear_hotlines.push(id.to_string());
             }
         }
         for item in items {
-            let same = stored
-                .get(item.id.as_str())
-                .is_some_and(|body| parse_item(body).is_ok_and(|old| old == item));
-            if !same {
-                self.upsert.push(item);
+            let old = stored.get(item.id.as_str()).map(|body| parse_item(body));
+            let old_hotlines: &[String] = match &old {
+                Some(Ok(old)) if *old == item => continue,
+                Some(Ok(old)) => &old.hotlines,
+                None => &[],
+                Some(Err(_)) => {
+                    self.clear_hotlines.push(item.id.clone());
+                    &[]
+                }
+            };
+            for h in old_hotlines {
+                if !item.hotlines.contains(h) {
+                    self.remove_hotlines.push((h.clone(), item.id.clone()));
+                }
             }
+            for h in &item.hotlines {
+                if !old_hotlines.contains(h) {
+                    self.add_hotlines.push((h.clone(), item.id.clone()));
+                }
+            }
+            self.upsert.push(item);
         }
     }
 
@@ -292,4 +320,89 @@ pub fn page(mut items: Vec<Item>, limit: usize) -> CallbackPage {
         None
     };
     CallbackPage { items, next }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::callbacks::item_id;
+
+    const PHONE: &str = "+84901111111";
+
+    fn call(id: &str, start: i64, hotline: &str, answered: bool) -> NumberCall {
+        NumberCall {
+            call_id: id.into(),
+            caller_number: "0901111111".into(),
+            direction: Some("inbound".into()),
+            ended: true,
+            answered,
+            hotline: Some(hotline.into()),
+            start_time: Some(start),
+            answer_time: answered.then_some(start + 5),
+        }
+    }
+
+    fn miss(id: &str, start: i64, hotline: &str) -> NumberCall {
+        call(id, start, hotline, false)
+    }
+
+    /// The rows the calls' items are stored as.
+    fn stored(calls: &[NumberCall]) -> Vec<(String, String)> {
+        worklist(PHONE, calls, &[])
+            .iter()
+            .map(|i| (i.id.clone(), serde_json::to_string(i).unwrap()))
+            .collect()
+    }
+
+    fn plan(calls: &[NumberCall], stored: &[(String, String)]) -> Refresh {
+        let mut refresh = Refresh::default();
+        refresh.plan(PHONE, calls, &[], stored);
+        refresh
+    }
+
+    fn row(hotline: &str, id: &str) -> (String, String) {
+        (hotline.to_string(), id.to_string())
+    }
+
+    #[test]
+    fn only_the_hotline_rows_that_change_are_written() {
+        let one = [miss("a1", 100, "H1")];
+        let id = item_id(PHONE, "a1");
+        // A new item: its rows.
+        let r = plan(&one, &[]);
+        assert_eq!(r.upsert.len(), 1);
+        assert_eq!(r.add_hotlines, [row("H1", &id)]);
+        assert!(r.remove_hotlines.is_empty() && r.clear_hotlines.is_empty());
+        // Unchanged: nothing at all.
+        assert_eq!(plan(&one, &stored(&one)), Refresh::default());
+        // A repeat miss on the same hotline: the item changes, its rows do not.
+        let two = [miss("a1", 100, "H1"), miss("a2", 200, "H1")];
+        let r = plan(&two, &stored(&one));
+        assert_eq!((r.upsert.len(), r.upsert[0].missed_count), (1, 2));
+        assert!(r.add_hotlines.is_empty() && r.remove_hotlines.is_empty());
+        assert!(r.clear_hotlines.is_empty() && r.delete.is_empty());
+        // One on another hotline: its row is added; gone again (a resend that corrects it, a
+        // recomputation), its row goes.
+        let other = [miss("a1", 100, "H1"), miss("a2", 200, "H2")];
+        let r = plan(&other, &stored(&one));
+        assert_eq!(r.add_hotlines, [row("H2", &id)]);
+        assert!(r.remove_hotlines.is_empty());
+        let r = plan(&one, &stored(&other));
+        assert_eq!(r.remove_hotlines, [row("H2", &id)]);
+        assert!(r.add_hotlines.is_empty() && r.clear_hotlines.is_empty());
+        // An item that goes (its miss turned out answered): all its rows.
+        let answered = [call("a1", 100, "H1", true)];
+        let r = plan(&answered, &stored(&other));
+        assert_eq!(
+            (r.delete.clone(), r.clear_hotlines.clone()),
+            (vec![id.clone()], vec![id.clone()])
+        );
+        assert!(r.upsert.is_empty() && r.add_hotlines.is_empty());
+        // A stored item whose JSON does not parse: what its rows are is not known, so all go and
+        // all are written again.
+        let r = plan(&two, &[(id.clone(), "{not json".into())]);
+        assert_eq!(r.clear_hotlines, [id.as_str()]);
+        assert_eq!(r.add_hotlines, [row("H1", &id)]);
+        assert_eq!(r.upsert.len(), 1);
+    }
 }

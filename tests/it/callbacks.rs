@@ -277,6 +277,21 @@ async fn any_arrival_order_gives_the_same_worklist(db) {
     let expected = every_item(&in_order).await;
     assert_eq!(expected.len(), 6, "{expected:#?}");
     assert_eq!(every_item(&shuffled).await, expected, "seed {seed}");
+    // The hotline filter reads rows kept beside the items (only those that change are
+    // written): they follow the items' hotlines whatever the order the misses came in.
+    for hotline in ["H1", "H2"] {
+        let want: Vec<&Value> = expected
+            .iter()
+            .filter(|i| i["hotlines"].as_array().unwrap().contains(&json!(hotline)))
+            .map(|i| &i["id"])
+            .collect();
+        assert!(!want.is_empty());
+        for server in [&in_order, &shuffled] {
+            let got = list(server, &format!("?state=all&limit=100&hotline={hotline}")).await;
+            let got: Vec<&Value> = got["items"].as_array().unwrap().iter().map(|i| &i["id"]).collect();
+            assert_eq!(got, want, "{hotline}, seed {seed}");
+        }
+    }
     in_order.stop().await;
     shuffled.stop().await;
     other.cleanup().await;

@@ -146,6 +146,9 @@ const NUMBERS_CLOSES: &str = "SELECT item_id, at, note, phone, closed_by FROM ca
 const NUMBERS_ITEMS: &str = "SELECT id, body, phone FROM callbacks WHERE phone = ANY($1)";
 const DELETE_HOTLINES: &str = "DELETE FROM callback_hotlines WHERE item_id = ANY($1)";
 const DELETE_ITEMS: &str = "DELETE FROM callbacks WHERE id = ANY($1)";
+const DELETE_HOTLINE_PAIRS: &str = "DELETE FROM callback_hotlines h \
+    USING UNNEST($1::text[], $2::text[]) AS r (hotline, item_id) \
+    WHERE h.hotline = r.hotline AND h.item_id = r.item_id";
 const UPSERT_ITEMS: &str = "INSERT INTO callbacks (id, phone, open, first_missed_at, body) \
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[]) \
     ON CONFLICT (id) DO UPDATE SET phone = excluded.phone, open = excluded.open, \
@@ -268,29 +271,88 @@ pub(super) async fn refresh_callbacks<P: Prepared>(
     if refresh.is_empty() {
         return Ok(());
     }
-    // Hotline rows go with removed items and with changed ones (a new item has none yet).
-    let mut gone: Vec<&str> = refresh.delete.iter().map(String::as_str).collect();
-    gone.extend(
-        refresh
-            .upsert
-            .iter()
-            .map(|i| i.id.as_str())
-            .filter(|id| with_items_ids(&stored, id)),
-    );
-    if !gone.is_empty() {
-        let delete_hotlines = db.statement(DELETE_HOTLINES).await?;
-        c.execute(&delete_hotlines, &[&gone]).await?;
-    }
-    if !refresh.delete.is_empty() {
-        let delete_items = db.statement(DELETE_ITEMS).await?;
-        c.execute(&delete_items, &[&refresh.delete]).await?;
-    }
-    insert_items(db, &refresh.upsert).await
+    write_refresh(db, &refresh).await
 }
 
-/// Whether `id` is among the stored items' rows.
-fn with_items_ids(stored: &[tokio_postgres::Row], id: &str) -> bool {
-    stored.iter().any(|r| r.get::<_, &str>(0) == id)
+/// Writes what `refresh` changes, every statement in one round trip: they run in the order
+/// they are sent, so the rows of removed hotlines are gone before the new ones go in.
+async fn write_refresh<P: Prepared>(db: &P, refresh: &Refresh) -> Result<(), StoreError> {
+    let columns = ItemColumns::of(&refresh.upsert);
+    let unzip =
+        |rows: &[(String, String)]| -> (Vec<String>, Vec<String>) { rows.iter().cloned().unzip() };
+    let (remove_hotlines, remove_items) = unzip(&refresh.remove_hotlines);
+    let (add_hotlines, add_items) = unzip(&refresh.add_hotlines);
+    let (clear, delete, remove, upsert, add) = futures_util::future::try_join5(
+        db.statement(DELETE_HOTLINES),
+        db.statement(DELETE_ITEMS),
+        db.statement(DELETE_HOTLINE_PAIRS),
+        db.statement(UPSERT_ITEMS),
+        db.statement(INSERT_HOTLINES),
+    )
+    .await?;
+    let params: [&[&(dyn ToSql + Sync)]; 5] = [
+        &[&refresh.clear_hotlines],
+        &[&refresh.delete],
+        &[&remove_hotlines, &remove_items],
+        &columns.params(),
+        &[&add_hotlines, &add_items],
+    ];
+    let c = db.client();
+    let rows = [
+        refresh.clear_hotlines.len(),
+        refresh.delete.len(),
+        remove_hotlines.len(),
+        refresh.upsert.len(),
+        add_hotlines.len(),
+    ];
+    let statements = [clear, delete, remove, upsert, add];
+    let writes: Vec<Write<'_>> = statements
+        .iter()
+        .zip(params)
+        .zip(rows)
+        .filter(|(_, rows)| *rows > 0)
+        .map(|((sql, p), _)| Box::pin(c.execute(sql, p)) as Write<'_>)
+        .collect();
+    futures_util::future::try_join_all(writes).await?;
+    Ok(())
+}
+
+/// A statement under way in a pipeline.
+type Write<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// The columns of [`UPSERT_ITEMS`] for some items.
+struct ItemColumns<'a> {
+    ids: Vec<&'a str>,
+    phones: Vec<&'a str>,
+    open: Vec<i64>,
+    first_missed: Vec<i64>,
+    bodies: Vec<String>,
+}
+
+impl<'a> ItemColumns<'a> {
+    fn of(items: &'a [Item]) -> Self {
+        ItemColumns {
+            ids: items.iter().map(|i| i.id.as_str()).collect(),
+            phones: items.iter().map(|i| i.phone.as_str()).collect(),
+            open: items.iter().map(|i| i64::from(i.open)).collect(),
+            first_missed: items.iter().map(|i| i.first_missed_at).collect(),
+            bodies: items
+                .iter()
+                .map(|i| serde_json::to_string(i).expect("an item serialises"))
+                .collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.ids,
+            &self.phones,
+            &self.open,
+            &self.first_missed,
+            &self.bodies,
+        ]
+    }
 }
 
 /// Writes `items` (new or changed) with their hotlines, whose old rows are gone already.
@@ -298,26 +360,17 @@ async fn insert_items<P: Prepared>(db: &P, items: &[Item]) -> Result<(), StoreEr
     if items.is_empty() {
         return Ok(());
     }
-    let (mut ids, mut phones, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut open, mut first_missed): (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
-    let (mut hotlines, mut hotline_items) = (Vec::new(), Vec::new());
-    for item in items {
-        ids.push(item.id.as_str());
-        phones.push(item.phone.as_str());
-        open.push(i64::from(item.open));
-        first_missed.push(item.first_missed_at);
-        bodies.push(serde_json::to_string(item).expect("an item serialises"));
-        for h in &item.hotlines {
-            hotlines.push(h.as_str());
-            hotline_items.push(item.id.as_str());
-        }
-    }
+    let columns = ItemColumns::of(items);
+    let (hotlines, hotline_items): (Vec<&str>, Vec<&str>) = items
+        .iter()
+        .flat_map(|i| i.hotlines.iter().map(|h| (h.as_str(), i.id.as_str())))
+        .unzip();
     let (upsert, insert_hotlines) =
         futures_util::future::try_join(db.statement(UPSERT_ITEMS), db.statement(INSERT_HOTLINES))
             .await?;
     let c = db.client();
-    let columns: [&(dyn ToSql + Sync); 5] = [&ids, &phones, &open, &first_missed, &bodies];
-    let upserted = c.execute(&upsert, &columns);
+    let params = columns.params();
+    let upserted = c.execute(&upsert, &params);
     if hotlines.is_empty() {
         upserted.await?;
     } else {

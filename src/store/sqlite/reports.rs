@@ -10,9 +10,9 @@ use crate::report::callbacks::{Item, ManualClose, NumberCall, worklist};
 use crate::report::stats::{StatsBuilder, Thresholds};
 use crate::store::callbacks::{
     ALL_CLOSES, ALL_NUMBER_CALLS, CALLBACKS_BUILT_KEY, CallbackCursor, CallbackFilter,
-    CallbackPage, DELETE_ITEM, INSERT_CLOSE, INSERT_HOTLINE, ITEM_BY_ID, MARK_CALLBACKS_BUILT,
-    NUMBER_CALLS, NUMBER_CLOSES, NUMBER_ITEMS, Refresh, UPSERT_ITEM, list_query, page, parse_item,
-    read_close, read_number_call, upsert_args,
+    CallbackPage, DELETE_HOTLINE, DELETE_ITEM, INSERT_CLOSE, INSERT_HOTLINE, ITEM_BY_ID,
+    MARK_CALLBACKS_BUILT, NUMBER_CALLS, NUMBER_CLOSES, NUMBER_ITEMS, Refresh, UPSERT_ITEM,
+    list_query, page, parse_item, read_close, read_number_call, upsert_args,
 };
 use crate::store::reports::{
     FACTS_CHUNK, Reports, dated_facts_chunk, dated_facts_query, read_call_facts,
@@ -127,22 +127,33 @@ pub(super) fn refresh_callbacks(
 }
 
 fn write_refresh(conn: &Connection, refresh: &Refresh) -> Result<(), StoreError> {
+    for id in &refresh.clear_hotlines {
+        conn.prepare_cached(DELETE_ITEM[0])?.execute([id])?;
+    }
     for id in &refresh.delete {
-        for sql in DELETE_ITEM {
-            conn.prepare_cached(sql)?.execute([id])?;
-        }
+        conn.prepare_cached(DELETE_ITEM[1])?.execute([id])?;
+    }
+    for (hotline, id) in &refresh.remove_hotlines {
+        conn.prepare_cached(DELETE_HOTLINE)?
+            .execute([hotline, id])?;
     }
     for item in &refresh.upsert {
-        write_item(conn, item)?;
+        conn.prepare_cached(UPSERT_ITEM)?.execute(params_from_iter(
+            upsert_args(item).into_iter().map(sql_value),
+        ))?;
+    }
+    for (hotline, id) in &refresh.add_hotlines {
+        conn.prepare_cached(INSERT_HOTLINE)?
+            .execute([hotline, id])?;
     }
     Ok(())
 }
 
-fn write_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
+/// Writes a new item and its hotlines (rebuilding: the tables were emptied first).
+fn write_new_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
     conn.prepare_cached(UPSERT_ITEM)?.execute(params_from_iter(
         upsert_args(item).into_iter().map(sql_value),
     ))?;
-    conn.prepare_cached(DELETE_ITEM[0])?.execute([&item.id])?;
     for hotline in &item.hotlines {
         conn.prepare_cached(INSERT_HOTLINE)?
             .execute([hotline, &item.id])?;
@@ -188,7 +199,7 @@ pub(super) fn rebuild_callbacks(conn: &Connection) -> Result<usize, StoreError> 
     let mut flush = |phone: &str, calls: &mut Vec<NumberCall>| -> Result<(), StoreError> {
         let closes = closes.get(phone).map(Vec::as_slice).unwrap_or_default();
         for item in worklist(phone, calls, closes) {
-            write_item(conn, &item)?;
+            write_new_item(conn, &item)?;
             written += 1;
         }
         calls.clear();
