@@ -152,10 +152,10 @@ pub fn parse_item(body: &str) -> Result<Item, StoreError> {
 pub struct Refresh {
     pub delete: Vec<String>,
     pub upsert: Vec<Item>,
-    /// Items whose hotline rows all go: the removed ones, and changed ones whose stored JSON
-    /// did not parse (what their rows are is not known).
+    /// Items whose hotline rows all go, found by item id (no index: a read of the table):
+    /// those whose stored JSON did not parse, so what their rows are is not known.
     pub clear_hotlines: Vec<String>,
-    /// (hotline, item id) rows to remove, of items that stay.
+    /// (hotline, item id) rows to remove: of removed items, and those an item no longer has.
     pub remove_hotlines: Vec<(String, String)>,
     /// (hotline, item id) rows to add.
     pub add_hotlines: Vec<(String, String)>,
@@ -175,10 +175,15 @@ impl Refresh {
             .iter()
             .map(|(id, body)| (id.as_str(), body.as_str()))
             .collect();
-        for id in stored.keys() {
+        for (id, body) in &stored {
             if !items.iter().any(|i| i.id == *id) {
                 self.delete.push(id.to_string());
-                self.clear_hotlines.push(id.to_string());
+                match parse_item(body) {
+                    Ok(old) => self
+                        .remove_hotlines
+                        .extend(old.hotlines.into_iter().map(|h| (h, id.to_string()))),
+                    Err(_) => self.clear_hotlines.push(id.to_string()),
+                }
             }
         }
         for item in items {
@@ -390,14 +395,17 @@ mod tests {
         let r = plan(&one, &stored(&other));
         assert_eq!(r.remove_hotlines, [row("H2", &id)]);
         assert!(r.add_hotlines.is_empty() && r.clear_hotlines.is_empty());
-        // An item that goes (its miss turned out answered): all its rows.
+        // An item that goes (its miss turned out answered): all its rows, by hotline.
         let answered = [call("a1", 100, "H1", true)];
         let r = plan(&answered, &stored(&other));
-        assert_eq!(
-            (r.delete.clone(), r.clear_hotlines.clone()),
-            (vec![id.clone()], vec![id.clone()])
-        );
-        assert!(r.upsert.is_empty() && r.add_hotlines.is_empty());
+        assert_eq!(r.delete, [id.as_str()]);
+        assert_eq!(r.remove_hotlines, [row("H1", &id), row("H2", &id)]);
+        assert!(r.upsert.is_empty() && r.add_hotlines.is_empty() && r.clear_hotlines.is_empty());
+        // One whose JSON does not parse: by item id.
+        let r = plan(&answered, &[(id.clone(), "{not json".into())]);
+        assert_eq!(r.delete, [id.as_str()]);
+        assert_eq!(r.clear_hotlines, [id.as_str()]);
+        assert!(r.remove_hotlines.is_empty());
         // A stored item whose JSON does not parse: what its rows are is not known, so all go and
         // all are written again.
         let r = plan(&two, &[(id.clone(), "{not json".into())]);

@@ -166,6 +166,27 @@ async fn every_item(server: &TestServer) -> Vec<Value> {
     }
 }
 
+/// Runs `sql` on the test's store, beside the server.
+async fn run_sql(db: &Db, sql: &str) {
+    match db.database() {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let task = tokio::spawn(connection);
+            client.batch_execute(sql).await.unwrap();
+            drop(client);
+            let _ = task.await;
+        }
+        None => {
+            let conn = rusqlite::Connection::open(db.path().join("alohook.db")).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
+    }
+}
+
 crate::on_every_backend! {
 async fn the_worklist_by_hand(db) {
     let server = TestServer::start(&db).await;
@@ -320,6 +341,47 @@ async fn a_close_by_hand_closes_a_miss_dated_later(db) {
     let cursor = first["next_cursor"].as_str().unwrap();
     let (status, body) = server.get(&format!("/api/callbacks?state=all&sort=newest&cursor={cursor}")).await;
     assert_eq!((status, body["parameter"].clone()), (StatusCode::BAD_REQUEST, json!("cursor")));
+    server.stop().await;
+}
+
+/// An item whose stored JSON does not parse (a hand edit, a bug of another version): the next
+/// change of its number writes it again, and its hotline rows, found by item id, follow it.
+async fn an_item_that_does_not_parse_is_written_again(db) {
+    let server = TestServer::start(&db).await;
+    server.send(&miss("m1", A, "H1", "09:00:00", "09:00:20")).await;
+    run_sql(&db, "UPDATE callbacks SET body = '{not json'").await;
+    // A repeat miss on another hotline, then one more event of the number.
+    server.send(&miss("m2", A, "H2", "09:10:00", "09:10:20")).await;
+    let items = every_item(&server).await;
+    assert_eq!(items.len(), 1, "{items:#?}");
+    assert_eq!((items[0]["missed_count"].clone(), items[0]["hotlines"].clone()),
+        (json!(2), json!(["H1", "H2"])));
+    for hotline in ["H1", "H2"] {
+        let listed = list(&server, &format!("?state=all&hotline={hotline}")).await;
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{hotline}: {listed}");
+    }
+    // Corrupt again, then the miss turns out answered (a later event of the same call): the
+    // item goes, and so do its rows.
+    run_sql(&db, "UPDATE callbacks SET body = '{not json'").await;
+    server.send(&ev("m1", "answered", "inbound", A, "H1", ["09:00:00", "09:00:05", "09:00:20"])).await;
+    server.send(&ev("m2", "answered", "inbound", A, "H2", ["09:10:00", "09:10:05", "09:10:20"])).await;
+    assert_eq!(every_item(&server).await, Vec::<Value>::new());
+    let rows = match db.database() {
+        Some(_) => None,
+        None => Some(
+            rusqlite::Connection::open(db.path().join("alohook.db"))
+                .unwrap()
+                .query_row("SELECT count(*) FROM callback_hotlines", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+        ),
+    };
+    if let Some(rows) = rows {
+        assert_eq!(rows, 0);
+    }
+    for hotline in ["H1", "H2"] {
+        let listed = list(&server, &format!("?state=all&hotline={hotline}")).await;
+        assert_eq!(listed["items"], json!([]), "{hotline}");
+    }
     server.stop().await;
 }
 

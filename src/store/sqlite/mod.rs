@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_listing_indexes.sql"),
     include_str!("migrations/0007_rollup.sql"),
     include_str!("migrations/0008_dashboard.sql"),
+    include_str!("migrations/0009_callback_hotline_rows.sql"),
 ];
 /// Below this much free space on the database's file system, the store says it is not ready:
 /// a batch of large events, the WAL's growth and a checkpoint need room.
