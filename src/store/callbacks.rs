@@ -47,10 +47,15 @@ pub const DELETE_ITEM: [&str; 2] = [
 ];
 /// One hotline row of an item that stays: hotline, item id.
 pub const DELETE_HOTLINE: &str = "DELETE FROM callback_hotlines WHERE hotline = ? AND item_id = ?";
-/// Writing an item: id, phone, open, first_missed_at, body.
+/// Writing an item: id, phone, open, first_missed_at, body. An item's id is made from its
+/// number, so a stored item keeps its phone and SET does not name it (SQLite rewrites the
+/// entries of every index holding a column named in SET).
 pub const UPSERT_ITEM: &str = "INSERT INTO callbacks (id, phone, open, first_missed_at, body) \
-    VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET phone = excluded.phone, \
+    VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET \
     open = excluded.open, first_missed_at = excluded.first_missed_at, body = excluded.body";
+/// Writing a stored item whose state and first miss stay (a repeat miss, an attempt): only its
+/// JSON, so that none of the listing's index entries is rewritten: body, id.
+pub const UPDATE_ITEM_BODY: &str = "UPDATE callbacks SET body = ? WHERE id = ?";
 /// One hotline of an item: hotline, item id.
 pub const INSERT_HOTLINE: &str = "INSERT INTO callback_hotlines (hotline, item_id) VALUES (?, ?) \
     ON CONFLICT (hotline, item_id) DO NOTHING";
@@ -151,7 +156,11 @@ pub fn parse_item(body: &str) -> Result<Item, StoreError> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Refresh {
     pub delete: Vec<String>,
+    /// Items that are new, or whose state or first miss changed.
     pub upsert: Vec<Item>,
+    /// Stored items of which only the JSON changes: the same state and first miss (a repeat
+    /// miss, an attempt, another hotline).
+    pub rewrite_body: Vec<Item>,
     /// Items whose hotline rows all go, found by item id (no index: a read of the table):
     /// those whose stored JSON did not parse, so what their rows are is not known.
     pub clear_hotlines: Vec<String>,
@@ -188,9 +197,14 @@ impl Refresh {
         }
         for item in items {
             let old = stored.get(item.id.as_str()).map(|body| parse_item(body));
+            let mut body_only = false;
             let old_hotlines: &[String] = match &old {
                 Some(Ok(old)) if *old == item => continue,
-                Some(Ok(old)) => &old.hotlines,
+                Some(Ok(old)) => {
+                    body_only =
+                        old.open == item.open && old.first_missed_at == item.first_missed_at;
+                    &old.hotlines
+                }
                 None => &[],
                 Some(Err(_)) => {
                     self.clear_hotlines.push(item.id.clone());
@@ -207,12 +221,16 @@ impl Refresh {
                     self.add_hotlines.push((h.clone(), item.id.clone()));
                 }
             }
-            self.upsert.push(item);
+            if body_only {
+                self.rewrite_body.push(item);
+            } else {
+                self.upsert.push(item);
+            }
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.delete.is_empty() && self.upsert.is_empty()
+        self.delete.is_empty() && self.upsert.is_empty() && self.rewrite_body.is_empty()
     }
 }
 
@@ -258,14 +276,59 @@ pub struct CallbackPage {
 }
 
 /// The listing: `limit + 1` items, so that the caller knows whether a next page exists.
+///
+/// Items are in the order of (`first_missed_at`, `id`), which the index by state gives within
+/// one state. Without a state (`state=all`), the open and the closed items are read each in
+/// that order, `limit + 1` of each at most, and merged: there is no index by first miss alone,
+/// which every new item would cost ingest one more index entry to keep.
 pub fn list_query(
     filter: &CallbackFilter,
     cursor: Option<&CallbackCursor>,
     limit: usize,
 ) -> Statement {
+    let order = if filter.newest_first { "DESC" } else { "ASC" };
+    let rows = limit as i64 + 1;
+    match filter.open {
+        // One state, or one number (the index by phone, and a sort of that number's items).
+        open if open.is_some() || filter.phone.is_some() => {
+            let (sql, mut args) = list_part(filter, open, cursor);
+            args.push(Column::Integer(Some(rows)));
+            Statement {
+                sql: format!("{sql} ORDER BY first_missed_at {order}, id {order} LIMIT ?"),
+                args,
+            }
+        }
+        _ => {
+            let (open_sql, mut args) = list_part(filter, Some(true), cursor);
+            args.push(Column::Integer(Some(rows)));
+            let (closed_sql, closed_args) = list_part(filter, Some(false), cursor);
+            args.extend(closed_args);
+            args.push(Column::Integer(Some(rows)));
+            args.push(Column::Integer(Some(rows)));
+            let each = format!("ORDER BY first_missed_at {order}, id {order} LIMIT ?");
+            Statement {
+                sql: format!(
+                    "SELECT body FROM (\
+                     SELECT * FROM ({open_sql} {each}) AS open_items \
+                     UNION ALL \
+                     SELECT * FROM ({closed_sql} {each}) AS closed_items\
+                     ) AS items {each}"
+                ),
+                args,
+            }
+        }
+    }
+}
+
+/// The listing's `SELECT … WHERE` of the items in one state (`None`: either).
+fn list_part(
+    filter: &CallbackFilter,
+    open: Option<bool>,
+    cursor: Option<&CallbackCursor>,
+) -> (String, Vec<Column>) {
     let mut terms: Vec<&str> = Vec::new();
     let mut args = Vec::new();
-    if let Some(open) = filter.open {
+    if let Some(open) = open {
         terms.push("open = ?");
         args.push(Column::Integer(Some(i64::from(open))));
     }
@@ -288,29 +351,24 @@ pub fn list_query(
         terms.push("first_missed_at <= ?");
         args.push(Column::Integer(Some(to)));
     }
-    let (after, order) = if filter.newest_first {
-        ("(first_missed_at, id) < (?, ?)", "DESC")
-    } else {
-        ("(first_missed_at, id) > (?, ?)", "ASC")
-    };
     if let Some(c) = cursor {
-        terms.push(after);
+        terms.push(if filter.newest_first {
+            "(first_missed_at, id) < (?, ?)"
+        } else {
+            "(first_missed_at, id) > (?, ?)"
+        });
         args.push(Column::Integer(Some(c.first_missed_at)));
         args.push(Column::Text(Some(c.id.clone())));
     }
     let where_sql = if terms.is_empty() {
         String::new()
     } else {
-        format!("WHERE {}", terms.join(" AND "))
+        format!(" WHERE {}", terms.join(" AND "))
     };
-    args.push(Column::Integer(Some(limit as i64 + 1)));
-    Statement {
-        sql: format!(
-            "SELECT body FROM callbacks {where_sql} \
-             ORDER BY first_missed_at {order}, id {order} LIMIT ?"
-        ),
+    (
+        format!("SELECT body, first_missed_at, id FROM callbacks{where_sql}"),
         args,
-    }
+    )
 }
 
 /// The page from the rows of [`list_query`] (`limit + 1` at most).
@@ -380,10 +438,15 @@ mod tests {
         assert!(r.remove_hotlines.is_empty() && r.clear_hotlines.is_empty());
         // Unchanged: nothing at all.
         assert_eq!(plan(&one, &stored(&one)), Refresh::default());
-        // A repeat miss on the same hotline: the item changes, its rows do not.
+        // A repeat miss on the same hotline: the item changes, its rows do not, nor its state
+        // or first miss (only its JSON is written).
         let two = [miss("a1", 100, "H1"), miss("a2", 200, "H1")];
         let r = plan(&two, &stored(&one));
-        assert_eq!((r.upsert.len(), r.upsert[0].missed_count), (1, 2));
+        assert_eq!(
+            (r.rewrite_body.len(), r.rewrite_body[0].missed_count),
+            (1, 2)
+        );
+        assert!(r.upsert.is_empty());
         assert!(r.add_hotlines.is_empty() && r.remove_hotlines.is_empty());
         assert!(r.clear_hotlines.is_empty() && r.delete.is_empty());
         // One on another hotline: its row is added; gone again (a resend that corrects it, a
@@ -394,6 +457,18 @@ mod tests {
         assert!(r.remove_hotlines.is_empty());
         let r = plan(&one, &stored(&other));
         assert_eq!(r.remove_hotlines, [row("H2", &id)]);
+        assert_eq!((r.rewrite_body.len(), r.upsert.len()), (1, 0));
+        // A miss that arrives late and starts first: the item's first miss moves (the listing's
+        // order), so all of it is written.
+        let earlier = [miss("a0", 50, "H1"), miss("a1", 100, "H1")];
+        let r = plan(&earlier, &stored(&one));
+        assert_eq!(r.delete, [id.as_str()]);
+        assert_eq!((r.upsert.len(), r.rewrite_body.len()), (1, 0));
+        // A call-back closes it: its state changes.
+        let closed = [miss("a1", 100, "H1"), call("b1", 300, "H1", true)];
+        let r = plan(&closed, &stored(&one));
+        assert_eq!((r.upsert.len(), r.rewrite_body.len()), (1, 0));
+        assert!(!r.upsert[0].open);
         assert!(r.add_hotlines.is_empty() && r.clear_hotlines.is_empty());
         // An item that goes (its miss turned out answered): all its rows, by hotline.
         let answered = [call("a1", 100, "H1", true)];

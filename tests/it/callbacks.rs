@@ -267,6 +267,24 @@ async fn the_worklist_by_hand(db) {
     let all = every_item(&server).await;
     let order: Vec<&str> = all.iter().map(|i| i["last_missed_call_id"].as_str().unwrap()).collect();
     assert_eq!(order, ["a2", "a5", "c1", "c2", "d1", "b1", "d2"]);
+    // Open and closed items merged newest first too, page by page, and within a hotline.
+    for (query, want) in [
+        ("?state=all&sort=newest&limit=2", vec!["d2", "b1", "d1", "c2", "c1", "a5", "a2"]),
+        ("?state=all&sort=newest&limit=1&hotline=H2", vec!["d2", "d1", "a2"]),
+        ("?state=all&limit=1&hotline=H1", vec!["a2", "a5", "c1", "c2", "b1"]),
+    ] {
+        let mut got = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = list(&server, &format!("{query}{cursor}")).await;
+            got.extend(summary(&page).into_iter().map(|s| s.1));
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "{query}");
+    }
     for (query, parameter) in [("?state=maybe", "state"), ("?sort=up", "sort"),
         ("?cursor=nope", "cursor"), ("?from=soon", "from"), ("?page=2", "page")] {
         let (status, body) = server.get(&format!("/api/callbacks{query}")).await;

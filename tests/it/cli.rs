@@ -388,7 +388,7 @@ fn migrate_creates_the_current_schema() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, 10);
     let settings: String = conn
         .query_row(
             "SELECT value FROM alohook_meta WHERE key = 'merge_settings'",

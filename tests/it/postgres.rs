@@ -392,7 +392,7 @@ async fn migrate_creates_the_current_schema() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     let settings: String = client
         .query_one(
             "SELECT value FROM alohook_meta WHERE key = 'merge_settings'",

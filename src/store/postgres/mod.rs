@@ -86,6 +86,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_rollup.sql"),
     include_str!("migrations/0008_dashboard.sql"),
     include_str!("migrations/0009_callback_hotline_rows.sql"),
+    include_str!("migrations/0010_callback_write_cost.sql"),
 ];
 /// The channel of LISTEN/NOTIFY on which a batch that appended changes tells every instance (the
 /// notification goes out at commit, and only if the transaction commits; see write.rs).

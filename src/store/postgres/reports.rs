@@ -151,7 +151,7 @@ const DELETE_HOTLINE_PAIRS: &str = "DELETE FROM callback_hotlines h \
     WHERE h.hotline = r.hotline AND h.item_id = r.item_id";
 const UPSERT_ITEMS: &str = "INSERT INTO callbacks (id, phone, open, first_missed_at, body) \
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[]) \
-    ON CONFLICT (id) DO UPDATE SET phone = excluded.phone, open = excluded.open, \
+    ON CONFLICT (id) DO UPDATE SET open = excluded.open, \
     first_missed_at = excluded.first_missed_at, body = excluded.body";
 const INSERT_HOTLINES: &str = "INSERT INTO callback_hotlines (hotline, item_id) \
     SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT (hotline, item_id) DO NOTHING";
@@ -277,7 +277,8 @@ pub(super) async fn refresh_callbacks<P: Prepared>(
 /// Writes what `refresh` changes, every statement in one round trip: they run in the order
 /// they are sent, so the rows of removed hotlines are gone before the new ones go in.
 async fn write_refresh<P: Prepared>(db: &P, refresh: &Refresh) -> Result<(), StoreError> {
-    let columns = ItemColumns::of(&refresh.upsert);
+    let items: Vec<&Item> = refresh.upsert.iter().chain(&refresh.rewrite_body).collect();
+    let columns = ItemColumns::of(&items);
     let unzip =
         |rows: &[(String, String)]| -> (Vec<String>, Vec<String>) { rows.iter().cloned().unzip() };
     let (remove_hotlines, remove_items) = unzip(&refresh.remove_hotlines);
@@ -302,7 +303,7 @@ async fn write_refresh<P: Prepared>(db: &P, refresh: &Refresh) -> Result<(), Sto
         refresh.clear_hotlines.len(),
         refresh.delete.len(),
         remove_hotlines.len(),
-        refresh.upsert.len(),
+        items.len(),
         add_hotlines.len(),
     ];
     let statements = [clear, delete, remove, upsert, add];
@@ -331,7 +332,7 @@ struct ItemColumns<'a> {
 }
 
 impl<'a> ItemColumns<'a> {
-    fn of(items: &'a [Item]) -> Self {
+    fn of(items: &[&'a Item]) -> Self {
         ItemColumns {
             ids: items.iter().map(|i| i.id.as_str()).collect(),
             phones: items.iter().map(|i| i.phone.as_str()).collect(),
@@ -360,7 +361,7 @@ async fn insert_items<P: Prepared>(db: &P, items: &[Item]) -> Result<(), StoreEr
     if items.is_empty() {
         return Ok(());
     }
-    let columns = ItemColumns::of(items);
+    let columns = ItemColumns::of(&items.iter().collect::<Vec<_>>());
     let (hotlines, hotline_items): (Vec<&str>, Vec<&str>) = items
         .iter()
         .flat_map(|i| i.hotlines.iter().map(|h| (h.as_str(), i.id.as_str())))

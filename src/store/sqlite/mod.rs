@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_rollup.sql"),
     include_str!("migrations/0008_dashboard.sql"),
     include_str!("migrations/0009_callback_hotline_rows.sql"),
+    include_str!("migrations/0010_callback_write_cost.sql"),
 ];
 /// Below this much free space on the database's file system, the store says it is not ready:
 /// a batch of large events, the WAL's growth and a checkpoint need room.

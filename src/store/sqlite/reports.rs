@@ -11,8 +11,8 @@ use crate::report::stats::{StatsBuilder, Thresholds};
 use crate::store::callbacks::{
     ALL_CLOSES, ALL_NUMBER_CALLS, CALLBACKS_BUILT_KEY, CallbackCursor, CallbackFilter,
     CallbackPage, DELETE_HOTLINE, DELETE_ITEM, INSERT_CLOSE, INSERT_HOTLINE, ITEM_BY_ID,
-    MARK_CALLBACKS_BUILT, NUMBER_CALLS, NUMBER_CLOSES, NUMBER_ITEMS, Refresh, UPSERT_ITEM,
-    list_query, page, parse_item, read_close, read_number_call, upsert_args,
+    MARK_CALLBACKS_BUILT, NUMBER_CALLS, NUMBER_CLOSES, NUMBER_ITEMS, Refresh, UPDATE_ITEM_BODY,
+    UPSERT_ITEM, list_query, page, parse_item, read_close, read_number_call, upsert_args,
 };
 use crate::store::reports::{
     FACTS_CHUNK, Reports, dated_facts_chunk, dated_facts_query, read_call_facts,
@@ -141,6 +141,11 @@ fn write_refresh(conn: &Connection, refresh: &Refresh) -> Result<(), StoreError>
         conn.prepare_cached(UPSERT_ITEM)?.execute(params_from_iter(
             upsert_args(item).into_iter().map(sql_value),
         ))?;
+    }
+    for item in &refresh.rewrite_body {
+        let body = serde_json::to_string(item).expect("an item serialises");
+        conn.prepare_cached(UPDATE_ITEM_BODY)?
+            .execute([&body, &item.id])?;
     }
     for (hotline, id) in &refresh.add_hotlines {
         conn.prepare_cached(INSERT_HOTLINE)?
