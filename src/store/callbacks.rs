@@ -45,8 +45,9 @@ pub const DELETE_ITEM: [&str; 2] = [
     "DELETE FROM callback_hotlines WHERE item_id = ?",
     "DELETE FROM callbacks WHERE id = ?",
 ];
-/// One hotline row of an item that stays: hotline, item id.
-pub const DELETE_HOTLINE: &str = "DELETE FROM callback_hotlines WHERE hotline = ? AND item_id = ?";
+/// One hotline row: hotline, open, first_missed_at, item id.
+pub const DELETE_HOTLINE: &str = "DELETE FROM callback_hotlines WHERE hotline = ? AND open = ? \
+    AND first_missed_at = ? AND item_id = ?";
 /// Writing an item: id, phone, open, first_missed_at, body. An item's id is made from its
 /// number, so a stored item keeps its phone and SET does not name it (SQLite rewrites the
 /// entries of every index holding a column named in SET).
@@ -56,9 +57,10 @@ pub const UPSERT_ITEM: &str = "INSERT INTO callbacks (id, phone, open, first_mis
 /// Writing a stored item whose state and first miss stay (a repeat miss, an attempt): only its
 /// JSON, so that none of the listing's index entries is rewritten: body, id.
 pub const UPDATE_ITEM_BODY: &str = "UPDATE callbacks SET body = ? WHERE id = ?";
-/// One hotline of an item: hotline, item id.
-pub const INSERT_HOTLINE: &str = "INSERT INTO callback_hotlines (hotline, item_id) VALUES (?, ?) \
-    ON CONFLICT (hotline, item_id) DO NOTHING";
+/// One hotline row of an item: hotline, open, first_missed_at, item id.
+pub const INSERT_HOTLINE: &str = "INSERT INTO callback_hotlines \
+    (hotline, open, first_missed_at, item_id) VALUES (?, ?, ?, ?) \
+    ON CONFLICT (hotline, open, first_missed_at, item_id) DO NOTHING";
 /// A close by hand: phone, item id, at, note, by.
 pub const INSERT_CLOSE: &str =
     "INSERT INTO callback_closes (phone, item_id, at, note, closed_by) VALUES (?, ?, ?, ?, ?)";
@@ -164,10 +166,47 @@ pub struct Refresh {
     /// Items whose hotline rows all go, found by item id (no index: a read of the table):
     /// those whose stored JSON did not parse, so what their rows are is not known.
     pub clear_hotlines: Vec<String>,
-    /// (hotline, item id) rows to remove: of removed items, and those an item no longer has.
-    pub remove_hotlines: Vec<(String, String)>,
-    /// (hotline, item id) rows to add.
-    pub add_hotlines: Vec<(String, String)>,
+    /// Rows to remove: of removed items, and those an item no longer has.
+    pub remove_hotlines: Vec<HotlineRow>,
+    /// Rows to add.
+    pub add_hotlines: Vec<HotlineRow>,
+}
+
+/// A row of `callback_hotlines`: one per hotline of an item, keyed by the hotline, then the
+/// item's state and first miss, so that the listing by hotline (and state) reads that hotline's
+/// rows in the listing's order and nothing else; new items' rows go at the end of their
+/// hotline's open rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotlineRow {
+    pub hotline: String,
+    pub open: bool,
+    pub first_missed_at: i64,
+    pub item_id: String,
+}
+
+impl HotlineRow {
+    /// The rows of `item`.
+    pub fn of(item: &Item) -> Vec<HotlineRow> {
+        item.hotlines
+            .iter()
+            .map(|h| HotlineRow {
+                hotline: h.clone(),
+                open: item.open,
+                first_missed_at: item.first_missed_at,
+                item_id: item.id.clone(),
+            })
+            .collect()
+    }
+
+    /// The arguments of [`INSERT_HOTLINE`] and [`DELETE_HOTLINE`].
+    pub fn args(&self) -> [Column; 4] {
+        [
+            Column::Text(Some(self.hotline.clone())),
+            Column::Integer(Some(i64::from(self.open))),
+            Column::Integer(Some(self.first_missed_at)),
+            Column::Text(Some(self.item_id.clone())),
+        ]
+    }
 }
 
 impl Refresh {
@@ -188,9 +227,7 @@ impl Refresh {
             if !items.iter().any(|i| i.id == *id) {
                 self.delete.push(id.to_string());
                 match parse_item(body) {
-                    Ok(old) => self
-                        .remove_hotlines
-                        .extend(old.hotlines.into_iter().map(|h| (h, id.to_string()))),
+                    Ok(old) => self.remove_hotlines.extend(HotlineRow::of(&old)),
                     Err(_) => self.clear_hotlines.push(id.to_string()),
                 }
             }
@@ -198,27 +235,28 @@ impl Refresh {
         for item in items {
             let old = stored.get(item.id.as_str()).map(|body| parse_item(body));
             let mut body_only = false;
-            let old_hotlines: &[String] = match &old {
+            let old_rows: Vec<HotlineRow> = match &old {
                 Some(Ok(old)) if *old == item => continue,
                 Some(Ok(old)) => {
                     body_only =
                         old.open == item.open && old.first_missed_at == item.first_missed_at;
-                    &old.hotlines
+                    HotlineRow::of(old)
                 }
-                None => &[],
+                None => Vec::new(),
                 Some(Err(_)) => {
                     self.clear_hotlines.push(item.id.clone());
-                    &[]
+                    Vec::new()
                 }
             };
-            for h in old_hotlines {
-                if !item.hotlines.contains(h) {
-                    self.remove_hotlines.push((h.clone(), item.id.clone()));
+            let new_rows = HotlineRow::of(&item);
+            for row in &old_rows {
+                if !new_rows.contains(row) {
+                    self.remove_hotlines.push(row.clone());
                 }
             }
-            for h in &item.hotlines {
-                if !old_hotlines.contains(h) {
-                    self.add_hotlines.push((h.clone(), item.id.clone()));
+            for row in new_rows {
+                if !old_rows.contains(&row) {
+                    self.add_hotlines.push(row);
                 }
             }
             if body_only {
@@ -278,41 +316,54 @@ pub struct CallbackPage {
 /// The listing: `limit + 1` items, so that the caller knows whether a next page exists.
 ///
 /// Items are in the order of (`first_missed_at`, `id`), which the index by state gives within
-/// one state. Without a state (`state=all`), the open and the closed items are read each in
-/// that order, `limit + 1` of each at most, and merged: there is no index by first miss alone,
-/// which every new item would cost ingest one more index entry to keep.
+/// one state, and the hotline rows within one hotline and state. Without a state
+/// (`state=all`), the open and the closed items are read each in that order, `limit + 1` of
+/// each at most, and merged: there is no index by first miss alone, which every new item would
+/// cost ingest one more index entry to keep. A number's items (`phone`) are few: read by the
+/// index by phone and sorted.
 pub fn list_query(
     filter: &CallbackFilter,
     cursor: Option<&CallbackCursor>,
     limit: usize,
 ) -> Statement {
     let order = if filter.newest_first { "DESC" } else { "ASC" };
-    let rows = limit as i64 + 1;
+    let rows = Column::Integer(Some(limit as i64 + 1));
     match filter.open {
-        // One state, or one number (the index by phone, and a sort of that number's items).
         open if open.is_some() || filter.phone.is_some() => {
-            let (sql, mut args) = list_part(filter, open, cursor);
-            args.push(Column::Integer(Some(rows)));
+            let part = list_part(filter, open, cursor);
+            let mut args = part.args;
+            args.push(rows);
             Statement {
-                sql: format!("{sql} ORDER BY first_missed_at {order}, id {order} LIMIT ?"),
+                sql: format!(
+                    "{} ORDER BY {} {order}, {} {order} LIMIT ?",
+                    part.sql, part.key.0, part.key.1
+                ),
                 args,
             }
         }
         _ => {
-            let (open_sql, mut args) = list_part(filter, Some(true), cursor);
-            args.push(Column::Integer(Some(rows)));
-            let (closed_sql, closed_args) = list_part(filter, Some(false), cursor);
-            args.extend(closed_args);
-            args.push(Column::Integer(Some(rows)));
-            args.push(Column::Integer(Some(rows)));
-            let each = format!("ORDER BY first_missed_at {order}, id {order} LIMIT ?");
+            let open = list_part(filter, Some(true), cursor);
+            let closed = list_part(filter, Some(false), cursor);
+            let each = |key: (&str, &str)| {
+                format!("ORDER BY {} {order}, {} {order} LIMIT ?", key.0, key.1)
+            };
+            let mut args = open.args;
+            args.push(rows.clone());
+            args.extend(closed.args);
+            args.push(rows.clone());
+            args.push(rows);
             Statement {
                 sql: format!(
                     "SELECT body FROM (\
-                     SELECT * FROM ({open_sql} {each}) AS open_items \
+                     SELECT * FROM ({} {}) AS open_items \
                      UNION ALL \
-                     SELECT * FROM ({closed_sql} {each}) AS closed_items\
-                     ) AS items {each}"
+                     SELECT * FROM ({} {}) AS closed_items\
+                     ) AS items {}",
+                    open.sql,
+                    each(open.key),
+                    closed.sql,
+                    each(closed.key),
+                    each(("first_missed_at", "id"))
                 ),
                 args,
             }
@@ -320,43 +371,75 @@ pub fn list_query(
     }
 }
 
-/// The listing's `SELECT … WHERE` of the items in one state (`None`: either).
+/// The listing's `SELECT body, first_missed_at, id … WHERE …` of the items in one state
+/// (`None`: either), and the two columns that order it.
+struct ListPart {
+    sql: String,
+    args: Vec<Column>,
+    key: (&'static str, &'static str),
+}
+
 fn list_part(
     filter: &CallbackFilter,
     open: Option<bool>,
     cursor: Option<&CallbackCursor>,
-) -> (String, Vec<Column>) {
+) -> ListPart {
     let mut terms: Vec<&str> = Vec::new();
     let mut args = Vec::new();
-    if let Some(open) = open {
-        terms.push("open = ?");
-        args.push(Column::Integer(Some(i64::from(open))));
-    }
+    // By hotline (and not by number): the hotline's rows, in order, each with its item.
+    let by_hotline = filter.hotline.is_some() && filter.phone.is_none();
+    let (from, columns, open_column, key) = if by_hotline {
+        (
+            "callback_hotlines h JOIN callbacks c ON c.id = h.item_id",
+            "c.body AS body, h.first_missed_at AS first_missed_at, h.item_id AS id",
+            "h.open",
+            ("h.first_missed_at", "h.item_id"),
+        )
+    } else {
+        (
+            "callbacks c",
+            "c.body AS body, c.first_missed_at AS first_missed_at, c.id AS id",
+            "c.open",
+            ("c.first_missed_at", "c.id"),
+        )
+    };
+    let open_term = format!("{open_column} = ?");
+    let (from_term, to_term) = (format!("{} >= ?", key.0), format!("{} <= ?", key.0));
+    let after = format!(
+        "({}, {}) {} (?, ?)",
+        key.0,
+        key.1,
+        if filter.newest_first { "<" } else { ">" }
+    );
     if let Some(hotline) = &filter.hotline {
-        terms.push(
-            "EXISTS (SELECT 1 FROM callback_hotlines h WHERE h.item_id = callbacks.id \
-             AND h.hotline = ?)",
-        );
+        if by_hotline {
+            terms.push("h.hotline = ?");
+        } else {
+            terms.push(
+                "EXISTS (SELECT 1 FROM callback_hotlines h WHERE h.item_id = c.id \
+                 AND h.hotline = ?)",
+            );
+        }
         args.push(Column::Text(Some(hotline.clone())));
     }
+    if let Some(open) = open {
+        terms.push(&open_term);
+        args.push(Column::Integer(Some(i64::from(open))));
+    }
     if let Some(phone) = &filter.phone {
-        terms.push("phone = ?");
+        terms.push("c.phone = ?");
         args.push(Column::Text(Some(phone.clone())));
     }
     if let Some(from) = filter.from {
-        terms.push("first_missed_at >= ?");
+        terms.push(&from_term);
         args.push(Column::Integer(Some(from)));
     }
     if let Some(to) = filter.to {
-        terms.push("first_missed_at <= ?");
+        terms.push(&to_term);
         args.push(Column::Integer(Some(to)));
     }
     if let Some(c) = cursor {
-        terms.push(if filter.newest_first {
-            "(first_missed_at, id) < (?, ?)"
-        } else {
-            "(first_missed_at, id) > (?, ?)"
-        });
+        terms.push(&after);
         args.push(Column::Integer(Some(c.first_missed_at)));
         args.push(Column::Text(Some(c.id.clone())));
     }
@@ -365,10 +448,11 @@ fn list_part(
     } else {
         format!(" WHERE {}", terms.join(" AND "))
     };
-    (
-        format!("SELECT body, first_missed_at, id FROM callbacks{where_sql}"),
+    ListPart {
+        sql: format!("SELECT {columns} FROM {from}{where_sql}"),
         args,
-    )
+        key,
+    }
 }
 
 /// The page from the rows of [`list_query`] (`limit + 1` at most).
@@ -423,8 +507,14 @@ mod tests {
         refresh
     }
 
-    fn row(hotline: &str, id: &str) -> (String, String) {
-        (hotline.to_string(), id.to_string())
+    /// A row of an open item first missed at 100.
+    fn row(hotline: &str, id: &str) -> HotlineRow {
+        HotlineRow {
+            hotline: hotline.to_string(),
+            open: true,
+            first_missed_at: 100,
+            item_id: id.to_string(),
+        }
     }
 
     #[test]
@@ -457,6 +547,7 @@ mod tests {
         assert!(r.remove_hotlines.is_empty());
         let r = plan(&one, &stored(&other));
         assert_eq!(r.remove_hotlines, [row("H2", &id)]);
+        assert!(r.add_hotlines.is_empty() && r.clear_hotlines.is_empty());
         assert_eq!((r.rewrite_body.len(), r.upsert.len()), (1, 0));
         // A miss that arrives late and starts first: the item's first miss moves (the listing's
         // order), so all of it is written.
@@ -464,12 +555,27 @@ mod tests {
         let r = plan(&earlier, &stored(&one));
         assert_eq!(r.delete, [id.as_str()]);
         assert_eq!((r.upsert.len(), r.rewrite_body.len()), (1, 0));
+        assert_eq!(r.remove_hotlines, [row("H1", &id)]);
+        let first = HotlineRow {
+            first_missed_at: 50,
+            ..row("H1", &item_id(PHONE, "a0"))
+        };
+        assert_eq!(r.add_hotlines, [first]);
         // A call-back closes it: its state changes.
         let closed = [miss("a1", 100, "H1"), call("b1", 300, "H1", true)];
         let r = plan(&closed, &stored(&one));
         assert_eq!((r.upsert.len(), r.rewrite_body.len()), (1, 0));
         assert!(!r.upsert[0].open);
-        assert!(r.add_hotlines.is_empty() && r.clear_hotlines.is_empty());
+        // Its hotline rows move from the open ones to the closed ones.
+        assert_eq!(r.remove_hotlines, [row("H1", &id)]);
+        assert_eq!(
+            r.add_hotlines,
+            [HotlineRow {
+                open: false,
+                ..row("H1", &id)
+            }]
+        );
+        assert!(r.clear_hotlines.is_empty());
         // An item that goes (its miss turned out answered): all its rows, by hotline.
         let answered = [call("a1", 100, "H1", true)];
         let r = plan(&answered, &stored(&other));

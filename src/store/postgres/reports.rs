@@ -12,8 +12,8 @@ use crate::report::callbacks::{Item, ManualClose, NumberCall, worklist};
 use crate::report::stats::StatsBuilder;
 use crate::store::callbacks::{
     ALL_CLOSES, ALL_NUMBER_CALLS, CALLBACKS_BUILT_KEY, CallbackCursor, CallbackFilter,
-    CallbackPage, INSERT_CLOSE, ITEM_BY_ID, MARK_CALLBACKS_BUILT, Refresh, list_query, page,
-    parse_item, read_close, read_number_call,
+    CallbackPage, HotlineRow, INSERT_CLOSE, ITEM_BY_ID, MARK_CALLBACKS_BUILT, Refresh, list_query,
+    page, parse_item, read_close, read_number_call,
 };
 use crate::store::reports::{
     Reports, all_facts_sql, dated_facts_query, read_call_facts, undated_count_query,
@@ -146,15 +146,19 @@ const NUMBERS_CLOSES: &str = "SELECT item_id, at, note, phone, closed_by FROM ca
 const NUMBERS_ITEMS: &str = "SELECT id, body, phone FROM callbacks WHERE phone = ANY($1)";
 const DELETE_HOTLINES: &str = "DELETE FROM callback_hotlines WHERE item_id = ANY($1)";
 const DELETE_ITEMS: &str = "DELETE FROM callbacks WHERE id = ANY($1)";
-const DELETE_HOTLINE_PAIRS: &str = "DELETE FROM callback_hotlines h \
-    USING UNNEST($1::text[], $2::text[]) AS r (hotline, item_id) \
-    WHERE h.hotline = r.hotline AND h.item_id = r.item_id";
+const DELETE_HOTLINE_ROWS: &str = "DELETE FROM callback_hotlines h \
+    USING UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[]) \
+    AS r (hotline, open, first_missed_at, item_id) \
+    WHERE h.hotline = r.hotline AND h.open = r.open AND h.first_missed_at = r.first_missed_at \
+    AND h.item_id = r.item_id";
 const UPSERT_ITEMS: &str = "INSERT INTO callbacks (id, phone, open, first_missed_at, body) \
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[]) \
     ON CONFLICT (id) DO UPDATE SET open = excluded.open, \
     first_missed_at = excluded.first_missed_at, body = excluded.body";
-const INSERT_HOTLINES: &str = "INSERT INTO callback_hotlines (hotline, item_id) \
-    SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT (hotline, item_id) DO NOTHING";
+const INSERT_HOTLINES: &str = "INSERT INTO callback_hotlines \
+    (hotline, open, first_missed_at, item_id) \
+    SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[]) \
+    ON CONFLICT (hotline, open, first_missed_at, item_id) DO NOTHING";
 
 /// What one number's items are recomputed from.
 #[derive(Default)]
@@ -279,14 +283,12 @@ pub(super) async fn refresh_callbacks<P: Prepared>(
 async fn write_refresh<P: Prepared>(db: &P, refresh: &Refresh) -> Result<(), StoreError> {
     let items: Vec<&Item> = refresh.upsert.iter().chain(&refresh.rewrite_body).collect();
     let columns = ItemColumns::of(&items);
-    let unzip =
-        |rows: &[(String, String)]| -> (Vec<String>, Vec<String>) { rows.iter().cloned().unzip() };
-    let (remove_hotlines, remove_items) = unzip(&refresh.remove_hotlines);
-    let (add_hotlines, add_items) = unzip(&refresh.add_hotlines);
-    let (clear, delete, remove, upsert, add) = futures_util::future::try_join5(
+    let remove = HotlineColumns::of(&refresh.remove_hotlines);
+    let add = HotlineColumns::of(&refresh.add_hotlines);
+    let (clear, delete, remove_sql, upsert, add_sql) = futures_util::future::try_join5(
         db.statement(DELETE_HOTLINES),
         db.statement(DELETE_ITEMS),
-        db.statement(DELETE_HOTLINE_PAIRS),
+        db.statement(DELETE_HOTLINE_ROWS),
         db.statement(UPSERT_ITEMS),
         db.statement(INSERT_HOTLINES),
     )
@@ -294,19 +296,19 @@ async fn write_refresh<P: Prepared>(db: &P, refresh: &Refresh) -> Result<(), Sto
     let params: [&[&(dyn ToSql + Sync)]; 5] = [
         &[&refresh.clear_hotlines],
         &[&refresh.delete],
-        &[&remove_hotlines, &remove_items],
+        &remove.params(),
         &columns.params(),
-        &[&add_hotlines, &add_items],
+        &add.params(),
     ];
     let c = db.client();
     let rows = [
         refresh.clear_hotlines.len(),
         refresh.delete.len(),
-        remove_hotlines.len(),
+        refresh.remove_hotlines.len(),
         items.len(),
-        add_hotlines.len(),
+        refresh.add_hotlines.len(),
     ];
-    let statements = [clear, delete, remove, upsert, add];
+    let statements = [clear, delete, remove_sql, upsert, add_sql];
     let writes: Vec<Write<'_>> = statements
         .iter()
         .zip(params)
@@ -356,30 +358,48 @@ impl<'a> ItemColumns<'a> {
     }
 }
 
+/// The columns of [`INSERT_HOTLINES`] and [`DELETE_HOTLINE_ROWS`] for some rows.
+struct HotlineColumns<'a> {
+    hotlines: Vec<&'a str>,
+    open: Vec<i64>,
+    first_missed: Vec<i64>,
+    items: Vec<&'a str>,
+}
+
+impl<'a> HotlineColumns<'a> {
+    fn of(rows: &'a [HotlineRow]) -> Self {
+        HotlineColumns {
+            hotlines: rows.iter().map(|r| r.hotline.as_str()).collect(),
+            open: rows.iter().map(|r| i64::from(r.open)).collect(),
+            first_missed: rows.iter().map(|r| r.first_missed_at).collect(),
+            items: rows.iter().map(|r| r.item_id.as_str()).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 4] {
+        [&self.hotlines, &self.open, &self.first_missed, &self.items]
+    }
+}
+
 /// Writes `items` (new or changed) with their hotlines, whose old rows are gone already.
 async fn insert_items<P: Prepared>(db: &P, items: &[Item]) -> Result<(), StoreError> {
     if items.is_empty() {
         return Ok(());
     }
     let columns = ItemColumns::of(&items.iter().collect::<Vec<_>>());
-    let (hotlines, hotline_items): (Vec<&str>, Vec<&str>) = items
-        .iter()
-        .flat_map(|i| i.hotlines.iter().map(|h| (h.as_str(), i.id.as_str())))
-        .unzip();
+    let rows: Vec<HotlineRow> = items.iter().flat_map(HotlineRow::of).collect();
+    let hotlines = HotlineColumns::of(&rows);
     let (upsert, insert_hotlines) =
         futures_util::future::try_join(db.statement(UPSERT_ITEMS), db.statement(INSERT_HOTLINES))
             .await?;
     let c = db.client();
     let params = columns.params();
     let upserted = c.execute(&upsert, &params);
-    if hotlines.is_empty() {
+    if rows.is_empty() {
         upserted.await?;
     } else {
-        futures_util::future::try_join(
-            upserted,
-            c.execute(&insert_hotlines, &[&hotlines, &hotline_items]),
-        )
-        .await?;
+        futures_util::future::try_join(upserted, c.execute(&insert_hotlines, &hotlines.params()))
+            .await?;
     }
     Ok(())
 }

@@ -10,9 +10,10 @@ use crate::report::callbacks::{Item, ManualClose, NumberCall, worklist};
 use crate::report::stats::{StatsBuilder, Thresholds};
 use crate::store::callbacks::{
     ALL_CLOSES, ALL_NUMBER_CALLS, CALLBACKS_BUILT_KEY, CallbackCursor, CallbackFilter,
-    CallbackPage, DELETE_HOTLINE, DELETE_ITEM, INSERT_CLOSE, INSERT_HOTLINE, ITEM_BY_ID,
-    MARK_CALLBACKS_BUILT, NUMBER_CALLS, NUMBER_CLOSES, NUMBER_ITEMS, Refresh, UPDATE_ITEM_BODY,
-    UPSERT_ITEM, list_query, page, parse_item, read_close, read_number_call, upsert_args,
+    CallbackPage, DELETE_HOTLINE, DELETE_ITEM, HotlineRow, INSERT_CLOSE, INSERT_HOTLINE,
+    ITEM_BY_ID, MARK_CALLBACKS_BUILT, NUMBER_CALLS, NUMBER_CLOSES, NUMBER_ITEMS, Refresh,
+    UPDATE_ITEM_BODY, UPSERT_ITEM, list_query, page, parse_item, read_close, read_number_call,
+    upsert_args,
 };
 use crate::store::reports::{
     FACTS_CHUNK, Reports, dated_facts_chunk, dated_facts_query, read_call_facts,
@@ -133,9 +134,9 @@ fn write_refresh(conn: &Connection, refresh: &Refresh) -> Result<(), StoreError>
     for id in &refresh.delete {
         conn.prepare_cached(DELETE_ITEM[1])?.execute([id])?;
     }
-    for (hotline, id) in &refresh.remove_hotlines {
+    for row in &refresh.remove_hotlines {
         conn.prepare_cached(DELETE_HOTLINE)?
-            .execute([hotline, id])?;
+            .execute(params_from_iter(row.args().into_iter().map(sql_value)))?;
     }
     for item in &refresh.upsert {
         conn.prepare_cached(UPSERT_ITEM)?.execute(params_from_iter(
@@ -147,9 +148,9 @@ fn write_refresh(conn: &Connection, refresh: &Refresh) -> Result<(), StoreError>
         conn.prepare_cached(UPDATE_ITEM_BODY)?
             .execute([&body, &item.id])?;
     }
-    for (hotline, id) in &refresh.add_hotlines {
+    for row in &refresh.add_hotlines {
         conn.prepare_cached(INSERT_HOTLINE)?
-            .execute([hotline, id])?;
+            .execute(params_from_iter(row.args().into_iter().map(sql_value)))?;
     }
     Ok(())
 }
@@ -159,9 +160,9 @@ fn write_new_item(conn: &Connection, item: &Item) -> Result<(), StoreError> {
     conn.prepare_cached(UPSERT_ITEM)?.execute(params_from_iter(
         upsert_args(item).into_iter().map(sql_value),
     ))?;
-    for hotline in &item.hotlines {
+    for row in HotlineRow::of(item) {
         conn.prepare_cached(INSERT_HOTLINE)?
-            .execute([hotline, &item.id])?;
+            .execute(params_from_iter(row.args().into_iter().map(sql_value)))?;
     }
     Ok(())
 }
