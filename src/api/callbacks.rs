@@ -132,7 +132,13 @@ pub async fn close(
         .close_callback(&id, note, role.map(|r| r.0.as_str().to_string()), now)
         .await?
         .ok_or(ApiError::NotFound)?;
-    tracing::info!(callback = %item.id, "callback item closed by hand");
+    // A close of an item that was closed already (by hand or by a call) changes nothing.
+    if item.closed_reason.as_deref() == Some("manual") && item.closed_at.is_some_and(|at| at >= now)
+    {
+        tracing::info!(callback = %item.id, "callback item closed by hand");
+    } else {
+        tracing::info!(callback = %item.id, "callback item was closed already: nothing changed");
+    }
     Ok(Json(ItemView::of(item, &state.tz, now)))
 }
 
