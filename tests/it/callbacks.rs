@@ -151,10 +151,15 @@ async fn close(server: &TestServer, id: &str, body: &str) -> (StatusCode, Value)
 
 /// Every item of `server`, page by page, without the age (it grows with the clock).
 async fn every_item(server: &TestServer) -> Vec<Value> {
+    every_item_by(server, 2).await
+}
+
+/// Every item, open and closed, oldest first, `limit` a page, without `age_seconds`.
+pub async fn every_item_by(server: &TestServer, limit: usize) -> Vec<Value> {
     let mut items = Vec::new();
     let mut cursor = String::new();
     loop {
-        let page = list(server, &format!("?state=all&limit=2{cursor}")).await;
+        let page = list(server, &format!("?state=all&limit={limit}{cursor}")).await;
         for mut item in page["items"].as_array().unwrap().clone() {
             item.as_object_mut().unwrap().remove("age_seconds");
             items.push(item);

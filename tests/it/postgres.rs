@@ -406,6 +406,59 @@ async fn migrate_creates_the_current_schema() {
     db.cleanup().await;
 }
 
+/// Two instances on one database, the same numbers' calls alternating between them at high
+/// concurrency, some sent twice, out of order: the worklist they keep together is the one a
+/// single SQLite server keeps from the same calls. Each batch recomputes its numbers' items
+/// under their locks, sent in one round trip with the summary's first read (write.rs): a
+/// number recomputed by both at once would lose one's misses or attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "set ALOHOOK_TEST_POSTGRES_URL to run it"
+)]
+async fn two_instances_keep_the_worklist_one_server_keeps() {
+    use crate::callbacks::every_item_by;
+    let db = Db::postgres().await;
+    let (a, b, _dir_b) = two_instances(&db).await;
+    let reference_db = Db::sqlite();
+    let reference = TestServer::start(&reference_db).await;
+    // Returning customers (repeat misses, call-backs, attempts on open items), every call on
+    // one day so that a number's calls land close together.
+    let traffic = [
+        "--repeat-callers",
+        "0.6",
+        "--duplicates",
+        "0.1",
+        "--reorder",
+        "0.3",
+    ];
+    let mut args = sim_args(&a.base, 1200, &traffic);
+    args.extend(["--concurrency".to_string(), "64".to_string()]);
+    args.extend(["--url".to_string(), format!("{}/webhooks/alohub", b.base)]);
+    let (ok, report) = simulate(args).await;
+    assert!(ok, "{report:#}");
+    let (ok, report) = simulate(sim_args(&reference.base, 1200, &traffic)).await;
+    assert!(ok, "{report:#}");
+
+    let expected = every_item_by(&reference, 500).await;
+    assert!(
+        expected
+            .iter()
+            .any(|i| i["missed_count"].as_i64() > Some(1))
+            && expected.iter().any(|i| i["attempts"].as_i64() > Some(0))
+            && expected.iter().any(|i| i["state"] == "closed")
+            && expected.iter().any(|i| i["state"] == "open"),
+        "the traffic makes repeat misses, attempts, open and closed items"
+    );
+    assert_eq!(every_item_by(&a, 500).await, expected);
+    assert_eq!(every_item_by(&b, 500).await, expected);
+    a.stop().await;
+    b.stop().await;
+    reference.stop().await;
+    reference_db.cleanup().await;
+    db.cleanup().await;
+}
+
 /// Two servers on `db`'s database, each with a data dir of its own (the second's is returned, to
 /// be kept while it runs).
 async fn two_instances(db: &Db) -> (TestServer, TestServer, tempfile::TempDir) {
