@@ -136,10 +136,16 @@ impl Reports for PgStore {
 /// one before committed.
 const LOCK_NUMBERS: &str = "SELECT pg_advisory_xact_lock(k) FROM \
     (SELECT DISTINCT hashtextextended(p, 8011) AS k FROM unnest($1::text[]) AS p ORDER BY 1) s";
+/// The calls of the numbers `$1` that either have a miss involved (`$2`) or have items: without
+/// a miss, a number with no items keeps none, and its calls need not be read. (The items are
+/// read in the same round trip, so this cannot wait for them to say which numbers have some.)
 const NUMBERS_CALLS: &str = concat!(
     "SELECT call_id, caller_number, direction, phase, call_status, hotline, start_time, \
      answer_time, caller_norm FROM calls",
-    " WHERE caller_norm = ANY($1)"
+    // The numbers with items, as an array computed once from the index by phone: an EXISTS
+    // under the OR is planned as a hashed subplan reading the whole worklist.
+    " WHERE caller_norm = ANY($2::text[] || \
+     ARRAY(SELECT b.phone FROM callbacks b WHERE b.phone = ANY($1)))"
 );
 const NUMBERS_CLOSES: &str = "SELECT item_id, at, note, phone, closed_by FROM callback_closes \
     WHERE phone = ANY($1) ORDER BY at, id";
@@ -224,14 +230,29 @@ pub(super) async fn refresh_callbacks<P: Prepared>(
     if all.is_empty() {
         return Ok(());
     }
+    let missed: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|p| phones.get(*p) == Some(&true))
+        .collect();
     let c = db.client();
-    let (lock, items) =
-        futures_util::future::try_join(db.statement(LOCK_NUMBERS), db.statement(NUMBERS_ITEMS))
-            .await?;
-    // The locks, then the items: a statement of its own, so that it sees what the holder of a
-    // lock committed before letting it go.
-    let (_, stored) =
-        futures_util::future::try_join(c.query(&lock, &[&all]), c.query(&items, &[&all])).await?;
+    let (lock, items, calls, closes) = futures_util::future::try_join4(
+        db.statement(LOCK_NUMBERS),
+        db.statement(NUMBERS_ITEMS),
+        db.statement(NUMBERS_CALLS),
+        db.statement(NUMBERS_CLOSES),
+    )
+    .await?;
+    // One round trip: the statements run in the order they are sent, the locks first, and each
+    // read is a statement of its own, so that it sees what the holder of a lock committed
+    // before letting it go.
+    let (_, stored, calls, closes) = futures_util::future::try_join4(
+        c.query(&lock, &[&all]),
+        c.query(&items, &[&all]),
+        c.query(&calls, &[&all, &missed]),
+        c.query(&closes, &[&all]),
+    )
+    .await?;
     // Without a miss, a number with no items keeps none.
     let with_items: std::collections::HashSet<String> =
         stored.iter().map(|r| r.get::<_, String>(2)).collect();
@@ -242,12 +263,6 @@ pub(super) async fn refresh_callbacks<P: Prepared>(
     if phones.is_empty() {
         return Ok(());
     }
-    let (calls, closes) =
-        futures_util::future::try_join(db.statement(NUMBERS_CALLS), db.statement(NUMBERS_CLOSES))
-            .await?;
-    let (calls, closes) =
-        futures_util::future::try_join(c.query(&calls, &[&phones]), c.query(&closes, &[&phones]))
-            .await?;
     let mut by_phone: HashMap<&str, Number> =
         phones.iter().map(|p| (*p, Number::default())).collect();
     for row in &calls {

@@ -338,32 +338,41 @@ pub(super) async fn write_batch(
     for call in &written {
         crate::store::callbacks::touched(call.base.as_ref(), &call.record, finals, &mut phones);
     }
-    super::reports::refresh_callbacks(tx, &phones).await?;
-    // The figures' summary, with the thresholds it holds: read after the calls were written, so
-    // that a rebuild (which locks `calls`) is either all before this batch or all after it.
-    if !written.is_empty() {
-        let (thresholds, folded_until) = super::reports::rollup_state(&**tx).await?;
-        let thresholds = thresholds.unwrap_or(settings.thresholds.unwrap_or_default());
-        let mut rollup = crate::store::rollup::Deltas::new(&settings.timezone, folded_until);
-        let facts = |r: &CallRecord| crate::store::rollup::facts(r, finals);
-        for call in &written {
-            rollup.record(
-                call.base.as_ref().map(facts).as_ref(),
-                &facts(&call.record),
-                &thresholds,
-            );
+    // The worklist goes out alongside the summary and the feed: they write different tables,
+    // so its statements share their round trips instead of adding their own. Its locks are
+    // the first statement sent, so a transaction waiting on one holds no row of the summary
+    // or the feed.
+    let worklist = super::reports::refresh_callbacks(tx, &phones);
+    let summary_and_feed = async {
+        // The figures' summary, with the thresholds it holds: read after the calls were
+        // written, so that a rebuild (which locks `calls`) is either all before this batch or
+        // all after it.
+        if !written.is_empty() {
+            let (thresholds, folded_until) = super::reports::rollup_state(&**tx).await?;
+            let thresholds = thresholds.unwrap_or(settings.thresholds.unwrap_or_default());
+            let mut rollup = crate::store::rollup::Deltas::new(&settings.timezone, folded_until);
+            let facts = |r: &CallRecord| crate::store::rollup::facts(r, finals);
+            for call in &written {
+                rollup.record(
+                    call.base.as_ref().map(facts).as_ref(),
+                    &facts(&call.record),
+                    &thresholds,
+                );
+            }
+            super::reports::apply_rollup(tx, rollup, &thresholds).await?;
         }
-        super::reports::apply_rollup(tx, rollup, &thresholds).await?;
-    }
-    // In the order the events were stored, which is the order each call's events were merged.
-    new_changes.sort_unstable_by_key(|c| c.event_id);
-    if new_changes.len() != stored_count {
-        return Err(StoreError::Corrupt(format!(
-            "{stored_count} events stored but {} changes made",
-            new_changes.len()
-        )));
-    }
-    let changes = insert_changes(tx, new_changes, sql).await?;
+        // In the order the events were stored, which is the order each call's events were
+        // merged.
+        new_changes.sort_unstable_by_key(|c| c.event_id);
+        if new_changes.len() != stored_count {
+            return Err(StoreError::Corrupt(format!(
+                "{stored_count} events stored but {} changes made",
+                new_changes.len()
+            )));
+        }
+        insert_changes(tx, new_changes, sql).await
+    };
+    let ((), changes) = try_join(worklist, summary_and_feed).await?;
     let outcomes = outcomes
         .into_iter()
         .map(|o| o.ok_or_else(|| StoreError::Corrupt("a batch item got no outcome".into())))
