@@ -42,6 +42,7 @@ pub const CALL_COLUMNS: &[&str] = &[
 ];
 
 /// The columns of a callbacks export, in order: the item's fields (`hotlines` joined by `;`).
+/// New columns go at the end, so that a sheet reading columns by position keeps working.
 pub const CALLBACK_COLUMNS: &[&str] = &[
     "id",
     "phone",
@@ -60,6 +61,7 @@ pub const CALLBACK_COLUMNS: &[&str] = &[
     "closed_by_call_id",
     "closed_reason",
     "note",
+    "closed_by",
 ];
 
 /// The byte order mark that makes Excel read a CSV file as UTF-8 (Vietnamese names).

@@ -142,6 +142,25 @@ async fn csv_is_safe_for_spreadsheets(db) {
     assert_eq!(rows[0][header.iter().position(|h| h == "state").unwrap()], "open");
     let (_, _, body) = export(&server, "/api/export/callbacks?state=closed&format=jsonl").await;
     assert!(body.is_empty());
+
+    // Closed by hand: the CSV says by whom, as the JSON does.
+    let id = rows[0][header.iter().position(|h| h == "id").unwrap()].clone();
+    let response = reqwest::Client::new()
+        .post(server.url(&format!("/api/callbacks/{id}/close")))
+        .bearer_auth(TOKEN)
+        .body(r#"{"note":"called back, wrong number"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let item: Value = response.json().await.unwrap();
+    assert_eq!(item["closed_by"], "admin");
+    let (_, _, body) = export(&server, "/api/export/callbacks?state=closed").await;
+    let (header, rows) = csv_rows(&body);
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no {name} column"));
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0][at("closed_reason")].as_str(), rows[0][at("closed_by")].as_str(),
+        rows[0][at("note")].as_str()), ("manual", "admin", "called back, wrong number"));
     server.stop().await;
 }
 }
