@@ -463,8 +463,12 @@ async fn migrate(pool: &Pool, settings: &MergeSettings) -> Result<(), StoreError
 async fn apply_migrations(client: &mut deadpool_postgres::Client) -> Result<(), StoreError> {
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS alohook_schema (version INTEGER PRIMARY KEY, \
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            // Without the notice that it exists already, which every start but the first
+            // logged.
+            "SET client_min_messages = warning; \
+             CREATE TABLE IF NOT EXISTS alohook_schema (version INTEGER PRIMARY KEY, \
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
+             RESET client_min_messages",
         )
         .await?;
     let version: i32 = client
