@@ -422,8 +422,9 @@ async fn two_instances_keep_the_worklist_one_server_keeps() {
     let (a, b, _dir_b) = two_instances(&db).await;
     let reference_db = Db::sqlite();
     let reference = TestServer::start(&reference_db).await;
-    // Returning customers (repeat misses, call-backs, attempts on open items), every call on
-    // one day so that a number's calls land close together.
+    // Returning customers (repeat misses, call-backs, attempts on open items): 60 numbers
+    // make a third of the 1 200 calls, so that batches on both instances keep recomputing
+    // the same numbers at once.
     let traffic = [
         "--repeat-callers",
         "0.6",

@@ -13,13 +13,17 @@
 //! 3. the calls that step 2 could not write (they existed, or changed under the cache): locked
 //!    with `SELECT … FOR UPDATE`, merged with what the row holds now, and updated.
 //!
-//! 4. its changes, one per event stored now, in one `INSERT` that takes their positions from
-//!    the `alohook_feed` counter: the last statement before COMMIT, so that the counter's row
-//!    lock, which orders positions across instances, is held as briefly as possible (see
-//!    migration 0003).
+//! 4. the callback worklist of the calls' numbers (reports.rs, `refresh_callbacks`): their
+//!    locks and reads in one round trip, then its writes, pipelined beside step 5;
+//! 5. the figures' summary (its state, then its rows), then the changes, one per event stored
+//!    now, in one `INSERT` that takes their positions from the `alohook_feed` counter: after
+//!    everything else of the summary's chain, so that the counter's row lock, which orders
+//!    positions across instances, is held as briefly as possible (see migration 0003). (The
+//!    worklist's writes, one round trip in, usually go before it; if they went after, the
+//!    counter would be held a little longer, never in a cycle: the worklist writes only rows
+//!    of numbers whose locks it holds.)
 //!
-//! With one instance and a warm cache, step 3 is rare and a batch costs BEGIN, four statements
-//! and COMMIT.
+//! With one instance and a warm cache, step 3 is rare.
 //!
 //! The check in step 2 holds only while every write to a `calls` row merges an event (and so
 //! raises `event_count`). Anything that comes to change a call row another way must raise a
